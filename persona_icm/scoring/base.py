@@ -1,0 +1,54 @@
+"""The one protocol through which the search and the evaluation talk to a language model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from persona_icm.claims import Claim
+
+PromptKind = Literal["base", "chat"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """Score `query` given labelled demonstrations `context`, in that order.
+
+    kind "base": the few-shot base prompt (zero-shot base = empty context).
+    kind "chat": the zero-shot chat instruction through the chat template (context must be empty).
+    """
+
+    context: tuple[tuple[Claim, int], ...]
+    query: Claim
+    kind: PromptKind = "base"
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """Cost of one backend call (one `score` invocation)."""
+
+    n_prompts: int
+    prompt_tokens: int
+    cached_tokens: int | None
+    wall_seconds: float
+    phase: str = ""
+
+
+@runtime_checkable
+class ClaimScorer(Protocol):
+    """s = log P(" True") - log P(" False") at the next token, exactly, for each request."""
+
+    calls: list[CallRecord]
+
+    def score(self, requests: list[ScoreRequest]) -> list[float]: ...
+
+
+@dataclass
+class CallLog:
+    """Mixin-style holder so every backend records its calls the same way."""
+
+    calls: list[CallRecord] = field(default_factory=list)
+    phase: str = ""
+
+    def record(self, n_prompts: int, prompt_tokens: int, cached_tokens: int | None, wall: float) -> None:
+        self.calls.append(CallRecord(n_prompts, prompt_tokens, cached_tokens, wall, self.phase))

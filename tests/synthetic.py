@@ -1,0 +1,77 @@
+"""A deterministic synthetic scorer: a stand-in for an LM in unit tests (not a model).
+
+Each claim has a hidden truth. The score of a query leans towards its truth by `signal`, scaled
+by how well the context labels agree with their own truths (an inverted context flips it), plus
+noise that is a pure function of (query, exact context). Any stale or misattributed score
+therefore changes the result, which is what the exactness tests need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from persona_icm.claims import Claim
+from persona_icm.scoring.base import CallRecord, ScoreRequest
+
+
+def _unit_normal(*parts: object) -> float:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return float(np.random.default_rng(int.from_bytes(digest, "little")).standard_normal())
+
+
+class SyntheticScorer:
+    def __init__(
+        self,
+        truth: dict[str, int],
+        signal: float = 2.0,
+        noise: float = 1.0,
+        context_noise: float = 0.3,
+        zero_shot_strength: float = 0.3,
+        seed: int = 0,
+    ):
+        self.truth = truth
+        self.signal = signal
+        self.noise = noise
+        self.context_noise = context_noise
+        self.zero_shot_strength = zero_shot_strength
+        self.seed = seed
+        self.calls: list[CallRecord] = []
+
+    def score_one(self, request: ScoreRequest) -> float:
+        query = request.query
+        sign = 1.0 if self.truth[query.claim_id] == 1 else -1.0
+        if request.context:
+            agree = np.mean([label == self.truth[c.claim_id] for c, label in request.context])
+            strength = 2.0 * agree - 1.0
+        else:
+            strength = self.zero_shot_strength
+        context_key = tuple((c.claim_id, label) for c, label in request.context)
+        return float(
+            self.signal * sign * strength
+            + self.noise * _unit_normal(self.seed, "claim", query.claim_id)
+            + self.context_noise * _unit_normal(self.seed, "ctx", query.claim_id, request.kind, context_key)
+        )
+
+    def score(self, requests: list[ScoreRequest]) -> list[float]:
+        start = time.perf_counter()
+        scores = [self.score_one(r) for r in requests]
+        tokens = sum(20 * (len(r.context) + 1) for r in requests)
+        self.calls.append(CallRecord(len(requests), tokens, None, time.perf_counter() - start))
+        return scores
+
+
+def make_claims(n_groups: int, country: str = "Testland", seed: int = 0) -> list[Claim]:
+    """Groups of two claims, exactly one gold-True per group, True position seeded."""
+    rng = np.random.default_rng(seed)
+    claims = []
+    for g in range(n_groups):
+        true_first = bool(rng.integers(2))
+        for k in range(2):
+            gold = int((k == 0) == true_first)
+            claims.append(
+                Claim(f"g{g:03d}-o{k}", f"g{g:03d}", country, f"Synthetic question {g}?", f"Option {k} of {g}", gold)
+            )
+    return claims
