@@ -1,0 +1,244 @@
+"""Charts of one run, built from SQL on the warehouse views, and the run's offline HTML report.
+
+Three charts: (1) test accuracy by method with 95% intervals, one panel per country plus the
+test-size-weighted aggregate; (2) accuracy against the number of demonstrations (gold, ICM,
+random-matched) with 95% bands; (3) the ICM search trace (U, P, I, train accuracy). Each is
+written as PNG and SVG (vl-convert, no browser) and inlined as SVG into `report.html`, which
+needs no network and no JavaScript.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+import vl_convert as vlc
+
+# read(sql, params) -> frame: the warehouse's query function (charts never open DuckDB).
+Read = Callable[[str, list], pl.DataFrame]
+
+METHOD_ORDER = ["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat"]
+METHOD_LABELS = {
+    "icm": "ICM labels",
+    "golden": "golden labels",
+    "random_matched": "random, ICM-matched",
+    "zero_shot_base": "zero-shot base",
+    "zero_shot_chat": "zero-shot chat",
+}
+METHOD_COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#7f7f7f", "#9467bd"]
+AGGREGATE = "All countries (weighted)"
+
+# The headline evaluation of a labelled-demo method uses the whole pool: its largest n_demos.
+HEADLINE_SQL = """
+WITH by_country AS (
+    SELECT country, method, n_demos, n_passes, n_test_claims, accuracy, group_accuracy, ci_low, ci_high
+    FROM results_by_country WHERE run_id = ?
+    QUALIFY n_demos = max(n_demos) OVER (PARTITION BY country, method)
+),
+aggregated AS (
+    SELECT ? AS country, method, n_demos, NULL::BIGINT AS n_passes, n_test_claims, accuracy,
+           group_accuracy, ci_low, ci_high
+    FROM results_aggregated WHERE run_id = ?
+    QUALIFY n_demos = max(n_demos) OVER (PARTITION BY method)
+)
+SELECT * FROM by_country UNION ALL BY NAME SELECT * FROM aggregated
+ORDER BY country, method
+"""
+
+VS_EXAMPLES_SQL = """
+SELECT country, method, n_demos, n_passes, accuracy, ci_low, ci_high
+FROM accuracy_vs_examples WHERE run_id = ?
+ORDER BY country, method, n_demos
+"""
+
+TRACE_SQL = """
+SELECT country, icm_seed, iteration, U, P, I, T, train_accuracy
+FROM icm_trace WHERE run_id = ?
+ORDER BY country, icm_seed, iteration
+"""
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    directory: Path
+    html: Path
+    charts: dict[str, tuple[Path, Path]]  # name -> (png, svg)
+
+
+def _method_scale(methods: list[str]) -> alt.Scale:
+    present = [m for m in METHOD_ORDER if m in methods] + sorted(set(methods) - set(METHOD_ORDER))
+    labels = [METHOD_LABELS.get(m, m) for m in present]
+    colors = [METHOD_COLORS[METHOD_ORDER.index(m)] if m in METHOD_ORDER else "#8c564b" for m in present]
+    return alt.Scale(domain=labels, range=colors)
+
+
+def _labelled(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(
+        pl.col("method").replace_strict(METHOD_LABELS, default=pl.col("method")).alias("method_label")
+    )
+
+
+def accuracy_by_method_chart(headline: pl.DataFrame, title: str = "") -> alt.Chart:
+    """Points with 95% interval bars, one panel per country and one for the weighted aggregate."""
+    frame = _labelled(headline)
+    countries = sorted(c for c in frame["country"].unique().to_list() if c != AGGREGATE) + [AGGREGATE]
+    scale = _method_scale(frame["method"].unique().to_list())
+    base = alt.Chart(frame).encode(
+        x=alt.X("method_label:N", title=None, sort=scale.domain, axis=alt.Axis(labelAngle=-35)),
+        color=alt.Color("method_label:N", title="method", scale=scale),
+        tooltip=[
+            "country", "method", "n_demos", "n_test_claims",
+            alt.Tooltip("accuracy:Q", format=".3f"),
+            alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
+        ],
+    )
+    bars = base.mark_errorbar(ticks=True, thickness=2).encode(
+        y=alt.Y("ci_low:Q", title="test claim accuracy (95% CI)", scale=alt.Scale(domain=[0, 1])),
+        y2="ci_high:Q",
+    )
+    points = base.mark_point(filled=True, size=70).encode(y="accuracy:Q")
+    chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
+    return (
+        alt.layer(bars, points, chance, data=frame)
+        .properties(width=150, height=240)
+        .facet(column=alt.Column("country:N", title=None, sort=countries))
+        .properties(title=title or "Test accuracy by method (dashed: chance)")
+    )
+
+
+def accuracy_vs_examples_chart(vs_examples: pl.DataFrame, title: str = "") -> alt.Chart:
+    """Mean accuracy with a 95% band against the number of demonstrations, per country."""
+    frame = _labelled(vs_examples)
+    scale = _method_scale(frame["method"].unique().to_list())
+    base = alt.Chart(frame).encode(
+        x=alt.X("n_demos:Q", title="number of demonstrations"),
+        color=alt.Color("method_label:N", title="demo labels", scale=scale),
+    )
+    band = base.mark_area(opacity=0.18).encode(
+        y=alt.Y("ci_low:Q", title="test claim accuracy (95% band)", scale=alt.Scale(domain=[0, 1])),
+        y2="ci_high:Q",
+    )
+    line = base.mark_line(point=True).encode(
+        y="accuracy:Q",
+        tooltip=["country", "method", "n_demos", "n_passes", alt.Tooltip("accuracy:Q", format=".3f")],
+    )
+    chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
+    return (
+        alt.layer(band, line, chance, data=frame)
+        .properties(width=220, height=200)
+        .facet(column=alt.Column("country:N", title=None))
+        .properties(title=title or "Accuracy vs number of demonstrations")
+    )
+
+
+TRACE_METRICS = {
+    "U": "U = alpha*P - I",
+    "P": "P (mutual predictability)",
+    "I": "I (inconsistent pairs)",
+    "train_accuracy": "train label accuracy vs gold",
+}
+
+
+def icm_trace_chart(trace: pl.DataFrame, title: str = "") -> alt.Chart:
+    """U, P, I and train accuracy against the iteration, one line per (country, ICM seed)."""
+    long = (
+        trace.with_columns(pl.col("I").cast(pl.Float64), run=pl.format("{} / seed {}", "country", "icm_seed"))
+        .unpivot(index=["run", "country", "iteration"], on=list(TRACE_METRICS), variable_name="metric")
+        .with_columns(pl.col("metric").replace_strict(TRACE_METRICS).alias("metric"))
+    )
+    return (
+        alt.Chart(long)
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X("iteration:Q", title="iteration", axis=alt.Axis(tickMinStep=1)),
+            y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+            color=alt.Color("run:N", title="country / seed"),
+            tooltip=["run", "metric", "iteration", alt.Tooltip("value:Q", format=".3f")],
+        )
+        .properties(width=520, height=120)
+        .facet(row=alt.Row("metric:N", title=None, sort=list(TRACE_METRICS.values())))
+        .resolve_scale(y="independent")
+        .properties(title=title or "ICM search trace")
+    )
+
+
+def render(chart: alt.Chart, stem: Path) -> tuple[Path, Path]:
+    """Write `stem`.png (2x) and `stem`.svg; returns both paths."""
+    spec = chart.to_dict()
+    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
+    png.write_bytes(vlc.vegalite_to_png(spec, scale=2))
+    svg.write_text(vlc.vegalite_to_svg(spec))
+    stem.with_suffix(".vl.json").write_text(json.dumps(spec))
+    return png, svg
+
+
+def _table_html(frame: pl.DataFrame) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else html.escape("" if value is None else str(value))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in frame.iter_rows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 13px; } td, th { padding: 3px 8px; border-bottom: 1px solid #ddd; }
+td { text-align: right; } th { background: #f4f4f4; } figure { margin: 2em 0; }
+figcaption { font-size: 13px; color: #555; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
+"""
+
+
+def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
+    """Query the views for `run_id`, render the three charts and write `out_dir`/report.html."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = read("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    if run.height == 0:
+        raise ValueError(f"run {run_id!r} is not in the warehouse (see `persona-icm runs`)")
+    info = run.row(0, named=True)
+    headline = read(HEADLINE_SQL, [run_id, AGGREGATE, run_id])
+    vs_examples = read(VS_EXAMPLES_SQL, [run_id])
+    trace = read(TRACE_SQL, [run_id])
+
+    charts: dict[str, tuple[Path, Path]] = {}
+    captions = {
+        "accuracy_by_method": "Test claim accuracy per method (headline: whole labelled pool as demos). "
+        "Bars: 95% interval over demo orders and test questions; aggregate weighted by test size.",
+        "accuracy_vs_examples": "Mean accuracy over demo orders against the number of demonstrations; band: 95% interval.",
+        "icm_trace": "ICM search per iteration: objective U, mutual predictability P, inconsistencies I, "
+        "and the accuracy of the current labels against gold (monitoring only).",
+    }
+    if headline.height:
+        charts["accuracy_by_method"] = render(accuracy_by_method_chart(headline), out_dir / "accuracy_by_method")
+    if vs_examples.height:
+        charts["accuracy_vs_examples"] = render(accuracy_vs_examples_chart(vs_examples), out_dir / "accuracy_vs_examples")
+    if trace.height:
+        charts["icm_trace"] = render(icm_trace_chart(trace), out_dir / "icm_trace")
+
+    figures = "".join(
+        f'<figure id="{name}">{svg.read_text()}<figcaption>{html.escape(captions[name])} '
+        f'<a href="{png.name}">PNG</a> · <a href="{svg.name}">SVG</a></figcaption></figure>'
+        for name, (png, svg) in charts.items()
+    )
+    summary = headline.select("country", "method", "n_demos", "n_test_claims", "accuracy", "ci_low", "ci_high")
+    config = json.dumps(json.loads(info["config_json"]), indent=2) if info.get("config_json") else ""
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>persona-icm run {html.escape(run_id)}</title>
+<style>{_CSS}</style></head><body>
+<h1>persona-icm run <code>{html.escape(run_id)}</code></h1>
+<p>preset <b>{html.escape(str(info.get("preset")))}</b> · base model <b>{html.escape(str(info.get("base_model")))}</b>
+· chat model <b>{html.escape(str(info.get("chat_model")))}</b> · status {html.escape(str(info.get("status")))}
+· data {html.escape(str(info.get("data_fingerprint")))} · code {html.escape(str(info.get("code_version")))}</p>
+{figures}
+<h2>Headline results</h2>{_table_html(summary)}
+<h2>Run configuration</h2><pre>{html.escape(config)}</pre>
+</body></html>
+"""
+    report = out_dir / "report.html"
+    report.write_text(page)
+    return ReportFiles(out_dir, report, charts)
