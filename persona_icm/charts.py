@@ -20,45 +20,40 @@ import polars as pl
 import vl_convert as vlc
 
 # read(sql, params) -> frame: the warehouse's query function (charts never open DuckDB).
-Read = Callable[[str, list], pl.DataFrame]
+Read = Callable[[str, dict], pl.DataFrame]
 
-METHOD_ORDER = ["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat"]
+METHOD_ORDER = ["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior_golden", "option_prior_icm"]
 METHOD_LABELS = {
     "icm": "ICM labels",
     "golden": "golden labels",
     "random_matched": "random, ICM-matched",
     "zero_shot_base": "zero-shot base",
     "zero_shot_chat": "zero-shot chat",
+    "option_prior_golden": "option prior (golden)",
+    "option_prior_icm": "option prior (ICM)",
 }
-METHOD_COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#7f7f7f", "#9467bd"]
+METHOD_COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#7f7f7f", "#9467bd", "#bcbd22", "#17becf"]
 AGGREGATE = "All countries (weighted)"
 
-# The headline evaluation of a labelled-demo method uses the whole pool: its largest n_demos.
+# The headline evaluation: each method's "main" experiment (whole pool as demos, or zero-shot).
 HEADLINE_SQL = """
-WITH by_country AS (
-    SELECT country, method, n_demos, n_passes, n_test_claims, accuracy, group_accuracy, ci_low, ci_high
-    FROM results_by_country WHERE run_id = ?
-    QUALIFY n_demos = max(n_demos) OVER (PARTITION BY country, method)
-),
-aggregated AS (
-    SELECT ? AS country, method, n_demos, NULL::BIGINT AS n_passes, n_test_claims, accuracy,
-           group_accuracy, ci_low, ci_high
-    FROM results_aggregated WHERE run_id = ?
-    QUALIFY n_demos = max(n_demos) OVER (PARTITION BY method)
-)
-SELECT * FROM by_country UNION ALL BY NAME SELECT * FROM aggregated
+SELECT country, method, n_demos, n_orders, n_test_claims, accuracy, ci_low, ci_high, demo_label_accuracy
+FROM results_by_country WHERE run_id = $run_id AND experiment = 'main'
+UNION ALL BY NAME
+SELECT $aggregate AS country, method, n_demos, n_test_claims, accuracy, ci_low, ci_high
+FROM results_aggregated WHERE run_id = $run_id AND experiment = 'main'
 ORDER BY country, method
 """
 
 VS_EXAMPLES_SQL = """
-SELECT country, method, n_demos, n_passes, accuracy, ci_low, ci_high
-FROM accuracy_vs_examples WHERE run_id = ?
+SELECT country, method, n_demos, n_orders, accuracy, ci_low, ci_high
+FROM accuracy_vs_examples WHERE run_id = $run_id
 ORDER BY country, method, n_demos
 """
 
 TRACE_SQL = """
 SELECT country, icm_seed, iteration, U, P, I, T, train_accuracy
-FROM icm_trace WHERE run_id = ?
+FROM icm_trace WHERE run_id = $run_id
 ORDER BY country, icm_seed, iteration
 """
 
@@ -92,7 +87,7 @@ def accuracy_by_method_chart(headline: pl.DataFrame, title: str = "") -> alt.Cha
         x=alt.X("method_label:N", title=None, sort=scale.domain, axis=alt.Axis(labelAngle=-35)),
         color=alt.Color("method_label:N", title="method", scale=scale),
         tooltip=[
-            "country", "method", "n_demos", "n_test_claims",
+            "country", "method", "n_demos", "n_test_claims", "n_orders",
             alt.Tooltip("accuracy:Q", format=".3f"),
             alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
         ],
@@ -125,7 +120,7 @@ def accuracy_vs_examples_chart(vs_examples: pl.DataFrame, title: str = "") -> al
     )
     line = base.mark_line(point=True).encode(
         y="accuracy:Q",
-        tooltip=["country", "method", "n_demos", "n_passes", alt.Tooltip("accuracy:Q", format=".3f")],
+        tooltip=["country", "method", "n_demos", "n_orders", alt.Tooltip("accuracy:Q", format=".3f")],
     )
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
     return (
@@ -197,13 +192,13 @@ figcaption { font-size: 13px; color: #555; } pre { background: #f7f7f7; padding:
 def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
     """Query the views for `run_id`, render the three charts and write `out_dir`/report.html."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = read("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    run = read("SELECT * FROM runs WHERE run_id = $run_id", {"run_id": run_id})
     if run.height == 0:
         raise ValueError(f"run {run_id!r} is not in the warehouse (see `persona-icm runs`)")
     info = run.row(0, named=True)
-    headline = read(HEADLINE_SQL, [run_id, AGGREGATE, run_id])
-    vs_examples = read(VS_EXAMPLES_SQL, [run_id])
-    trace = read(TRACE_SQL, [run_id])
+    headline = read(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
+    vs_examples = read(VS_EXAMPLES_SQL, {"run_id": run_id})
+    trace = read(TRACE_SQL, {"run_id": run_id})
 
     charts: dict[str, tuple[Path, Path]] = {}
     captions = {

@@ -176,3 +176,35 @@ def open_warehouse(
             con.close()
             raise
     return Warehouse(con, target)
+
+
+# ---------------------------------------------------------------- results of runs (flows write)
+
+# The tables a (run, country, step) transaction replaces; model_calls is also keyed by step.
+RESULT_TABLES = ("icm_labels", "icm_trace", "predictions", "demos", "metrics", "model_calls")
+
+
+def write_run(wh: Warehouse, run: dict[str, Any]) -> None:
+    """Insert or replace the `runs` row of run["run_id"]."""
+    wh.replace("runs", pl.DataFrame([run]), run_id=run["run_id"])
+
+
+def write_results(wh: Warehouse, run_id: str, country: str, step: str, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
+    """Replace the rows of (run_id, country) in each table of `frames`, in one transaction.
+
+    Each frame is restricted to its table's columns; model_calls rows are keyed by step too.
+    Returns rows written per table. Running it twice leaves the tables as after the first.
+    """
+    unknown = set(frames) - set(RESULT_TABLES)
+    if unknown:
+        raise ValueError(f"write_results: not a result table: {sorted(unknown)}")
+    written = {}
+    with wh.transaction():
+        for table, frame in frames.items():
+            columns = set(wh.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table])["column_name"])
+            frame = frame.with_columns(run_id=pl.lit(run_id), country=pl.lit(country))
+            key = {"run_id": run_id, "country": country}
+            if table == "model_calls":
+                frame, key = frame.with_columns(step=pl.lit(step)), {**key, "step": step}
+            written[table] = wh.replace(table, frame.select([c for c in frame.columns if c in columns]), **key)
+    return written

@@ -1,4 +1,4 @@
--- schema_version: 1
+-- schema_version: 2
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -88,3 +88,221 @@ SELECT s.dataset_id, s.country, s.split,
 FROM splits s JOIN claims c USING (dataset_id, claim_id)
 GROUP BY ALL
 ORDER BY ALL;
+
+-- ---------------------------------------------------------------- results (tasks/, flows/, charts.py)
+
+-- Written by the flow process only: one transaction per (run, country, phase) that first deletes
+-- that key's rows, so re-running replaces. Every row carries run_id. The views compute the point
+-- estimates from `predictions` in SQL; the 95% intervals are the bootstrap of
+-- persona_icm/metrics.py, stored in `metrics` and joined in (a test checks both agree).
+
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        VARCHAR PRIMARY KEY,
+    flow_run_id   VARCHAR,
+    preset        VARCHAR NOT NULL,
+    config_json   JSON NOT NULL,             -- the full RunConfig
+    base_model    VARCHAR NOT NULL,          -- backend:name
+    chat_model    VARCHAR,
+    countries     VARCHAR[] NOT NULL,
+    dataset_id    VARCHAR NOT NULL,          -- the data fingerprint: datasets.dataset_id
+    code_version  VARCHAR NOT NULL,          -- git commit (+ "-dirty")
+    started_at    TIMESTAMPTZ NOT NULL,
+    finished_at   TIMESTAMPTZ,
+    timings       JSON,                      -- seconds per phase
+    status        VARCHAR NOT NULL           -- running | completed | failed
+);
+
+-- persona_icm/icm.py LABELS_SCHEMA: the final labelling of one search.
+CREATE TABLE IF NOT EXISTS icm_labels (
+    run_id             VARCHAR NOT NULL,
+    country            VARCHAR NOT NULL,
+    icm_seed           INTEGER NOT NULL,
+    claim_id           VARCHAR NOT NULL,
+    group_id           VARCHAR NOT NULL,
+    label              TINYINT,              -- NULL: the search never labelled it
+    context_rank       INTEGER,              -- position in the final context order
+    entered_iteration  INTEGER,              -- iteration it joined the pool (0 = seed)
+    score              DOUBLE,               -- leave-one-out s(x | D \ {x}) under the final labelling
+    gold               TINYINT NOT NULL,     -- monitoring only; never read by the search
+    PRIMARY KEY (run_id, country, icm_seed, claim_id)
+);
+
+-- persona_icm/icm.py TRACE_SCHEMA: one row per search iteration.
+CREATE TABLE IF NOT EXISTS icm_trace (
+    run_id          VARCHAR NOT NULL,
+    country         VARCHAR NOT NULL,
+    icm_seed        INTEGER NOT NULL,
+    iteration       INTEGER NOT NULL,        -- 0: the seeded pool after its ConsistencyFix
+    claim_id        VARCHAR,                 -- the sampled claim
+    previous_label  TINYINT,
+    score           DOUBLE,                  -- s(x | D \ {x}) behind the proposal
+    proposal        TINYINT,
+    changed         BOOLEAN,
+    fixes           SMALLINT,
+    delta_U         DOUBLE,
+    accepted        BOOLEAN,
+    T               DOUBLE,
+    U               DOUBLE NOT NULL,
+    P               DOUBLE NOT NULL,
+    I               INTEGER NOT NULL,
+    pool_size       INTEGER,
+    accepted_total  INTEGER,
+    train_accuracy  DOUBLE,                  -- labels vs gold: monitoring only
+    backend_calls   BIGINT,                  -- model work of this iteration
+    prompts         BIGINT,
+    prompt_tokens   BIGINT,
+    cached_tokens   BIGINT,
+    PRIMARY KEY (run_id, country, icm_seed, iteration)
+);
+
+-- One row per test claim per evaluated prompt set (persona_icm/evaluate.py PREDICTION_SCHEMA).
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id      VARCHAR NOT NULL,
+    country     VARCHAR NOT NULL,
+    method      VARCHAR NOT NULL,            -- icm | golden | random_matched | zero_shot_base | zero_shot_chat | option_prior_*
+    experiment  VARCHAR NOT NULL,            -- main (headline: whole pool / zero-shot) | curve (sub-sampled demos)
+    n_demos     INTEGER NOT NULL,
+    "repeat"    INTEGER NOT NULL,            -- demo order index
+    icm_seed    INTEGER,                     -- NULL for zero-shot
+    claim_id    VARCHAR NOT NULL,
+    group_id    VARCHAR NOT NULL,
+    score       DOUBLE NOT NULL,             -- log P(" True") - log P(" False")
+    pred        TINYINT NOT NULL,
+    gold        TINYINT NOT NULL
+);
+
+-- The exact demonstrations of every prompt, in prompt order.
+CREATE TABLE IF NOT EXISTS demos (
+    run_id      VARCHAR NOT NULL,
+    country     VARCHAR NOT NULL,
+    method      VARCHAR NOT NULL,
+    experiment  VARCHAR NOT NULL,
+    n_demos     INTEGER NOT NULL,
+    "repeat"    INTEGER NOT NULL,
+    icm_seed    INTEGER,
+    position    INTEGER NOT NULL,
+    claim_id    VARCHAR NOT NULL,
+    label       TINYINT NOT NULL,
+    gold        TINYINT NOT NULL
+);
+
+-- persona_icm/metrics.py output: country 'ALL' is the test-size-weighted aggregate.
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id             VARCHAR NOT NULL,
+    country            VARCHAR NOT NULL,
+    method             VARCHAR NOT NULL,
+    experiment         VARCHAR NOT NULL,
+    n_demos            INTEGER,
+    n_countries        INTEGER,
+    n_icm_seeds        INTEGER,
+    n_orders           INTEGER,
+    n_test_claims      INTEGER,
+    n_test_groups      INTEGER,
+    claim_acc          DOUBLE,
+    claim_acc_std      DOUBLE,
+    claim_acc_ci_low   DOUBLE,
+    claim_acc_ci_high  DOUBLE,
+    group_acc          DOUBLE,
+    group_acc_std      DOUBLE,
+    group_acc_ci_low   DOUBLE,
+    group_acc_ci_high  DOUBLE,
+    demo_label_acc     DOUBLE
+);
+
+CREATE TABLE IF NOT EXISTS model_calls (
+    run_id         VARCHAR NOT NULL,
+    country        VARCHAR NOT NULL,
+    step           VARCHAR NOT NULL,         -- the flow phase that made the call: icm | eval
+    phase          VARCHAR NOT NULL,         -- the scorer's phase label (e.g. eval:golden)
+    model          VARCHAR NOT NULL,
+    call_index     INTEGER NOT NULL,
+    n_prompts      INTEGER NOT NULL,
+    prompt_tokens  BIGINT NOT NULL,
+    cached_tokens  BIGINT,
+    wall_seconds   DOUBLE NOT NULL
+);
+
+-- One row per evaluated prompt set (a demo order): claim accuracy (pred = gold) and group
+-- accuracy (the gold-True option scores highest in its question; a tie at the top earns
+-- 1/number tied, as in metrics.py).
+CREATE OR REPLACE VIEW accuracy AS
+WITH tops AS (
+    SELECT *, score = max(score) OVER (
+        PARTITION BY run_id, country, method, experiment, n_demos, "repeat", icm_seed, group_id) AS is_top
+    FROM predictions
+),
+groups AS (
+    SELECT run_id, country, method, experiment, n_demos, "repeat", icm_seed, group_id,
+           count(*) FILTER (WHERE is_top AND gold = 1) / count(*) FILTER (WHERE is_top) AS group_correct,
+           count(*) FILTER (WHERE pred = gold) AS claims_correct,
+           count(*) AS n_claims
+    FROM tops GROUP BY ALL
+)
+SELECT run_id, country, method, experiment, n_demos, "repeat", icm_seed,
+       sum(n_claims)::INTEGER AS n_claims,
+       count(*)::INTEGER AS n_groups,
+       sum(claims_correct) / sum(n_claims) AS claim_accuracy,
+       avg(group_correct) AS group_accuracy
+FROM groups GROUP BY ALL;
+
+-- Per (run, country, method, experiment, n_demos): mean and std over demo orders (and ICM
+-- seeds), with the 95% bootstrap interval over test questions (and seeds) from `metrics`.
+CREATE OR REPLACE VIEW results_by_country AS
+SELECT a.run_id, a.country, a.method, a.experiment, a.n_demos,
+       count(*)::INTEGER AS n_orders,
+       any_value(a.n_claims) AS n_test_claims,
+       any_value(a.n_groups) AS n_test_groups,
+       avg(a.claim_accuracy) AS accuracy,
+       stddev_samp(a.claim_accuracy) AS accuracy_std,
+       any_value(m.claim_acc_ci_low) AS ci_low,
+       any_value(m.claim_acc_ci_high) AS ci_high,
+       avg(a.group_accuracy) AS group_accuracy,
+       any_value(m.group_acc_ci_low) AS group_ci_low,
+       any_value(m.group_acc_ci_high) AS group_ci_high,
+       any_value(m.demo_label_acc) AS demo_label_accuracy
+FROM accuracy a
+LEFT JOIN metrics m
+  ON m.run_id = a.run_id AND m.country = a.country AND m.method = a.method
+ AND m.experiment = a.experiment AND m.n_demos = a.n_demos
+GROUP BY a.run_id, a.country, a.method, a.experiment, a.n_demos;
+
+-- Countries pooled, each weighted by its number of test claims, over the cells every country of
+-- the run has. "main": each method's headline setting (pool sizes may differ by country:
+-- n_demos is then NULL). "curve": the demo methods per demo count, main and curve rows together.
+CREATE OR REPLACE VIEW results_aggregated AS
+WITH n_countries AS (
+    SELECT run_id, count(DISTINCT country) AS n FROM predictions GROUP BY run_id
+),
+cells AS (
+    SELECT run_id, country, method, 'main' AS experiment, n_demos, n_test_claims, accuracy, group_accuracy
+    FROM results_by_country WHERE experiment = 'main'
+    UNION ALL
+    SELECT run_id, country, method, 'curve', n_demos, n_test_claims, accuracy, group_accuracy
+    FROM results_by_country WHERE n_demos > 0 AND method NOT LIKE 'zero_shot%'
+),
+pooled AS (
+    SELECT run_id, method, experiment,
+           CASE WHEN experiment = 'main' THEN NULL ELSE n_demos END AS cell_n_demos,
+           count(DISTINCT country) AS n_countries,
+           CASE WHEN min(n_demos) = max(n_demos) THEN min(n_demos) END AS n_demos,
+           sum(n_test_claims)::INTEGER AS n_test_claims,
+           sum(accuracy * n_test_claims) / sum(n_test_claims) AS accuracy,
+           sum(group_accuracy * n_test_claims) / sum(n_test_claims) AS group_accuracy
+    FROM cells GROUP BY run_id, method, experiment, cell_n_demos
+)
+SELECT p.run_id, p.method, p.experiment, p.n_demos, p.n_countries::INTEGER AS n_countries,
+       p.n_test_claims, p.accuracy,
+       m.claim_acc_ci_low AS ci_low, m.claim_acc_ci_high AS ci_high,
+       p.group_accuracy, m.group_acc_ci_low AS group_ci_low, m.group_acc_ci_high AS group_ci_high
+FROM pooled p
+JOIN n_countries n ON n.run_id = p.run_id AND p.n_countries = n.n
+LEFT JOIN metrics m
+  ON m.run_id = p.run_id AND m.country = 'ALL' AND m.method = p.method
+ AND m.experiment = p.experiment AND m.n_demos IS NOT DISTINCT FROM p.n_demos;
+
+-- Accuracy against the number of demonstrations for the labelled-demo methods, per country
+-- (the largest point is the headline "main" evaluation with the whole pool).
+CREATE OR REPLACE VIEW accuracy_vs_examples AS
+SELECT run_id, country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high
+FROM results_by_country
+WHERE method IN ('golden', 'icm', 'random_matched') AND n_demos > 0;
