@@ -159,6 +159,11 @@ def acceptance_probability(delta_u: float, T: float) -> float:
     return math.exp(delta_u / T)  # dU/T may be -inf at tiny T; exp(-inf) = 0.0
 
 
+def metropolis_accept(rng: np.random.Generator, delta_u: float, T: float) -> bool:
+    """One uniform draw per tried move (also when dU >= 0), so the RNG sequence never depends on dU."""
+    return bool(rng.random() < acceptance_probability(delta_u, T))
+
+
 class IcmSearch:
     """The mutable search: current labelling and energy, the RNG, counters, trace rows."""
 
@@ -248,7 +253,7 @@ class IcmSearch:
         moved = self.labelling.with_labels(self.pool, [(index, proposal)])
         moved, moved_energy, fixes = self.consistency_fix(moved, cfg.loop_fix_rounds)
         delta = moved_energy.U - self.energy.U
-        accepted = bool(self.rng.random() < acceptance_probability(delta, T))
+        accepted = metropolis_accept(self.rng, delta, T)
         if accepted:
             self.labelling, self.energy = moved, moved_energy
             self.accepted += 1
