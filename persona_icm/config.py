@@ -35,18 +35,29 @@ class ModelSpec(_Section):
 
 
 class IcmConfig(_Section):
-    alpha: float = Field(3.5, ge=0)
-    num_seed: int = Field(12, ge=2)
-    iterations: int = Field(1000, ge=1, description="K in Algorithm 1.")
-    initial_fix_rounds: int = Field(20, ge=0)
-    loop_fix_rounds: int = Field(10, ge=0)
+    """The ICM search (ICM_SPEC.md "Objective", "Search"); defaults are the fork's (preset `seed`)."""
+
+    alpha: float = Field(3.5, ge=0, description="Weight of mutual predictability P in U = alpha*P - I.")
+    objective: Literal["logodds_mean", "logprob_sum"] = Field(
+        "logodds_mean", description="P(D): mean signed log-odds (fork, alpha tuned for it) or sum of log P(y|x) (paper)."
+    )
+    consistency: bool = Field(True, description="False drops I from U and skips ConsistencyFix (ablation).")
+    num_seed: int = Field(12, ge=2, description="Claims labelled at random (balanced) before the search.")
+    iterations: int = Field(1000, ge=0, description="K in Algorithm 1.")
+    initial_fix_rounds: int = Field(20, ge=0, description="ConsistencyFix rounds after seeding.")
+    loop_fix_rounds: int = Field(10, ge=0, description="ConsistencyFix rounds inside each iteration.")
     initial_T: float = Field(10.0, gt=0)
     final_T: float = Field(0.1, gt=0)
     schedule: Literal["log", "exp"] = "log"
-    beta: float = Field(2.75, gt=0)
-    decay: float = Field(0.99, gt=0, lt=1)
-    objective: Literal["logodds_mean", "logprob_sum"] = "logodds_mean"
+    beta: float = Field(2.75, gt=0, description="log schedule: T = initial_T / (1 + beta*ln(1+accepted)).")
+    decay: float = Field(0.99, gt=0, lt=1, description="exp schedule: T = initial_T * decay**accepted.")
+    unlabelled_sibling_weight: float = Field(100.0, gt=0, description="Sampling weight of an unlabelled claim whose group has a labelled member.")
     seed: int = 0
+    engine: Literal["fast", "reference"] = Field(
+        "fast", description="fast: memoised, batched, prefix-ordered; reference: one prompt per call. Identical trajectory."
+    )
+    score_memo_size: int = Field(200_000, ge=0, description="LRU capacity of the score memo (fast engine); affects cost only.")
+    checkpoint_every: int = Field(50, ge=1, description="Iterations between checkpoints (when a checkpoint path is given).")
 
 
 class EvalConfig(_Section):
@@ -71,7 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"icm": {"alpha": 50.0, "initial_T": 10.0, "final_T": 0.01, "beta": 0.99}},
     "smoke": {
         "data": {"train_cap": 16, "test_cap": 8},
-        "icm": {"num_seed": 4, "iterations": 30, "initial_fix_rounds": 5, "loop_fix_rounds": 3},
+        "icm": {"num_seed": 4, "iterations": 40, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 10},
         "eval": {"eval_repeats": 2, "demo_sizes": [4, 8], "bootstrap_samples": 200},
     },
 }

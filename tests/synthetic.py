@@ -4,6 +4,11 @@ Each claim has a hidden truth. The score of a query leans towards its truth by `
 by how well the context labels agree with their own truths (an inverted context flips it), plus
 noise that is a pure function of (query, exact context). Any stale or misattributed score
 therefore changes the result, which is what the exactness tests need.
+
+`prior` adds a context-free lean towards the truth (a model's own knowledge); without it the
+score is symmetric under flipping every label, so a search may as well find the inverted truth.
+`order_invariant` makes the context noise ignore the order of the demonstrations (benchmarks
+that compare prompt orders on one trajectory).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class SyntheticScorer:
         context_noise: float = 0.3,
         zero_shot_strength: float = 0.3,
         seed: int = 0,
+        prior: float = 0.0,
+        order_invariant: bool = False,
     ):
         self.truth = truth
         self.signal = signal
@@ -38,6 +45,8 @@ class SyntheticScorer:
         self.context_noise = context_noise
         self.zero_shot_strength = zero_shot_strength
         self.seed = seed
+        self.prior = prior
+        self.order_invariant = order_invariant
         self.calls: list[CallRecord] = []
 
     def score_one(self, request: ScoreRequest) -> float:
@@ -49,8 +58,11 @@ class SyntheticScorer:
         else:
             strength = self.zero_shot_strength
         context_key = tuple((c.claim_id, label) for c, label in request.context)
+        if self.order_invariant:
+            context_key = tuple(sorted(context_key))
         return float(
-            self.signal * sign * strength
+            self.prior * sign
+            + self.signal * sign * strength
             + self.noise * _unit_normal(self.seed, "claim", query.claim_id)
             + self.context_noise * _unit_normal(self.seed, "ctx", query.claim_id, request.kind, context_key)
         )

@@ -1,0 +1,43 @@
+"""The ICM objective U(D) = alpha * P(D) - I(D) (ICM_SPEC.md "Objective")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from persona_icm.config import IcmConfig
+
+
+@dataclass(frozen=True)
+class Energy:
+    """U, its two terms, and the leave-one-out score s_i of every labelled claim (context order)."""
+
+    U: float
+    P: float
+    I: int  # noqa: E741 (the paper's name)
+    scores: tuple[float, ...]
+
+
+def signed_scores(labels: list[int], scores: list[float]) -> np.ndarray:
+    """y ? s : -s, the log-odds the model gives to the label each claim carries."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.where(np.asarray(labels) == 1, s, -s)
+
+
+def mutual_predictability(labels: list[int], scores: list[float], objective: str) -> float:
+    """P(D). `logodds_mean`: mean signed log-odds (both codebases; alpha was tuned for it).
+    `logprob_sum`: sum of log P(y_i | x_i, D \\ {i}) = sum of log sigmoid(signed log-odds) (the paper)."""
+    signed = signed_scores(labels, scores)
+    if objective == "logodds_mean":
+        return float(np.mean(signed))
+    if objective == "logprob_sum":
+        return float(np.sum(-np.logaddexp(0.0, -signed)))
+    raise ValueError(f"icm.objective must be 'logodds_mean' or 'logprob_sum', got {objective!r}")
+
+
+def energy(labels: list[int], scores: list[float], inconsistent: int, config: IcmConfig) -> Energy:
+    """U from the labels and leave-one-out scores of the labelled claims, in context order."""
+    P = mutual_predictability(labels, scores, config.objective)
+    penalty = inconsistent if config.consistency else 0
+    return Energy(config.alpha * P - penalty, P, inconsistent, tuple(float(s) for s in scores))

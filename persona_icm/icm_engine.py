@@ -1,0 +1,160 @@
+"""Execution engines: how the search's scores and energies are obtained from a ClaimScorer.
+
+Both engines compute exactly the same numbers; only the model work differs.
+
+- `ReferenceEngine`: the straightforward path. Every prompt the algorithm needs is sent on its
+  own, one backend call per prompt, nothing remembered.
+- `FastEngine`: trajectory-preserving speed-ups (ICM_SPEC.md "Exactness and determinism"):
+  s memoised by (query, exact ordered context) in an LRU, U memoised by labelling; the energies
+  asked for together (both ConsistencyFix options, plus the current state when it is new) go
+  to the model as ONE backend call with only the prompts not yet known; the prompts of a call
+  are sorted as token-free row sequences, so prompts sharing a prefix are adjacent. A proposal
+  for a labelled claim is the leave-one-out score of the last energy evaluation (a memo hit).
+
+Engines never touch the random generator, so the search's RNG call sequence is the same for both.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from persona_icm.config import IcmConfig
+from persona_icm.icm_energy import Energy, energy
+from persona_icm.icm_state import Labelling, Pool, context_key
+from persona_icm.scoring.base import ClaimScorer, ScoreRequest
+
+Context = tuple[tuple[int, int], ...]
+Item = tuple[int, Context]  # (query claim index, ordered context of (claim index, label))
+
+
+@dataclass
+class EngineStats:
+    prompts_needed: int = 0  # prompts the algorithm asked for (what the reference engine sends)
+    score_memo_hits: int = 0
+    energy_evaluations: int = 0  # energies the algorithm asked for
+    energy_memo_hits: int = 0
+
+
+def leave_one_out(context: Context, index: int) -> Context:
+    return tuple(row for row in context if row[0] != index)
+
+
+class ReferenceEngine:
+    """One prompt per backend call, no memo: the path the fast engine is tested against."""
+
+    def __init__(self, pool: Pool, scorer: ClaimScorer, config: IcmConfig):
+        self.pool = pool
+        self.scorer = scorer
+        self.config = config
+        self.stats = EngineStats()
+
+    def request(self, item: Item) -> ScoreRequest:
+        query, context = item
+        claims = self.pool.claims
+        return ScoreRequest(tuple((claims[i], y) for i, y in context), claims[query], "base")
+
+    def score(self, items: list[Item]) -> list[float]:
+        self.stats.prompts_needed += len(items)
+        return [self._checked(self.scorer.score([self.request(item)]), 1)[0] for item in items]
+
+    def proposal_score(self, labelling: Labelling, index: int) -> float:
+        """s(x | D \\ {x}) with D's canonical context."""
+        return self.score([(index, leave_one_out(labelling.context(self.pool), index))])[0]
+
+    def energies(self, labellings: list[Labelling]) -> list[Energy]:
+        self.stats.energy_evaluations += len(labellings)
+        return [self._energy(lab, self.score(self._energy_items(lab))) for lab in labellings]
+
+    def _energy_items(self, labelling: Labelling) -> list[Item]:
+        context = labelling.context(self.pool)
+        return [(i, leave_one_out(context, i)) for i, _ in context]
+
+    def _energy(self, labelling: Labelling, scores: list[float]) -> Energy:
+        labels = [y for _, y in labelling.context(self.pool)]
+        return energy(labels, scores, len(labelling.inconsistent_pairs(self.pool)), self.config)
+
+    @staticmethod
+    def _checked(scores: list[float], expected: int) -> list[float]:
+        if len(scores) != expected:
+            raise RuntimeError(f"scorer returned {len(scores)} scores for {expected} requests")
+        return [float(s) for s in scores]
+
+
+class FastEngine(ReferenceEngine):
+    """Memoised, batched, prefix-ordered; identical numbers to `ReferenceEngine`."""
+
+    def __init__(self, pool: Pool, scorer: ClaimScorer, config: IcmConfig):
+        super().__init__(pool, scorer, config)
+        self.score_memo: OrderedDict[tuple[int, bytes], float] = OrderedDict()
+        self.energy_memo: dict[bytes, Energy] = {}
+
+    def score(self, items: list[Item]) -> list[float]:
+        self.stats.prompts_needed += len(items)
+        return self._fetch(items)
+
+    def _fetch(self, items: list[Item]) -> list[float]:
+        keys = [(q, context_key(ctx)) for q, ctx in items]
+        known: dict[tuple[int, bytes], float] = {}
+        missing: dict[tuple[int, bytes], Item] = {}
+        for key, item in zip(keys, items, strict=True):
+            if key in self.score_memo:
+                known[key] = self.score_memo[key]
+                self.score_memo.move_to_end(key)
+                self.stats.score_memo_hits += 1
+            elif key in known or key in missing:
+                self.stats.score_memo_hits += 1
+            else:
+                missing[key] = item
+        if missing:
+            order = sorted(missing, key=lambda k: prefix_order(missing[k]))
+            scores = self._checked(self.scorer.score([self.request(missing[k]) for k in order]), len(order))
+            for key, s in zip(order, scores, strict=True):
+                known[key] = s
+                self._remember(key, s)
+        return [known[key] for key in keys]
+
+    def _remember(self, key: tuple[int, bytes], s: float) -> None:
+        if self.config.score_memo_size == 0:
+            return
+        self.score_memo[key] = s
+        if len(self.score_memo) > self.config.score_memo_size:
+            self.score_memo.popitem(last=False)
+
+    def energies(self, labellings: list[Labelling]) -> list[Energy]:
+        self.stats.energy_evaluations += len(labellings)
+        self.stats.prompts_needed += sum(lab.size for lab in labellings)
+        keys = [lab.key(self.pool) for lab in labellings]
+        todo = {}
+        for key, lab in zip(keys, labellings, strict=True):
+            if key in self.energy_memo or key in todo:
+                self.stats.energy_memo_hits += 1
+            else:
+                todo[key] = lab
+        items = {key: self._energy_items(lab) for key, lab in todo.items()}
+        scores = self._fetch([item for group in items.values() for item in group])  # one backend call
+        start = 0
+        for key, lab in todo.items():
+            n = len(items[key])
+            self.energy_memo[key] = self._energy(lab, scores[start : start + n])
+            start += n
+        return [self.energy_memo[key] for key in keys]
+
+
+def prefix_order(item: Item) -> tuple[int, ...]:
+    """Sort key: the prompt as its sequence of rows (context rows, then the query row).
+
+    Sorting prompts by this key is a depth-first walk of their prefix tree, so prompts that
+    share a prefix are adjacent in the call. Row codes: 2*index + label for demonstrations,
+    a value above every demonstration code for the query (its row differs from a demo row).
+    """
+    query, context = item
+    return (*(2 * i + y for i, y in context), 1 << 40, query)
+
+
+def make_engine(pool: Pool, scorer: ClaimScorer, config: IcmConfig) -> ReferenceEngine:
+    if config.engine == "fast":
+        return FastEngine(pool, scorer, config)
+    if config.engine == "reference":
+        return ReferenceEngine(pool, scorer, config)
+    raise ValueError(f"icm.engine must be 'fast' or 'reference', got {config.engine!r}")

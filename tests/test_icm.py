@@ -1,0 +1,331 @@
+"""The ICM search: determinism, fast == reference, ConsistencyFix, recovery, resume, annealing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from persona_icm.config import IcmConfig, build_config
+from persona_icm.icm import (
+    LABELS_SCHEMA,
+    TRACE_SCHEMA,
+    TRAJECTORY_COLUMNS,
+    IcmSearch,
+    acceptance_probability,
+    metropolis_accept,
+    run_icm,
+    temperature,
+)
+from persona_icm.icm_checkpoint import CheckpointMismatch
+from persona_icm.icm_engine import prefix_order
+from persona_icm.icm_state import Labelling, Pool
+from persona_icm.scoring.base import ScoreRequest
+from tests.synthetic import SyntheticScorer, make_claims
+
+
+def icm_config(preset: str = "seed", **over) -> IcmConfig:
+    return build_config(preset).icm.model_copy(update=over)
+
+
+def truth_of(claims):
+    return {c.claim_id: c.gold for c in claims}
+
+
+def run(claims, config, show_progress=False, **scorer_kw):
+    scorer = SyntheticScorer(truth_of(claims), **scorer_kw)
+    return run_icm(claims, scorer, config, show_progress=show_progress), scorer
+
+
+def trajectory(result):
+    return result.trace.select(TRAJECTORY_COLUMNS)
+
+
+def label_accuracy(result) -> float:
+    labelled = result.labels.filter(pl.col("label").is_not_null())
+    return float((labelled["label"] == labelled["gold"]).mean())
+
+
+class RecordingScorer(SyntheticScorer):
+    """SyntheticScorer that keeps every batch of requests it was sent."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.batches: list[list[ScoreRequest]] = []
+
+    def score(self, requests):
+        self.batches.append(list(requests))
+        return super().score(requests)
+
+
+class FailingScorer(SyntheticScorer):
+    """SyntheticScorer that raises after `fail_after` backend calls: a killed worker."""
+
+    def __init__(self, *args, fail_after: int, **kw):
+        super().__init__(*args, **kw)
+        self.fail_after = fail_after
+
+    def score(self, requests):
+        if len(self.calls) >= self.fail_after:
+            raise RuntimeError("injected failure")
+        return super().score(requests)
+
+
+class AlwaysTrueScorer(SyntheticScorer):
+    """Scores every query s = 5 whatever the context."""
+
+    def score_one(self, request):
+        return 5.0
+
+
+# -- determinism and exactness --------------------------------------------------------------
+
+def test_same_seed_same_trace_and_different_seed_different_trace():
+    claims = make_claims(12)
+    config = icm_config("smoke", iterations=40)
+    a, _ = run(claims, config)
+    b, _ = run(claims, config)
+    c, _ = run(claims, config.model_copy(update={"seed": 1}))
+    assert a.trace.equals(b.trace) and a.labels.equals(b.labels)
+    assert not trajectory(a).equals(trajectory(c))
+
+
+@pytest.mark.parametrize(
+    "preset,seed,over",
+    [
+        ("seed", 0, {}),
+        ("seed", 1, {"objective": "logprob_sum"}),
+        ("paper", 2, {}),
+        ("smoke", 3, {"schedule": "exp"}),
+        ("smoke", 4, {"score_memo_size": 50}),  # LRU evictions change cost, never the result
+    ],
+)
+def test_fast_engine_follows_the_reference_trajectory_with_fewer_prompts_and_calls(preset, seed, over):
+    claims = make_claims(15, seed=seed)
+    config = icm_config(preset, iterations=60, seed=seed, num_seed=6, **over)
+    fast, fast_scorer = run(claims, config.model_copy(update={"engine": "fast"}))
+    ref, ref_scorer = run(claims, config.model_copy(update={"engine": "reference"}))
+    assert trajectory(fast).equals(trajectory(ref))
+    assert fast.labels.equals(ref.labels)
+    assert fast.counters.proposed > 5  # the comparison covered real moves
+    ref_prompts = sum(c.n_prompts for c in ref_scorer.calls)
+    fast_prompts = sum(c.n_prompts for c in fast_scorer.calls)
+    assert len(ref_scorer.calls) == ref_prompts == ref.counters.prompts_needed  # one prompt per call
+    assert fast_prompts < ref_prompts
+    assert len(fast_scorer.calls) * 5 < len(ref_scorer.calls)
+    assert fast.counters.prompts == fast_prompts and fast.counters.backend_calls == len(fast_scorer.calls)
+
+
+def test_context_order_is_entry_order_of_groups_with_members_adjacent():
+    claims = make_claims(3)  # claims 0,1 = g000; 2,3 = g001; 4,5 = g002
+    pool = Pool.from_claims(claims)
+    lab = Labelling.empty(6).with_labels(pool, [(5, 1), (0, 0)]).with_labels(pool, [(4, 0), (3, 1)])
+    assert lab.group_order == (2, 0, 1)
+    assert lab.context(pool) == ((4, 0), (5, 1), (0, 0), (3, 1))
+
+
+def test_fast_engine_sends_leave_one_out_prompts_prefix_sorted_in_one_call():
+    claims = make_claims(10)
+    scorer = RecordingScorer(truth_of(claims))
+    result = run_icm(claims, scorer, icm_config("smoke", iterations=30, num_seed=6), show_progress=False)
+    index = {c.claim_id: i for i, c in enumerate(claims)}
+    big = [b for b in scorer.batches if len(b) > 3]
+    assert big, "expected energy evaluations batched into one call"
+    for batch in scorer.batches:
+        keys = [prefix_order((index[r.query.claim_id], tuple((index[c.claim_id], y) for c, y in r.context))) for r in batch]
+        assert keys == sorted(keys)
+        for r in batch:
+            assert r.kind == "base" and r.query.claim_id not in {c.claim_id for c, _ in r.context}
+    assert result.counters.backend_calls == len(scorer.batches)
+
+
+# -- ConsistencyFix -------------------------------------------------------------------------
+
+def inconsistent_search(seed: int, alpha: float = 3.5, **scorer_kw):
+    """A search whose state has every one of 8 groups labelled (True, True) or (False, False)."""
+    claims = make_claims(8, seed=seed)
+    scorer = SyntheticScorer(truth_of(claims), seed=seed, **scorer_kw)
+    search = IcmSearch(claims, scorer, icm_config(alpha=alpha, seed=seed))
+    labels = [(i, (i // 2) % 2) for i in range(len(claims))]  # group g gets (g%2, g%2)
+    return search, Labelling.empty(len(claims)).with_labels(search.pool, labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_consistency_fix_makes_the_state_consistent_and_never_lowers_U(seed):
+    search, start = inconsistent_search(seed)
+    assert len(start.inconsistent_pairs(search.pool)) == 8
+    energies = []
+    for rounds in range(0, 10):  # same seed, one round more each time: the fix's path, step by step
+        search, start = inconsistent_search(seed)
+        fixed, energy, applied = search.consistency_fix(start, rounds)
+        assert applied <= rounds
+        energies.append(energy.U)
+    assert all(b >= a for a, b in zip(energies, energies[1:], strict=False))
+    assert energies[-1] > energies[0]
+    assert energy.I == 0 and fixed.inconsistent_pairs(search.pool) == []
+
+
+def test_consistency_fix_keeps_a_pair_it_cannot_fix_without_lowering_U():
+    # With a huge alpha and a scorer that says every claim is True, (True, True) explains the
+    # data best; breaking a pair costs more P than the 1 it saves in I.
+    claims = make_claims(4)
+    search = IcmSearch(claims, AlwaysTrueScorer(truth_of(claims)), icm_config(alpha=50.0, num_seed=2))
+    start = Labelling.empty(8).with_labels(search.pool, [(i, 1) for i in range(8)])
+    before = search.engine.energies([start])[0]
+    fixed, energy, applied = search.consistency_fix(start, 10)
+    assert applied == 0 and fixed == start and energy.U == before.U and energy.I == 4
+
+
+def test_energy_terms_follow_the_spec():
+    claims = make_claims(2)
+    search = IcmSearch(claims, SyntheticScorer(truth_of(claims)), icm_config(alpha=2.0, num_seed=2))
+    lab = Labelling.empty(4).with_labels(search.pool, [(0, 1), (1, 1), (2, 0), (3, 1)])
+    e = search.engine.energies([lab])[0]
+    context = lab.context(search.pool)
+    signed = [s if y == 1 else -s for s, (_, y) in zip(e.scores, context, strict=True)]
+    assert e.I == 1  # group g000 is (True, True)
+    assert e.P == pytest.approx(np.mean(signed)) and e.U == pytest.approx(2.0 * e.P - 1)
+    sum_search = IcmSearch(claims, SyntheticScorer(truth_of(claims)), icm_config(alpha=2.0, num_seed=2, objective="logprob_sum"))
+    e2 = sum_search.engine.energies([lab])[0]
+    assert e2.P == pytest.approx(sum(math.log(1 / (1 + math.exp(-z))) for z in signed))
+
+
+# -- recovery -------------------------------------------------------------------------------
+
+def test_recovers_hidden_truth_with_clear_signal():
+    claims = make_claims(30, seed=7)  # 60 claims
+    result, _ = run(claims, icm_config(iterations=200), signal=1.0, prior=1.0, noise=0.5)
+    assert result.labels["label"].is_not_null().sum() >= 54
+    assert label_accuracy(result) > 0.85
+    assert result.trace["I"][-1] == 0
+
+
+def test_consistency_term_helps_when_the_signal_is_weak():
+    accuracy = {True: [], False: []}
+    for seed in range(3):
+        claims = make_claims(30, seed=seed)
+        for consistency in (True, False):
+            config = icm_config(iterations=150, seed=seed, consistency=consistency)
+            result, _ = run(claims, config, signal=0.5, prior=0.5, noise=1.0, seed=seed)
+            accuracy[consistency].append(label_accuracy(result))
+    assert np.mean(accuracy[True]) > np.mean(accuracy[False]) + 0.05, accuracy
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+def test_kill_and_resume_gives_the_uninterrupted_trace(tmp_path):
+    claims = make_claims(12)
+    truth = truth_of(claims)
+    config = icm_config("smoke", iterations=50, checkpoint_every=7)
+    whole = run_icm(claims, SyntheticScorer(truth), config, show_progress=False)
+    path = tmp_path / "icm.json"
+    with pytest.raises(RuntimeError, match="injected"):
+        run_icm(claims, FailingScorer(truth, fail_after=40), config, checkpoint_path=path, show_progress=False)
+    saved = json.loads(json.loads(path.read_text())["payload"])
+    assert 0 < saved["iteration"] < 50
+    resumed = run_icm(claims, SyntheticScorer(truth), config, checkpoint_path=path, show_progress=False)
+    assert resumed.counters.resumed_from == saved["iteration"]
+    assert trajectory(resumed).equals(trajectory(whole))
+    assert resumed.labels.equals(whole.labels)
+    # resuming a finished run sends nothing and returns the same result, also on the other engine
+    again_scorer = SyntheticScorer(truth)
+    again = run_icm(claims, again_scorer, config.model_copy(update={"engine": "reference"}), checkpoint_path=path,
+                    show_progress=False)
+    assert again_scorer.calls == [] and trajectory(again).equals(trajectory(whole))
+
+
+def test_checkpoint_for_another_run_is_refused(tmp_path):
+    claims = make_claims(6)
+    path = tmp_path / "icm.json"
+    config = icm_config("smoke", iterations=5)
+    run_icm(claims, SyntheticScorer(truth_of(claims)), config, checkpoint_path=path, show_progress=False)
+    with pytest.raises(CheckpointMismatch, match="run key"):
+        run_icm(claims, SyntheticScorer(truth_of(claims)), config.model_copy(update={"alpha": 1.0}),
+                checkpoint_path=path, show_progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper"])
+def test_damaged_checkpoint_is_logged_and_the_run_restarts_cleanly(tmp_path, caplog, damage):
+    claims = make_claims(8)
+    config = icm_config("smoke", iterations=20, checkpoint_every=5)
+    fresh = run_icm(claims, SyntheticScorer(truth_of(claims)), config, show_progress=False)
+    path = tmp_path / "icm.json"
+    with pytest.raises(RuntimeError):
+        run_icm(claims, FailingScorer(truth_of(claims), fail_after=20), config, checkpoint_path=path, show_progress=False)
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2] if damage == "truncate" else text.replace('\\"accepted\\":', '\\"accepted\\": ', 1))
+    with caplog.at_level(logging.WARNING, logger="persona_icm.icm"):
+        restarted = run_icm(claims, SyntheticScorer(truth_of(claims)), config, checkpoint_path=path, show_progress=False)
+    assert "damaged ICM checkpoint" in caplog.text
+    assert restarted.counters.resumed_from is None
+    assert restarted.trace.equals(fresh.trace)
+    assert json.loads(path.read_text())["sha256"]  # rewritten, valid again
+
+
+# -- annealing ------------------------------------------------------------------------------
+
+def test_temperature_schedules():
+    log_cfg = icm_config(initial_T=10.0, final_T=0.1, beta=2.75)
+    assert temperature(log_cfg, 0) == 10.0
+    assert temperature(log_cfg, 5) == pytest.approx(10.0 / (1 + 2.75 * math.log(6)))
+    assert temperature(log_cfg, 10**40) == 0.1
+    exp_cfg = icm_config(schedule="exp", initial_T=10.0, final_T=0.01, decay=0.9)
+    assert temperature(exp_cfg, 3) == pytest.approx(10.0 * 0.9**3)
+    assert temperature(exp_cfg, 10**6) == 0.01
+
+
+def test_acceptance_has_no_overflow_at_tiny_T():
+    with np.errstate(all="raise"):
+        assert acceptance_probability(-1e300, 1e-300) == 0.0
+        assert acceptance_probability(1e300, 1e-300) == 1.0
+        assert acceptance_probability(0.0, 1e-300) == 1.0
+    claims = make_claims(8)
+    config = icm_config("smoke", iterations=30, initial_T=1e-300, final_T=1e-300)
+    result, _ = run(claims, config)
+    tried = result.trace.filter(pl.col("changed"))
+    assert tried.height > 0
+    # at T ~ 0 only non-worsening moves pass
+    assert tried.filter(pl.col("accepted"))["delta_U"].min() >= 0
+
+
+def test_acceptance_frequency_of_a_worse_state_follows_exp_dU_over_T():
+    rng = np.random.default_rng(123)
+    n = 20_000
+    for delta, T in [(-1.0, 2.0), (-3.0, 1.5), (-0.2, 0.1)]:
+        p = math.exp(delta / T)
+        hits = sum(metropolis_accept(rng, delta, T) for _ in range(n))
+        assert abs(hits / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (delta, T, hits / n, p)
+
+
+# -- frames, progress, bad input --------------------------------------------------------------
+
+def test_result_frames_and_progress():
+    claims = make_claims(8)
+    seen = []
+    config = icm_config("smoke", iterations=25)
+    result = run_icm(claims, SyntheticScorer(truth_of(claims)), config, on_progress=seen.append, show_progress=True)
+    trace, labels = result.trace, result.labels
+    assert dict(trace.schema) == TRACE_SCHEMA and dict(labels.schema) == LABELS_SCHEMA
+    assert trace["iteration"].to_list() == list(range(26))
+    assert [p.iteration for p in seen] == list(range(1, 26))
+    assert trace["pool_size"].is_sorted()
+    assert (trace["accepted"].is_null() == ~trace["changed"].fill_null(False)).all()
+    assert trace["accepted_total"][-1] == result.counters.accepted == seen[-1].accepted
+    assert labels.height == 16 and labels["claim_id"].to_list() == [c.claim_id for c in claims]
+    ranked = labels.filter(pl.col("label").is_not_null())
+    assert sorted(ranked["context_rank"].to_list()) == list(range(ranked.height))
+    assert set(result.label_of()) == set(ranked["claim_id"])
+
+
+def test_bad_claims_are_named():
+    claims = make_claims(3)
+    with pytest.raises(ValueError, match="exactly two"):
+        run_icm(claims[:-1], SyntheticScorer(truth_of(claims)), icm_config("smoke"), show_progress=False)
+    with pytest.raises(ValueError, match="unique"):
+        run_icm(claims + claims[:1], SyntheticScorer(truth_of(claims)), icm_config("smoke"), show_progress=False)
+    with pytest.raises(ValueError, match="num_seed"):
+        run_icm(claims, SyntheticScorer(truth_of(claims)), icm_config("seed"), show_progress=False)
