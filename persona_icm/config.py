@@ -49,11 +49,20 @@ class IcmConfig(_Section):
     seed: int = 0
 
 
+EVAL_METHODS = ("icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior")
+
+
 class EvalConfig(_Section):
-    eval_repeats: int = Field(10, ge=1)
-    demo_sizes: list[int] = Field(default_factory=lambda: [10, 20, 50, 75, 100, 150, 200])
+    eval_repeats: int = Field(10, ge=1, description="Seeded random demo orders per demo set.")
+    demo_sizes: list[int] = Field(
+        default_factory=lambda: [10, 20, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000],
+        description="Accuracy-vs-demos sizes (claims); those below the pool size are run, plus the pool. [] = no curve.",
+    )
+    methods: list[Literal["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior"]] = Field(
+        default_factory=lambda: list(EVAL_METHODS)
+    )
     bootstrap_samples: int = Field(1000, ge=100)
-    seed: int = 0
+    seed: int = Field(0, description="Seeds demo sampling, orders, random-matched flips and the bootstrap.")
 
 
 class RunConfig(_Section):
