@@ -16,8 +16,9 @@ Outputs (polars), the source of truth for every metric (see persona_icm/metrics.
   or "curve" (sub-sampled demo sets). n_demos: target demo count (the pool size for "main",
   0 for zero-shot); whole groups are sampled, so a curve prompt holds at most n_demos demos.
   repeat: order index (0 for zero-shot and option prior, which do not depend on order).
-  icm_seed: the ICM run whose demo pool was used (null for zero-shot, and for golden when no
-  ICM labels were given). pred = score > 0.
+  icm_seed: the ICM run whose demo pool was used; NO_ICM_SEED (-1) for rows that depend on no
+  ICM run (zero-shot; golden when no ICM labels were given), so the column can be part of a
+  primary key. pred = score > 0.
 - demos(run_id, country, method, experiment, n_demos, repeat, icm_seed, position, claim_id,
   label, gold): the exact demonstrations of every prompt, in prompt order.
 
@@ -42,7 +43,7 @@ from persona_icm.scoring.base import ClaimScorer, ScoreRequest
 
 log = logging.getLogger(__name__)
 
-LABELLED_METHODS = ("icm", "golden", "random_matched")
+NO_ICM_SEED = -1
 PREDICTION_SCHEMA = {
     "run_id": pl.String,
     "country": pl.String,
@@ -91,23 +92,28 @@ class _PromptSet:
     experiment: str
     n_demos: int
     repeat: int
-    icm_seed: int | None
+    icm_seed: int
     context: tuple[tuple[Claim, int], ...]
     kind: str = "base"
 
 
-def labels_from_frame(icm_labels: pl.DataFrame) -> dict[int, dict[str, int]]:
-    """{icm_seed: {claim_id: label}} from a frame icm_labels(claim_id, label[, icm_seed]).
+def labels_from_frame(
+    icm_labels: pl.DataFrame, country: str | None = None
+) -> dict[int, dict[str, int]]:
+    """{icm_seed: {claim_id: label}} from a frame icm_labels(claim_id, label[, icm_seed, country]).
 
     Rows with a null label (claims the search never labelled) are not demos and are dropped.
-    Without an `icm_seed` column the labels are one run, seed 0.
+    Without an `icm_seed` column the labels are one run, seed 0. `country` keeps that country's rows.
     """
-    missing = {"claim_id", "label"} - set(icm_labels.columns)
+    missing = {"claim_id", "label"} | ({"country"} if country is not None else set())
+    missing -= set(icm_labels.columns)
     if missing:
         raise ValueError(
             f"icm_labels frame lacks column(s) {sorted(missing)}; has {icm_labels.columns}"
         )
     frame = icm_labels.filter(pl.col("label").is_not_null())
+    if country is not None:
+        frame = frame.filter(pl.col("country") == country)
     if "icm_seed" not in frame.columns:
         frame = frame.with_columns(icm_seed=pl.lit(0))
     repeated = frame.filter(pl.struct("icm_seed", "claim_id").is_duplicated())
@@ -202,16 +208,16 @@ def plan_prompt_sets(
 ) -> list[_PromptSet]:
     """Every demo context to evaluate, in the order the Generator is drawn (see module doc)."""
     sets: list[_PromptSet] = []
-    pools: list[tuple[int | None, list[Claim]]] = (
+    pools: list[tuple[int, list[Claim]]] = (
         [
             (seed, [c for c in train if c.claim_id in labels])
             for seed, labels in sorted(icm_runs.items())
         ]
         if icm_runs
-        else [(None, list(train))]
+        else [(NO_ICM_SEED, list(train))]
     )
     for seed, pool in pools:
-        icm = icm_runs.get(seed, {}) if seed is not None else {}
+        icm = icm_runs.get(seed, {})
         sizes = curve_sizes(len(pool), config.demo_sizes) if config.demo_sizes else [len(pool)]
         for n in sizes:
             experiment = "main" if n == len(pool) else "curve"
@@ -276,9 +282,9 @@ def evaluate_country(
     planned = plan_prompt_sets(train, icm_runs, config, rng)
     prompt_sets = [p for p in planned if p.method in methods]
     if "zero_shot_base" in methods:
-        prompt_sets.append(_PromptSet("zero_shot_base", "main", 0, 0, None, ()))
+        prompt_sets.append(_PromptSet("zero_shot_base", "main", 0, 0, NO_ICM_SEED, ()))
     if "zero_shot_chat" in methods and chat_scorer is not None:
-        prompt_sets.append(_PromptSet("zero_shot_chat", "main", 0, 0, None, (), kind="chat"))
+        prompt_sets.append(_PromptSet("zero_shot_chat", "main", 0, 0, NO_ICM_SEED, (), kind="chat"))
 
     scored = _score_prompt_sets(scorer, chat_scorer, prompt_sets, test, batched, progress)
 
@@ -308,8 +314,12 @@ def _as_runs(icm_labels: Mapping[int, Labels] | Labels | None) -> dict[int, dict
         return {}
     first = next(iter(icm_labels.values()))
     if isinstance(first, Mapping):
-        return {int(seed): dict(labels) for seed, labels in icm_labels.items()}
-    return {0: dict(icm_labels)}
+        runs = {int(seed): dict(labels) for seed, labels in icm_labels.items()}
+    else:
+        runs = {0: dict(icm_labels)}
+    if NO_ICM_SEED in runs:
+        raise ValueError(f"icm_seed {NO_ICM_SEED} is reserved for rows that use no ICM run")
+    return runs
 
 
 def _score_prompt_sets(

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from persona_icm.evaluate import NO_ICM_SEED
+
 ALL_COUNTRIES = "ALL"
 _ORDER = ["icm_seed", "repeat"]
 METRIC_SCHEMA = {
@@ -197,7 +199,7 @@ def _summary_row(head: dict, outcomes: pl.DataFrame, n_boot: int, rng: np.random
         "n_demos": None,
         **head,
         "n_countries": int(unit_ids["country"].n_unique()),
-        "n_icm_seeds": sum(s is not None for s in seeds),
+        "n_icm_seeds": sum(s != NO_ICM_SEED for s in seeds),
         "n_orders": orders.height,
         "n_test_claims": int(n_claims.sum()),
         "n_test_groups": n_units,

@@ -5,6 +5,7 @@ import pytest
 from persona_icm.claims import Claim
 from persona_icm.config import EvalConfig, build_config
 from persona_icm.evaluate import (
+    NO_ICM_SEED,
     accuracy_matched_labels,
     curve_sizes,
     evaluate_country,
@@ -256,7 +257,7 @@ def test_without_icm_labels_golden_uses_all_train_claims_and_icm_methods_are_ski
     assert result.predictions.filter(experiment="main")["n_demos"].unique().to_list() == [
         len(train)
     ]
-    assert result.predictions["icm_seed"].null_count() == result.predictions.height
+    assert result.predictions["icm_seed"].unique().to_list() == [NO_ICM_SEED]
 
 
 def test_icm_pool_is_labelled_claims_only_and_several_seeds_are_kept_apart():
@@ -274,7 +275,7 @@ def test_icm_pool_is_labelled_claims_only_and_several_seeds_are_kept_apart():
         0: 30,
         1: 40,
     }
-    assert result.predictions.filter(method="zero_shot_base")["icm_seed"].null_count() == len(test)
+    assert result.predictions.filter(method="zero_shot_base")["icm_seed"].unique().to_list() == [-1]
     metrics = summarize(result.predictions)
     assert metrics.filter(method="icm", n_demos=20)["n_icm_seeds"].item() == 2
 
@@ -344,6 +345,8 @@ def test_labels_from_frame_drops_unlabelled_and_splits_seeds():
         {"claim_id": ["a", "b", "c", "a"], "label": [1, None, 0, 0], "icm_seed": [0, 0, 0, 1]}
     )
     assert labels_from_frame(frame) == {0: {"a": 1, "c": 0}, 1: {"a": 0}}
+    by_country = frame.with_columns(country=pl.Series(["X", "X", "Y", "X"]))
+    assert labels_from_frame(by_country, country="X") == {0: {"a": 1}, 1: {"a": 0}}
     assert labels_from_frame(frame.drop("icm_seed").head(3)) == {0: {"a": 1, "c": 0}}
     with pytest.raises(ValueError, match="more than once"):
         labels_from_frame(frame.drop("icm_seed"))

@@ -14,7 +14,7 @@ def predictions(
     accuracy,
     repeats=2,
     seed=0,
-    icm_seed=None,
+    icm_seed=-1,
     experiment="main",
 ):
     """Binary groups; each claim right with probability `accuracy` (seeded), scores +-1."""
@@ -38,19 +38,19 @@ def exact(country, method, n_demos, n_groups, n_right_groups, experiment="main")
         for k in range(2):
             gold = int(k == 0)
             pred = gold if g < n_right_groups else 1 - gold
-            rows.append(("r", country, method, experiment, n_demos, 0, None, f"{country}{g}-{k}", f"{country}{g}",
+            rows.append(("r", country, method, experiment, n_demos, 0, -1, f"{country}{g}-{k}", f"{country}{g}",
                          1.0 if pred else -1.0, pred, gold))  # fmt: skip
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row")
 
 
 def test_claim_and_group_accuracy_with_ties():
     rows = [
-        ("r", "X", "m", "main", 0, 0, None, "a0", "a", 2.0, 1, 1),  # group a: top right, claims 2/2
-        ("r", "X", "m", "main", 0, 0, None, "a1", "a", -1.0, 0, 0),
-        ("r", "X", "m", "main", 0, 0, None, "b0", "b", 0.5, 1, 1),  # group b: tie at the top -> 1/2
-        ("r", "X", "m", "main", 0, 0, None, "b1", "b", 0.5, 1, 0),
-        ("r", "X", "m", "main", 0, 0, None, "c0", "c", -3.0, 0, 1),  # group c: wrong on top, 0/2
-        ("r", "X", "m", "main", 0, 0, None, "c1", "c", -1.0, 0, 0),
+        ("r", "X", "m", "main", 0, 0, -1, "a0", "a", 2.0, 1, 1),  # group a: top right, claims 2/2
+        ("r", "X", "m", "main", 0, 0, -1, "a1", "a", -1.0, 0, 0),
+        ("r", "X", "m", "main", 0, 0, -1, "b0", "b", 0.5, 1, 1),  # group b: tie at the top -> 1/2
+        ("r", "X", "m", "main", 0, 0, -1, "b1", "b", 0.5, 1, 0),
+        ("r", "X", "m", "main", 0, 0, -1, "c0", "c", -3.0, 0, 1),  # group c: wrong on top, 0/2
+        ("r", "X", "m", "main", 0, 0, -1, "c1", "c", -1.0, 0, 0),
     ]
     acc = order_accuracy(pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row"))
     assert acc["claim_acc"].item() == pytest.approx(4 / 6)
