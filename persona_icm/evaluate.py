@@ -330,27 +330,36 @@ def _score_prompt_sets(
     batched: bool,
     progress: Progress | None,
 ) -> list[tuple[_PromptSet, list[float]]]:
-    """Score every test claim after each prompt set's context: one call per set (batched)."""
+    """Score every test claim after each prompt set's context: one call per set (batched).
+
+    Backends with a `phase` attribute (CallLog) record each call as phase "eval:<method>";
+    their previous phase is restored afterwards.
+    """
+    backends = [b for b in (scorer, chat_scorer) if b is not None and hasattr(b, "phase")]
+    phases = [b.phase for b in backends]
     out = []
-    bar = tqdm(total=len(prompt_sets), desc=f"evaluate {test[0].country}", unit="call", leave=False)
-    for done, p in enumerate(prompt_sets, start=1):
-        backend = chat_scorer if p.kind == "chat" else scorer
-        if hasattr(backend, "phase"):
-            backend.phase = f"eval:{p.method}"
-        requests = [ScoreRequest(p.context, query, p.kind) for query in test]
-        if batched:
-            scores = backend.score(requests)
-        else:
-            scores = [s for r in requests for s in backend.score([r])]
-        if len(scores) != len(requests):
-            raise RuntimeError(
-                f"scorer returned {len(scores)} scores for {len(requests)} requests ({p.method})"
-            )
-        out.append((p, [float(s) for s in scores]))
-        bar.update()
-        if progress is not None:
-            progress(done, len(prompt_sets))
-    bar.close()
+    try:
+        for done, p in enumerate(
+            tqdm(prompt_sets, desc=f"evaluate {test[0].country}", unit="call", leave=False), start=1
+        ):
+            backend = chat_scorer if p.kind == "chat" else scorer
+            if backend in backends:
+                backend.phase = f"eval:{p.method}"
+            requests = [ScoreRequest(p.context, query, p.kind) for query in test]
+            if batched:
+                scores = backend.score(requests)
+            else:
+                scores = [s for r in requests for s in backend.score([r])]
+            if len(scores) != len(requests):
+                raise RuntimeError(
+                    f"scorer returned {len(scores)} scores for {len(requests)} requests ({p.method})"
+                )
+            out.append((p, [float(s) for s in scores]))
+            if progress is not None:
+                progress(done, len(prompt_sets))
+    finally:
+        for backend, phase in zip(backends, phases, strict=True):
+            backend.phase = phase
     return out
 
 

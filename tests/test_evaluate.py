@@ -368,3 +368,24 @@ def test_progress_callback_counts_every_call():
     assert seen == [
         (i, 13) for i in range(1, 14)
     ]  # 2 sizes x 2 orders x 3 labellings + zero-shot base
+
+
+def test_calls_are_recorded_under_eval_phases_and_the_phase_is_restored():
+    class PhasedScorer(SyntheticScorer):
+        """The synthetic scorer with a `phase` attribute, as CallLog backends have."""
+
+        phase = "icm"
+
+        def score(self, requests):
+            self.seen_phases.append(self.phase)
+            return super().score(requests)
+
+    train, test = split()
+    scorer = PhasedScorer({c.claim_id: c.gold for c in train + test})
+    scorer.seen_phases = []
+    evaluate_country(
+        scorer, train, test, config(demo_sizes=[]), icm_labels=noisy_labels(train, 0.8)
+    )
+    expected = ["eval:golden", "eval:icm", "eval:random_matched"] * 3 + ["eval:zero_shot_base"]
+    assert scorer.seen_phases == expected
+    assert scorer.phase == "icm"
