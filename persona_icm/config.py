@@ -7,7 +7,7 @@ Each section belongs to one module: `DataConfig` to goqa/claims, `ModelSpec` to 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,7 +49,8 @@ class IcmConfig(_Section):
     seed: int = 0
 
 
-EVAL_METHODS = ("icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior")
+EvalMethod = Literal["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior"]
+EVAL_METHODS: tuple[str, ...] = get_args(EvalMethod)
 
 
 class EvalConfig(_Section):
@@ -58,8 +59,9 @@ class EvalConfig(_Section):
         default_factory=lambda: [10, 20, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000],
         description="Accuracy-vs-demos sizes (claims); those below the pool size are run, plus the pool. [] = no curve.",
     )
-    methods: list[Literal["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior"]] = Field(
-        default_factory=lambda: list(EVAL_METHODS)
+    methods: list[EvalMethod] = Field(
+        default_factory=lambda: list(EVAL_METHODS),
+        description="option_prior runs with golden and with ICM labels (option_prior_golden/_icm).",
     )
     bootstrap_samples: int = Field(1000, ge=100)
     seed: int = Field(0, description="Seeds demo sampling, orders, random-matched flips and the bootstrap.")
