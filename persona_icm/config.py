@@ -7,7 +7,7 @@ Each section belongs to one module: `DataConfig` to goqa/claims, `ModelSpec` to 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,11 +60,22 @@ class IcmConfig(_Section):
     checkpoint_every: int = Field(50, ge=1, description="Iterations between checkpoints (when a checkpoint path is given).")
 
 
+EvalMethod = Literal["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior"]
+EVAL_METHODS: tuple[str, ...] = get_args(EvalMethod)
+
+
 class EvalConfig(_Section):
-    eval_repeats: int = Field(10, ge=1)
-    demo_sizes: list[int] = Field(default_factory=lambda: [10, 20, 50, 75, 100, 150, 200])
+    eval_repeats: int = Field(10, ge=1, description="Seeded random demo orders per demo set.")
+    demo_sizes: list[int] = Field(
+        default_factory=lambda: [10, 20, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000],
+        description="Accuracy-vs-demos sizes (claims); those below the pool size are run, plus the pool. [] = no curve.",
+    )
+    methods: list[EvalMethod] = Field(
+        default_factory=lambda: list(EVAL_METHODS),
+        description="option_prior runs with golden and with ICM labels (option_prior_golden/_icm).",
+    )
     bootstrap_samples: int = Field(1000, ge=100)
-    seed: int = 0
+    seed: int = Field(0, description="Seeds demo sampling, orders, random-matched flips and the bootstrap.")
 
 
 class RunConfig(_Section):
