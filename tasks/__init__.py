@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over persona_icm: caching, retries, tags, logging, artifacts."""

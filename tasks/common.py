@@ -1,0 +1,74 @@
+"""What every task shares: where state lives under the checkout, the per-process scorer, progress."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import polars as pl
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from persona_icm.config import ModelSpec
+from persona_icm.scoring.base import CallRecord, ClaimScorer
+
+ROOT = Path(__file__).resolve().parent.parent
+# Persisted task results (the cached ICM searches); PERSONA_ICM_RESULTS moves them (tests do).
+RESULTS_DIR = Path(os.environ.get("PERSONA_ICM_RESULTS", ROOT / "warehouse" / "results"))
+GPU = "gpu"  # tag of every task that runs a model
+
+
+def model_name(spec: ModelSpec | None) -> str | None:
+    return None if spec is None else f"{spec.backend}:{spec.name}"
+
+
+@functools.cache
+def _scorer(spec_json: str) -> ClaimScorer:
+    from persona_icm.scoring import make_scorer
+
+    return make_scorer(ModelSpec.model_validate_json(spec_json))
+
+
+def scorer_for(spec: ModelSpec) -> ClaimScorer:
+    """The one scorer (engine) of this process for `spec`, created on first use."""
+    return _scorer(spec.model_dump_json())
+
+
+def calls_frame(calls: list[CallRecord], model: str) -> pl.DataFrame:
+    """CallRecords as model_calls rows (the caller adds run_id, country, step)."""
+    return pl.DataFrame(
+        {
+            "model": [model] * len(calls),
+            "call_index": list(range(len(calls))),
+            "phase": [c.phase for c in calls],
+            "n_prompts": [c.n_prompts for c in calls],
+            "prompt_tokens": [c.prompt_tokens for c in calls],
+            "cached_tokens": [c.cached_tokens for c in calls],
+            "wall_seconds": [c.wall_seconds for c in calls],
+        },
+        schema={
+            "model": pl.String, "call_index": pl.Int64, "phase": pl.String, "n_prompts": pl.Int64,
+            "prompt_tokens": pl.Int64, "cached_tokens": pl.Int64, "wall_seconds": pl.Float64,
+        },
+    )  # fmt: skip
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    text = "-".join(parts).lower()
+    return "".join(ch if ch.isalnum() and ch.isascii() else "-" for ch in text).strip("-")
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact updated at most every `step` percent."""
+
+    def __init__(self, description: str, step: float = 5.0):
+        self.id = create_progress_artifact(progress=0.0, description=description)
+        self.step = step
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100.0 * done / max(total, 1)
+        if percent - self.last >= self.step or done >= total:
+            update_progress_artifact(self.id, progress=percent)
+            self.last = percent

@@ -1,0 +1,56 @@
+"""One task per evaluation method (persona_icm.evaluate.evaluate_country restricted to it).
+
+evaluate.py draws its random numbers in an order that does not depend on which methods are
+enabled, so evaluating the methods one task at a time gives the same demos and predictions as
+evaluating them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+from prefect import get_run_logger, task
+
+from persona_icm.claims import Claim
+from persona_icm.config import EvalConfig, ModelSpec
+from persona_icm.evaluate import evaluate_country
+from tasks.common import GPU, ProgressArtifact, calls_frame, model_name, scorer_for
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    predictions: pl.DataFrame
+    demos: pl.DataFrame
+    calls: pl.DataFrame
+    skipped: str | None = None  # why the method was not run (e.g. no chat model)
+
+
+@task(name="evaluate", tags=[GPU], task_run_name="evaluate-{method}-{country}")
+def evaluate_method(
+    method: str,
+    country: str,
+    train: list[Claim],
+    test: list[Claim],
+    icm_labels: dict[str, int],
+    config: EvalConfig,
+    base_model: ModelSpec,
+    chat_model: ModelSpec | None,
+    run_id: str,
+) -> MethodResult:
+    """Predictions of one method on `country`'s test claims (demos: the ICM pool's claims)."""
+    scorer = scorer_for(base_model)
+    chat = scorer_for(chat_model) if method == "zero_shot_chat" and chat_model is not None else None
+    backend = chat or scorer
+    mark = len(backend.calls)
+    progress = ProgressArtifact(f"evaluation {method}, {country}: prompt sets scored")
+    result = evaluate_country(
+        scorer, train, test, config.model_copy(update={"methods": [method]}),
+        icm_labels=icm_labels, chat_scorer=chat, run_id=run_id, progress=progress,
+    )  # fmt: skip
+    skipped = result.skipped.get(method)
+    if skipped:
+        get_run_logger().warning("%s skipped for %s: %s", method, country, skipped)
+    model = model_name(chat_model if chat is not None else base_model)
+    return MethodResult(method, result.predictions, result.demos, calls_frame(backend.calls[mark:], model), skipped)

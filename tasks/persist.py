@@ -1,0 +1,110 @@
+"""Warehouse writes of a run. Only the flow process that owns the warehouse runs these.
+
+Every write is one transaction per (run, country, step) that replaces that key's rows, so a
+retried or re-run flow never duplicates. Retries cover DuckDB lock contention (another process
+holding the file), the one failure here that waiting can fix.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+from prefect import get_run_logger, task
+
+from persona_icm import metrics
+from persona_icm.config import RunConfig
+from persona_icm.warehouse import open_warehouse, write_results, write_run
+from tasks.common import ROOT, model_name
+from tasks.evaluation import MethodResult
+from tasks.search import SearchResult
+
+
+def _lock_contention(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except duckdb.IOException as exc:
+        return "lock" in str(exc).lower()
+    except Exception:
+        return False
+    return False
+
+
+def code_version() -> str:
+    """git commit of the checkout, with "-dirty" when it has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def run_row(run_id: str, config: RunConfig, dataset_id: str, flow_run_id: str | None, status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "flow_run_id": flow_run_id,
+        "preset": config.preset,
+        "config_json": config.model_dump_json(),
+        "base_model": model_name(config.base_model),
+        "chat_model": model_name(config.chat_model),
+        "countries": list(config.data.countries),
+        "dataset_id": dataset_id,
+        "code_version": code_version(),
+        "started_at": extra.pop("started_at", datetime.now(UTC)),
+        "status": status,
+        **extra,
+    }
+
+
+@task(name="record-run", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+def record_run(warehouse_path: Path, row: dict[str, Any]) -> None:
+    """Insert or replace the run's row in `runs` (status, timings, finish time)."""
+    row = dict(row)
+    if isinstance(row.get("timings"), dict):
+        row["timings"] = json.dumps(row["timings"])
+    with open_warehouse(warehouse_path) as wh:
+        write_run(wh, row)
+
+
+@task(name="persist-country", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+def persist_country(
+    warehouse_path: Path, run_id: str, country: str, icm_seed: int, search: SearchResult,
+    evaluations: list[MethodResult], bootstrap_samples: int, seed: int,
+) -> dict[str, dict[str, int]]:
+    """Write one country: the search (step icm), then the evaluation and its metrics (step eval)."""
+    predictions = pl.concat([e.predictions for e in evaluations], how="vertical_relaxed")
+    demos = pl.concat([e.demos for e in evaluations], how="vertical_relaxed")
+    summary = metrics.summarize(predictions, demos, n_boot=bootstrap_samples, seed=seed)
+    seed_column = pl.lit(icm_seed).alias("icm_seed")
+    written = {}
+    with open_warehouse(warehouse_path) as wh:
+        written["icm"] = write_results(wh, run_id, country, "icm", {
+            "icm_labels": search.labels.with_columns(seed_column),
+            "icm_trace": search.trace.with_columns(seed_column),
+            "model_calls": search.calls,
+        })  # fmt: skip
+        written["eval"] = write_results(wh, run_id, country, "eval", {
+            "predictions": predictions,
+            "demos": demos,
+            "metrics": summary,
+            "model_calls": pl.concat([e.calls for e in evaluations], how="vertical_relaxed")
+            .with_columns(call_index=pl.int_range(pl.len())),
+        })  # fmt: skip
+    get_run_logger().info("%s persisted: %s", country, written)
+    return written
+
+
+@task(name="aggregate-countries", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+def aggregate_countries(warehouse_path: Path, run_id: str, bootstrap_samples: int, seed: int) -> int:
+    """The countries-pooled metrics (country 'ALL') from the run's predictions in the warehouse."""
+    with open_warehouse(warehouse_path) as wh:
+        predictions = wh.sql("SELECT * EXCLUDE (icm_seed), coalesce(icm_seed, -1) AS icm_seed FROM predictions WHERE run_id = ?", [run_id])
+        demos = wh.sql("SELECT * FROM demos WHERE run_id = ?", [run_id])
+        pooled = metrics.aggregate_countries(predictions, demos, n_boot=bootstrap_samples, seed=seed)
+        return write_results(wh, run_id, metrics.ALL_COUNTRIES, "aggregate", {"metrics": pooled})["metrics"]

@@ -1,0 +1,48 @@
+"""The report task: charts and HTML from the warehouse views, plus the run's Prefect artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from persona_icm.charts import AGGREGATE, HEADLINE_SQL, write_report
+from persona_icm.warehouse import open_warehouse
+from tasks.common import artifact_key
+
+
+def reports_dir(warehouse_path: Path) -> Path:
+    return Path(warehouse_path).resolve().parent / "reports"
+
+
+@task(name="report")
+def report(warehouse_path: Path, run_id: str) -> Path:
+    """warehouse/reports/<run_id>/ (PNG, SVG, report.html); a method x country table artifact
+    (accuracy with 95% CI) and a markdown artifact linking the report."""
+    out_dir = reports_dir(warehouse_path) / run_id
+    with open_warehouse(warehouse_path) as wh:
+        files = write_report(wh.sql, run_id, out_dir)
+        headline = wh.sql(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
+    countries = [c for c in headline["country"].unique(maintain_order=True).to_list() if c != AGGREGATE] + [AGGREGATE]
+    table = []
+    for method in headline["method"].unique(maintain_order=True).to_list():
+        row = {"method": method}
+        for country in countries:
+            cell = headline.filter((headline["method"] == method) & (headline["country"] == country))
+            if cell.height:
+                r = cell.row(0, named=True)
+                ci = "" if r["ci_low"] is None else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                row[country] = f"{r['accuracy']:.3f}{ci}"
+        table.append(row)
+    key = artifact_key("results", run_id)
+    create_table_artifact(table, key=key, description=f"Test claim accuracy (95% CI), run {run_id}, headline setting")
+    links = "\n".join(f"- {name}: [{png.name}]({png.resolve().as_uri()}), [{svg.name}]({svg.resolve().as_uri()})" for name, (png, svg) in files.charts.items())
+    create_markdown_artifact(
+        f"# persona-icm run `{run_id}`\n\nReport: [{files.html.resolve()}]({files.html.resolve().as_uri()})\n\n"
+        f"Charts:\n{links}\n\nWarehouse: `{Path(warehouse_path).resolve()}`; try "
+        f"`persona-icm sql \"select * from results_by_country where run_id = '{run_id}'\"`.\n",
+        key=artifact_key("report", run_id),
+        description=f"Report of run {run_id}",
+    )
+    return files.html

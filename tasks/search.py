@@ -1,0 +1,85 @@
+"""The ICM search task: cached across flow runs, resumable from its checkpoint on retry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.context import TaskRunContext
+
+from persona_icm.claims import Claim
+from persona_icm.config import IcmConfig, ModelSpec
+from persona_icm.icm import default_run_key, run_icm
+from tasks.common import GPU, RESULTS_DIR, ProgressArtifact, calls_frame, model_name, scorer_for
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What the flow keeps of one search (picklable: it is the cached task result)."""
+
+    run_key: str
+    labels: pl.DataFrame  # icm.LABELS_SCHEMA
+    trace: pl.DataFrame  # icm.TRACE_SCHEMA
+    calls: pl.DataFrame  # model_calls rows of the search
+    counters: dict[str, Any]
+
+    def label_of(self) -> dict[str, int]:
+        rows = self.labels.filter(pl.col("label").is_not_null())
+        return dict(zip(rows["claim_id"], rows["label"], strict=True))
+
+
+def search_key(train: list[Claim], icm: IcmConfig, model: ModelSpec) -> str:
+    """Algorithm version + search config (incl. seed) + the claims themselves + the model spec.
+
+    Engine choice, memo size and checkpoint cadence change only cost, so they are left out.
+    """
+    return default_run_key(train, icm, model.model_dump_json())
+
+
+def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return "icm-" + search_key(parameters["train"], parameters["icm"], parameters["model"])
+
+
+@task(
+    name="icm-search",
+    tags=[GPU],
+    cache_key_fn=_cache_key,
+    persist_result=True,
+    result_storage=RESULTS_DIR,
+    cache_expiration=timedelta(days=365),
+    retries=1,
+    retry_delay_seconds=10,
+)
+def icm_search(train: list[Claim], icm: IcmConfig, model: ModelSpec, checkpoint_dir: Path) -> SearchResult:
+    """Run (or resume from checkpoint_dir/<key>.ckpt) the search over one country's train claims."""
+    log = get_run_logger()
+    key = search_key(train, icm, model)
+    scorer = scorer_for(model)
+    country = train[0].country
+    progress = ProgressArtifact(f"ICM search, {country}: iterations done")
+    mark = len(scorer.calls)
+    previous_phase = getattr(scorer, "phase", None)
+    if previous_phase is not None:
+        scorer.phase = "icm"
+    try:
+        result = run_icm(
+            train, scorer, icm,
+            checkpoint_path=Path(checkpoint_dir) / f"{key}.ckpt",
+            run_key=key,
+            on_progress=lambda p: progress(p.iteration, p.iterations),
+        )  # fmt: skip
+    finally:
+        if previous_phase is not None:
+            scorer.phase = previous_phase
+    counters = vars(result.counters).copy()
+    log.info(
+        "ICM %s: %d iterations, %d accepted, pool %d, %d prompts in %.1f s (resumed from %s)",
+        country, counters["iterations"], counters["accepted"], result.labels["label"].is_not_null().sum(),
+        counters["prompts"], counters["wall_seconds"], counters["resumed_from"],
+    )  # fmt: skip
+    calls = calls_frame(scorer.calls[mark:], model_name(model))
+    return SearchResult(key, result.labels, result.trace, calls, counters)
