@@ -1,0 +1,132 @@
+"""`persona-icm`: run the flow in this process, query the warehouse, rebuild a report.
+
+    persona-icm run --preset smoke --set data.goqa_path=/path/goqa.csv --set icm.iterations=50
+    persona-icm runs
+    persona-icm sql "select * from results_by_country"
+    persona-icm sql warehouse/queries/latest_run_summary.sql
+    persona-icm report RUN_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from persona_icm.charts import write_report
+from persona_icm.warehouse import DEFAULT_PATH, open_warehouse
+
+console = Console()
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["icm.iterations=50", "data.countries=[\"France\"]"] -> nested dict; values parsed as JSON
+    when they are JSON, else kept as text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
+    table = Table(title=title, show_lines=False)
+    for name, dtype in frame.schema.items():
+        table.add_column(name, justify="right" if dtype.is_numeric() else "left")
+    for row in frame.iter_rows():
+        table.add_row(*("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    # The one place the library reaches up to the orchestration layer: `run` executes the Prefect
+    # flow in this process (no server needed; Prefect starts a temporary one if none is set).
+    from flows.persona_icm import persona_icm
+
+    overrides = parse_overrides(args.set)
+    if args.goqa_path:
+        overrides.setdefault("data", {})["goqa_path"] = args.goqa_path
+    if args.warehouse:
+        overrides["warehouse_path"] = args.warehouse
+    run_id = persona_icm(preset=args.preset, overrides=overrides)
+    console.print(f"run [bold]{run_id}[/bold] completed")
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    with open_warehouse(args.warehouse, read_only=True) as wh:
+        print_frame(
+            wh.sql(
+                "SELECT run_id, status, preset, base_model, chat_model, countries, started_at, finished_at,"
+                " code_version FROM runs ORDER BY started_at DESC"
+            ),
+            "runs",
+        )
+
+
+def cmd_sql(args: argparse.Namespace) -> None:
+    query = Path(args.query).read_text() if args.query.endswith(".sql") and Path(args.query).is_file() else args.query
+    with open_warehouse(args.warehouse, read_only=True) as wh:
+        try:
+            frame = wh.sql(query)
+        except Exception as exc:  # a DuckDB parser/catalog/binder error: show it, not a traceback
+            raise ValueError(f"query failed: {exc}") from exc
+        print_frame(frame)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    out = Path(args.out) if args.out else Path(args.warehouse).resolve().parent / "reports" / args.run_id
+    with open_warehouse(args.warehouse, read_only=True) as wh:
+        files = write_report(wh.sql, args.run_id, out)
+    console.print(f"report: {files.html}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="persona-icm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warehouse", default=str(DEFAULT_PATH), help="DuckDB file (default %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the persona-icm flow in this process")
+    run.add_argument("--preset", default="smoke", choices=["seed", "paper", "smoke"])
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, dotted key; repeatable")
+    run.add_argument("--goqa-path", help="local GOQA CSV (default: $GOQA_PATH, else the hub download)")
+    run.set_defaults(func=cmd_run)
+
+    sub.add_parser("runs", help="list runs in the warehouse").set_defaults(func=cmd_runs)
+
+    sql = sub.add_parser("sql", help="run a query (or a .sql file) on the warehouse and print the table")
+    sql.add_argument("query")
+    sql.set_defaults(func=cmd_sql)
+
+    rep = sub.add_parser("report", help="rebuild the HTML report and charts of a run")
+    rep.add_argument("run_id")
+    rep.add_argument("--out", help="output folder (default warehouse/reports/RUN_ID)")
+    rep.set_defaults(func=cmd_report)
+
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.warehouse == str(DEFAULT_PATH):
+        args.warehouse = None
+    try:
+        args.func(args)
+    except (FileNotFoundError, LookupError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Result tables, views, saved queries and charts, fed by the real search and evaluation code
+with the synthetic scorer (no Prefect, no model)."""
+
+import json
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from persona_icm import metrics
+from persona_icm.charts import write_report
+from persona_icm.config import build_config
+from persona_icm.evaluate import evaluate_country
+from persona_icm.icm import run_icm
+from persona_icm.warehouse import open_warehouse, write_results, write_run
+from tests.synthetic import SyntheticScorer, make_claims
+
+QUERIES = Path(__file__).resolve().parent.parent / "warehouse" / "queries"
+COUNTRIES = {"Atlantis": 14, "Lemuria": 10}  # test groups differ: the aggregate must weight them
+
+
+def _country(country, n_test_groups, cfg):
+    claims = make_claims(12 + n_test_groups, country=country, seed=len(country))
+    claims = [c.__class__(f"{country}:{c.claim_id}", f"{country}:{c.group_id}", *[getattr(c, f) for f in ("country", "question", "option", "gold")]) for c in claims]
+    train, test = claims[:24], claims[24:]
+    scorer = SyntheticScorer({c.claim_id: c.gold for c in claims})
+    search = run_icm(train, scorer, cfg.icm, show_progress=False)
+    result = evaluate_country(scorer, train, test, cfg.eval, icm_labels=search.label_of(), run_id="r1")
+    return search, result
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    cfg = build_config("smoke", {"icm": {"iterations": 15}, "eval": {"eval_repeats": 3, "demo_sizes": [4, 8]}})
+    wh = open_warehouse(tmp_path_factory.mktemp("wh") / "w.duckdb")
+    write_run(wh, {
+        "run_id": "r1", "preset": "smoke", "config_json": cfg.model_dump_json(), "base_model": "synthetic",
+        "countries": list(COUNTRIES), "dataset_id": "d1", "code_version": "test",
+        "started_at": datetime.now(UTC), "status": "completed",
+    })  # fmt: skip
+    frames = {}
+    for country, n_test in COUNTRIES.items():
+        search, result = _country(country, n_test, cfg)
+        frames[country] = result
+        seed = pl.lit(0).alias("icm_seed")
+        write_results(wh, "r1", country, "icm", {"icm_labels": search.labels.with_columns(seed), "icm_trace": search.trace.with_columns(seed)})
+        write_results(wh, "r1", country, "eval", {
+            "predictions": result.predictions, "demos": result.demos,
+            "metrics": metrics.summarize(result.predictions, result.demos, n_boot=200),
+        })  # fmt: skip
+    predictions = pl.concat([r.predictions for r in frames.values()])
+    demos = pl.concat([r.demos for r in frames.values()])
+    pooled = metrics.aggregate_countries(predictions, demos, n_boot=200)
+    write_results(wh, "r1", "ALL", "aggregate", {"metrics": pooled})
+    yield wh, predictions, demos
+    wh.close()
+
+
+def test_view_accuracies_equal_the_python_metrics(warehouse):
+    wh, predictions, demos = warehouse
+    python = metrics.summarize(predictions, demos, n_boot=200)
+    sql = wh.sql("SELECT * FROM results_by_country WHERE run_id = 'r1'")
+    joined = sql.join(python, on=["country", "method", "experiment", "n_demos"], how="full", coalesce=True)
+    assert joined.height == python.height == sql.height > 0
+    assert (joined["accuracy"] - joined["claim_acc"]).abs().max() < 1e-12
+    assert (joined["group_accuracy"] - joined["group_acc"]).abs().max() < 1e-12
+    assert (joined["n_orders"] == joined["n_orders_right"]).all()
+    assert joined["ci_low"].is_not_null().all() and (joined["ci_low"] <= joined["accuracy"]).all()
+
+
+def test_aggregate_is_test_size_weighted_and_matches_python(warehouse):
+    wh, predictions, demos = warehouse
+    pooled = metrics.aggregate_countries(predictions, demos, n_boot=200)
+    sql = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r1'")
+    joined = sql.join(pooled, on=["method", "experiment", "n_demos"], how="inner", nulls_equal=True)
+    assert joined.height == pooled.height == sql.height > 0
+    assert (joined["accuracy"] - joined["claim_acc"]).abs().max() < 1e-12
+    golden = wh.sql("SELECT country, accuracy, n_test_claims FROM results_by_country WHERE method = 'golden' AND experiment = 'main'")
+    expected = (golden["accuracy"] * golden["n_test_claims"]).sum() / golden["n_test_claims"].sum()
+    got = wh.scalar("SELECT accuracy FROM results_aggregated WHERE method = 'golden' AND experiment = 'main'")
+    assert got == pytest.approx(expected)
+    assert golden["n_test_claims"].to_list() != [golden["n_test_claims"][0]] * golden.height
+
+
+def test_rewriting_a_country_replaces_its_rows(warehouse):
+    wh, predictions, _ = warehouse
+    before = wh.scalar("SELECT count(*) FROM predictions")
+    atlantis = predictions.filter(pl.col("country") == "Atlantis")
+    write_results(wh, "r1", "Atlantis", "eval", {"predictions": atlantis})
+    assert wh.scalar("SELECT count(*) FROM predictions") == before == predictions.height
+    with pytest.raises(ValueError, match="not a result table"):
+        write_results(wh, "r1", "Atlantis", "eval", {"claims": atlantis})
+
+
+@pytest.mark.parametrize("query", sorted(p.name for p in QUERIES.glob("*.sql")))
+def test_saved_queries_run_and_return_rows(warehouse, query):
+    wh, *_ = warehouse
+    calls = pl.DataFrame({"phase": ["icm"], "model": ["m"], "call_index": [0], "n_prompts": [3],
+                          "prompt_tokens": [300], "cached_tokens": [100], "wall_seconds": [0.5]})
+    write_results(wh, "r1", "Atlantis", "icm", {"model_calls": calls})
+    wh.con.execute("UPDATE runs SET finished_at = now()")
+    frame = wh.sql((QUERIES / query).read_text())
+    assert frame.height > 0, query
+
+
+def test_report_has_three_valid_charts_and_references_them(warehouse, tmp_path):
+    wh, *_ = warehouse
+    files = write_report(wh.sql, "r1", tmp_path)
+    assert set(files.charts) == {"accuracy_by_method", "accuracy_vs_examples", "icm_trace"}
+    page = files.html.read_text()
+    for name, (png, svg) in files.charts.items():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert ET.parse(svg).getroot().tag.endswith("svg")
+        assert f'id="{name}"' in page and png.name in page and svg.name in page
+        spec = json.loads(png.with_suffix(".vl.json").read_text())
+        assert all(spec["datasets"].values()) and spec["datasets"], name
+    assert "http://" not in page.replace("http://www.w3.org", "") and "<script" not in page
+    assert "Atlantis" in page and "All countries (weighted)" in page
+    with pytest.raises(ValueError, match="not in the warehouse"):
+        write_report(wh.sql, "nope", tmp_path / "x")
