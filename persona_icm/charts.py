@@ -114,12 +114,16 @@ def accuracy_vs_examples_chart(vs_examples: pl.DataFrame, title: str = "") -> al
         x=alt.X("n_demos:Q", title="number of demonstrations"),
         color=alt.Color("method_label:N", title="demo labels", scale=scale),
     )
-    band = base.mark_area(opacity=0.18).encode(
+    band = alt.Chart(frame).mark_area(opacity=0.18).encode(
+        x="n_demos:Q",
+        fill=alt.Fill("method_label:N", title="demo labels", scale=scale, legend=alt.Legend(symbolOpacity=1)),
         y=alt.Y("ci_low:Q", title="test claim accuracy (95% band)", scale=alt.Scale(domain=[0, 1])),
         y2="ci_high:Q",
     )
-    line = base.mark_line(point=True).encode(
+    line = base.mark_line(point=True, strokeWidth=2).encode(
         y="accuracy:Q",
+        strokeDash=alt.StrokeDash("method_label:N", title="demo labels", scale=alt.Scale(domain=scale.domain)),
+        shape=alt.Shape("method_label:N", title="demo labels", scale=alt.Scale(domain=scale.domain)),
         tooltip=["country", "method", "n_demos", "n_orders", alt.Tooltip("accuracy:Q", format=".3f")],
     )
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
