@@ -1,0 +1,151 @@
+"""The Prefect layer end to end: the smoke flow on a generated GOQA file with the tiny random
+model under prefect_test_harness, and `prefect deploy --all` against that server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ["runs", "icm_labels", "icm_trace", "predictions", "demos", "metrics", "model_calls"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    """A Prefect test server with its own PREFECT_HOME and result storage (no leaks between runs)."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PERSONA_ICM_RESULTS"] = str(home / "results")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    sys.modules.pop("tasks.common", None)  # RESULTS_DIR is read at import
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        from prefect.settings import PREFECT_API_URL
+
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def smoke_inputs(tmp_path_factory):
+    from tests.goqa_fixture import write_goqa_csv
+    from tests.tiny_model import write_tiny_model
+
+    work = tmp_path_factory.mktemp("smoke")
+    model = str(write_tiny_model(work / "tiny-llama"))
+    overrides = {
+        "data": {"goqa_path": str(write_goqa_csv(work / "goqa.csv")), "countries": ["United States", "France"],
+                 "train_cap": 12, "test_cap": 8},
+        "base_model": {"backend": "hf", "name": model},
+        "chat_model": {"backend": "hf", "name": model},
+        "icm": {"num_seed": 4, "iterations": 6},
+        "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 100},
+        "warehouse_path": str(work / "warehouse" / "persona_icm.duckdb"),
+    }  # fmt: skip
+    return overrides
+
+
+def _counts(warehouse_path):
+    from persona_icm.warehouse import open_warehouse
+
+    with open_warehouse(warehouse_path, read_only=True) as wh:
+        return {t: wh.scalar(f"SELECT count(*) FROM {t}") for t in TABLES}
+
+
+def _icm_task_states(flow_run_id: str) -> list[str]:
+    """State names of the icm-search task runs under the flow run (they run in its subflows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [flow_run_id] + [str(c.id) for c in children]
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="icm-search")),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+        )
+    return sorted(r.state.name for r in runs)
+
+
+def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
+    from flows.persona_icm import persona_icm
+    from persona_icm.warehouse import open_warehouse
+
+    warehouse = smoke_inputs["warehouse_path"]
+    state = persona_icm(preset="smoke", overrides=smoke_inputs, return_state=True)
+    assert state.is_completed(), state
+    run_id = state.result()
+    first = _counts(warehouse)
+
+    with open_warehouse(warehouse, read_only=True) as wh:
+        run = wh.sql("SELECT * FROM runs").row(0, named=True)
+        assert run["run_id"] == run_id and run["status"] == "completed" and run["finished_at"] is not None
+        sizes = wh.sql("SELECT country, split, n_claims FROM split_sizes WHERE dataset_id = ?", [run["dataset_id"]])
+        train = dict(sizes.filter(sizes["split"] == "train").select("country", "n_claims").iter_rows())
+        labels = dict(wh.sql("SELECT country, count(*) FROM icm_labels GROUP BY country").iter_rows())
+        assert labels == train and set(labels) == {"United States", "France"}
+        trace = wh.sql("SELECT country, max(iteration) AS k, count(*) AS n FROM icm_trace GROUP BY country")
+        assert set(trace["k"]) == {6} and set(trace["n"]) == {7}
+        main = wh.sql("SELECT country, method FROM results_by_country WHERE experiment = 'main'")
+        methods = {"icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior_golden", "option_prior_icm"}
+        for country in ("United States", "France"):
+            assert set(main.filter(main["country"] == country)["method"]) == methods
+        aggregated = wh.sql("SELECT * FROM results_aggregated WHERE experiment = 'main'")
+        assert set(aggregated["method"]) == methods and aggregated["ci_low"].is_not_null().all()
+        assert wh.scalar("SELECT count(*) FROM accuracy_vs_examples WHERE n_demos = 4") > 0
+        assert wh.scalar("SELECT count(DISTINCT phase) FROM model_calls") >= 3
+
+    report = Path(warehouse).parent / "reports" / run_id
+    page = (report / "report.html").read_text()
+    for chart in ("accuracy_by_method", "accuracy_vs_examples", "icm_trace"):
+        assert (report / f"{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert ET.parse(report / f"{chart}.svg").getroot().tag.endswith("svg")
+        assert f'id="{chart}"' in page and f"{chart}.png" in page
+
+    assert _icm_task_states(str(state.state_details.flow_run_id)) == ["Completed", "Completed"]
+    second = persona_icm(preset="smoke", overrides=smoke_inputs, return_state=True)
+    assert second.is_completed() and second.result() == run_id
+    assert _icm_task_states(str(second.state_details.flow_run_id)) == ["Cached", "Cached"]
+    assert _counts(warehouse) == first
+
+
+def test_prefect_deploy_all_accepts_prefect_yaml(harness, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.flows import load_flow_from_entrypoint
+
+    from persona_icm.config import build_config
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    assert names == {"full", "smoke", "country"}
+    for deployment in spec["deployments"]:
+        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+        params = deployment.get("parameters", {})
+        if "preset" in params:  # the run config each deployment starts with must validate
+            build_config(params["preset"], params.get("overrides"))
+        assert flow.name in ("persona-icm", "persona-icm-country")
+
+    env = {**os.environ, "PREFECT_API_URL": harness, "PERSONA_ICM_ROOT": str(ROOT)}
+    prefect = [sys.executable, "-m", "prefect"]
+    for pool in ("cpu", "gpu"):
+        subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process"], cwd=ROOT, env=env, capture_output=True)
+    done = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with get_client(sync_client=True) as client:
+        for name in ("persona-icm/full", "persona-icm/smoke", "persona-icm-country/country"):
+            deployment = client.read_deployment_by_name(name)
+            assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $PERSONA_ICM_ROOT }}"
