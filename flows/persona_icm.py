@@ -1,5 +1,8 @@
 """Flow `persona-icm`: data prep, each country (search + evaluation), persist, report.
 
+Deploy it by module path (`flows.persona_icm:persona_icm`), never by file path: as a script this
+file would shadow the package `persona_icm`.
+
 Parameters: a preset (seed, paper, smoke) and nested overrides of the run config (editable in
 the Prefect UI); `fan_out=True` sends each country to the deployment
 `persona-icm-country/country` (gpu pool, one worker per GPU) and waits for all of them.
