@@ -120,3 +120,27 @@ def test_report_has_three_valid_charts_and_references_them(warehouse, tmp_path):
     assert "Atlantis" in page and "All countries (weighted)" in page
     with pytest.raises(ValueError, match="not in the warehouse"):
         write_report(wh.sql, "nope", tmp_path / "x")
+
+
+@pytest.mark.integration
+def test_report_renders_every_chart_in_headless_chromium(warehouse, tmp_path):
+    from tests import browser
+
+    if not browser.available():
+        pytest.skip("needs Debian chromium and chromium-driver (.ci/run installs them)")
+    wh, *_ = warehouse
+    files = write_report(wh.sql, "r1", tmp_path)
+    with browser.chromium() as page:
+        page.open(browser.file_url(files.html))
+        drawn = page.run(
+            """return [...document.querySelectorAll('figure')].map(f => {
+                 const svg = f.querySelector('svg'); const box = svg ? svg.getBoundingClientRect() : null;
+                 return {id: f.id, width: box ? box.width : 0, height: box ? box.height : 0,
+                         marks: svg ? svg.querySelectorAll('path, line, rect, circle, text').length : 0};
+               });"""
+        )
+        errors = [e for e in page.console() if e.get("level") == "SEVERE"]
+    assert {d["id"] for d in drawn} == set(files.charts)
+    for chart in drawn:
+        assert chart["width"] > 200 and chart["height"] > 150 and chart["marks"] > 20, chart
+    assert errors == []
