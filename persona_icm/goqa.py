@@ -101,6 +101,7 @@ def download_goqa(data_dir: Path = DATA_DIR) -> Path:
             "--goqa-path PATH or the environment variable GOQA_PATH=PATH."
         ) from error
     target = data_dir / CACHED_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".csv.partial")
     shutil.copyfile(fetched, partial)
     os.replace(partial, target)
