@@ -6,6 +6,11 @@ every group holds exactly one True and one False. Splits are at question level w
 RNG shared by all countries: a question is in the same split in every country. Caps are in
 claims and rounded down to whole groups.
 
+Questions: those of `question_sources` (default GAS, i.e. Pew) or those named in a question list
+file; by default only questions with a usable group in every requested country. Groups are left
+out when all shares are 0 (no top option) or fewer than two options remain (after dropping
+non-substantive ones, if asked); the dataset's report counts them.
+
 `build_dataset` is pure (polars frames in, frames out); `prepare_dataset` runs the whole chain
 against the warehouse; `load_country_split` is what the search and the evaluation consume.
 """
@@ -146,7 +151,8 @@ def dataset_params(cfg: DataConfig, source_sha256: str) -> dict[str, Any]:
         "source_sha256": source_sha256,
         "dataset": cfg.dataset,
         "countries": sorted(cfg.countries),
-        "question_rule": None if question_list else {"sources": sorted(cfg.question_sources)},
+        "question_sources": None if question_list else sorted(cfg.question_sources),
+        "require_all_countries": cfg.require_all_countries,
         "question_list_sha256": question_list,
         "drop_non_substantive": cfg.drop_non_substantive,
         "seed": cfg.seed,
@@ -232,7 +238,7 @@ def build_claims(
     report["groups_without_answers"] = no_answers.height  # all shares 0: no top option
     groups = groups.filter((pl.col("top_share") > 0) & (pl.col("option_idx").list.len() >= 2))
 
-    if cfg.question_list is None:  # the rule: only questions with a group in every country
+    if cfg.require_all_countries:
         n_countries = groups.group_by("question_id").agg(n=pl.col("country").n_unique())
         everywhere = n_countries.filter(pl.col("n") == len(set(cfg.countries)))["question_id"]
         report["questions_missing_a_country"] = n_countries.height - everywhere.len()
@@ -304,6 +310,11 @@ def split_claims(claims: pl.DataFrame, questions: pl.DataFrame, cfg: DataConfig)
     caps = {"train": cfg.train_cap // 2, "test": cfg.test_cap // 2}
     for country in cfg.countries:
         mine = groups.filter(pl.col("country") == country)
+        if not mine.height:
+            raise DataError(
+                f"no question group for {country!r} passes the selection ({_selection_text(cfg)}); "
+                "empty train and test splits"
+            )
         for split in ("train", "test"):
             if not mine.filter(pl.col("side") == split).height:
                 raise DataError(
@@ -321,6 +332,13 @@ def split_claims(claims: pl.DataFrame, questions: pl.DataFrame, cfg: DataConfig)
         .select("dataset_id", pl.lit(cfg.split_seed, pl.Int32).alias("split_seed"), "country", "claim_id",
                 pl.col("side").alias("split"), "position")
     )  # fmt: skip
+
+
+def _selection_text(cfg: DataConfig) -> str:
+    chosen = f"question list {cfg.question_list}" if cfg.question_list else f"sources {', '.join(cfg.question_sources)}"
+    every = f", asked in all of {', '.join(cfg.countries)}" if cfg.require_all_countries else ""
+    drop = ", non-substantive options dropped" if cfg.drop_non_substantive else ""
+    return f"{chosen}{every}, dataset {cfg.dataset}{drop}"
 
 
 # ------------------------------------------------------------------------------ the whole chain

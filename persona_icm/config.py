@@ -31,9 +31,14 @@ class DataConfig(_Section):
     question_sources: list[str] = Field(
         default_factory=lambda: ["GAS"],
         min_length=1,
-        description="The rule: questions of these GOQA sources (GAS = Pew) asked in every country.",
+        description="The rule: questions of these GOQA sources (GAS = Pew).",
     )
-    question_list: Path | None = Field(None, description="Plain text or CSV of question texts; replaces the rule.")
+    question_list: Path | None = Field(
+        None, description="Plain text or CSV of question texts; replaces the source rule."
+    )
+    require_all_countries: bool = Field(
+        True, description="Keep only questions with a usable group in every requested country."
+    )
     drop_non_substantive: bool = Field(False, description="Drop DK/Refused, Don't know, No answer, Missing... first.")
     seed: int = Field(0, description="Seeds the draw of each group's False option.")
     split_seed: int = Field(0, description="Seeds the question-level train/test shuffle.")

@@ -94,6 +94,12 @@ def test_the_rule_takes_gas_questions_asked_in_every_country(tmp_path):
     both = _build(table, _cfg(tmp_path / "g.csv", question_sources=["GAS", "WVS"]))
     assert both.claims["question_id"].n_unique() == ds.claims["question_id"].n_unique() + 1
     assert (ds.claims.group_by("country").len()["len"] == ds.claims.height // 3).all()
+    anywhere = _build(table, _cfg(tmp_path / "g.csv", require_all_countries=False))
+    per_country = dict(anywhere.claims.group_by("country").agg(pl.col("question_id").n_unique()).rows())
+    n = ds.claims["question_id"].n_unique()
+    assert per_country == {"United States": n + 1, "France": n + 2, "Japan": n + 1}
+    sides = anywhere.splits.join(anywhere.claims.select("claim_id", "question_id"), on="claim_id")
+    assert (sides.group_by("question_id").agg(pl.col("split").n_unique())["split"] == 1).all()
 
 
 def test_same_seed_same_claims_different_seed_different_false_options(table, goqa_file):
@@ -144,6 +150,11 @@ def test_empty_split_names_the_country_and_caps(tmp_path):
     table = read_goqa(path)
     with pytest.raises(DataError, match=r"empty train split for 'United States'.*train_cap 125, test_cap 50"):
         _build(table, _cfg(path, dataset="binary"))
+
+
+def test_no_group_for_a_country_is_an_error_naming_the_selection(table, goqa_file):
+    with pytest.raises(DataError, match=r"no question group for 'Japan' passes the selection \(sources WVS, asked in all"):
+        _build(table, _cfg(goqa_file, question_sources=["WVS"], countries=["Japan"], dataset="binary"))
 
 
 def test_question_list_selects_questions_and_reports_unmatched(tmp_path, table, goqa_file):
