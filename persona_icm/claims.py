@@ -286,9 +286,13 @@ def split_claims(claims: pl.DataFrame, questions: pl.DataFrame, cfg: DataConfig)
     """Question-level train/test split shared by all countries, capped per country in whole groups.
 
     The distinct question texts (rows repeating a text stay together) are shuffled by one numpy
-    Generator seeded with cfg.split_seed; the first floor(train_fraction * n) are train-side.
-    Each country then takes, in shuffled order, its first train_cap // 2 train-side groups and
-    test_cap // 2 test-side groups. `position` is the order within (country, split).
+    Generator seeded with cfg.split_seed. Walking that order, each question goes to the side that
+    keeps every country it is asked in closest to `train_fraction` train-side groups (least
+    squares over those countries; ties to train). With one question set for all countries every
+    country's train side is within half a group of train_fraction; with uneven question sets no
+    country ends up lopsided by chance (as a plain cut of the shuffled order can). Each country then takes, in shuffled order, its first
+    train_cap // 2 train-side and test_cap // 2 test-side groups. `position` is the order
+    within (country, split).
     """
     texts = (
         questions.filter(pl.col("question_id").is_in(claims["question_id"].unique().implode()))
@@ -296,11 +300,29 @@ def split_claims(claims: pl.DataFrame, questions: pl.DataFrame, cfg: DataConfig)
     )
     distinct = texts["text"].unique().sort()
     order = np.random.default_rng(cfg.split_seed).permutation(distinct.len())
-    n_train = int(cfg.train_fraction * distinct.len())
     ranks = pl.DataFrame({"text": distinct[order], "rank": np.arange(distinct.len())})
-    side = texts.join(ranks, on="text").select(
-        "question_id", "rank", side=pl.when(pl.col("rank") < n_train).then(pl.lit("train")).otherwise(pl.lit("test"))
-    )
+    cells = (
+        claims.select("question_id", "country", "group_id").unique()
+        .join(texts, on="question_id")
+        .group_by("text", "country").agg(n=pl.len())
+        .join(ranks, on="text").sort("rank", "country")
+    )  # fmt: skip
+    f = cfg.train_fraction
+    seen: dict[str, int] = {}
+    train: dict[str, int] = {}
+    sides = []
+    for rank_rows in cells.partition_by("rank", maintain_order=True):
+        per_country = list(zip(rank_rows["country"], rank_rows["n"], strict=True))
+        error_if_train = sum((train.get(c, 0) + n - f * (seen.get(c, 0) + n)) ** 2 for c, n in per_country)
+        error_if_test = sum((train.get(c, 0) - f * (seen.get(c, 0) + n)) ** 2 for c, n in per_country)
+        to_train = error_if_train <= error_if_test
+        for c, n in per_country:
+            seen[c] = seen.get(c, 0) + n
+            train[c] = train.get(c, 0) + (n if to_train else 0)
+        sides.append((rank_rows["text"][0], "train" if to_train else "test"))
+    side = texts.join(ranks, on="text").join(
+        pl.DataFrame(sides, schema={"text": pl.String, "side": pl.String}, orient="row"), on="text"
+    ).select("question_id", "rank", "side")
     groups = (
         claims.select("question_id", "country", "group_id").unique()
         .join(side, on="question_id")

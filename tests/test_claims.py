@@ -1,3 +1,4 @@
+import numpy as np
 import polars as pl
 import pytest
 
@@ -126,6 +127,22 @@ def test_split_is_by_question_capped_in_whole_groups(table, goqa_file):
     assert len({tuple(q) for q in per_country["question_id"]}) == 1  # same questions everywhere
 
 
+def test_split_stays_balanced_when_countries_have_different_questions(tmp_path):
+    rows = make_rows(n_binary=60, n_multi=0)
+    rng = np.random.default_rng(3)
+    for row in rows[:60]:  # each country is asked about half of the questions
+        row["selections"] = {c: s for c, s in row["selections"].items() if rng.random() < 0.5} or {"France": [0.3, 0.7]}
+    path = write_goqa(tmp_path / "g.csv", rows)
+    table = read_goqa(path)
+    for split_seed in range(5):
+        cfg = _cfg(path, dataset="binary", require_all_countries=False, train_cap=500, test_cap=500, split_seed=split_seed)
+        ds = _build(table, cfg)
+        sides = ds.splits.join(ds.claims.select("claim_id", "question_id"), on="claim_id")
+        assert (sides.group_by("question_id").agg(pl.col("split").n_unique())["split"] == 1).all()
+        share = sides.group_by("country").agg((pl.col("split") == "train").mean())
+        assert share["split"].is_between(0.68, 0.82).all(), share
+
+
 def test_different_split_seed_gives_a_different_split(table, goqa_file):
     a = _build(table, _cfg(goqa_file, train_cap=20, test_cap=10))
     b = _build(table, _cfg(goqa_file, train_cap=20, test_cap=10, split_seed=7))
@@ -148,7 +165,7 @@ def test_empty_split_names_the_country_and_caps(tmp_path):
     rows = make_rows(n_binary=1, n_multi=0)
     path = write_goqa(tmp_path / "g.csv", rows)
     table = read_goqa(path)
-    with pytest.raises(DataError, match=r"empty train split for 'United States'.*train_cap 125, test_cap 50"):
+    with pytest.raises(DataError, match=r"empty test split for 'United States': it has 1 question group.*train_cap 125, test_cap 50"):
         _build(table, _cfg(path, dataset="binary"))
 
 
