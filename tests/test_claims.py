@@ -246,3 +246,21 @@ def test_build_claims_and_split_claims_compose(table, goqa_file):
     assert splits.group_by("country", "split").agg(pl.col("position").sort()).with_columns(
         ok=pl.col("position") == pl.int_ranges(pl.col("position").list.len())
     )["ok"].all()
+
+
+def test_data_config_rejects_bad_values():
+    from pydantic import ValidationError
+
+    for bad in ({"train_cap": 1}, {"test_cap": 0}, {"train_fraction": 1.0}, {"countries": []},
+                {"countries": ["France", "France"]}, {"question_sources": []}):  # fmt: skip
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            DataConfig(**bad)
+
+
+def test_loading_a_missing_dataset_or_country_is_an_error(tmp_path, goqa_file):
+    with open_warehouse(tmp_path / "w.duckdb") as wh:
+        ds = prepare_dataset(wh, _cfg(goqa_file), data_dir=tmp_path / "data")
+        with pytest.raises(LookupError, match="no dataset ds_nope"):
+            load_country_split(wh, "ds_nope", "France")
+        with pytest.raises(LookupError, match="no split claims for country 'Germany'"):
+            load_country_split(wh, ds.dataset_id, "Germany")
