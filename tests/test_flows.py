@@ -36,13 +36,14 @@ def harness(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_inputs(tmp_path_factory):
-    from tests.goqa_fixture import write_goqa_csv
+    from tests.goqa_fixtures import make_rows, write_goqa
     from tests.tiny_model import write_tiny_model
 
     work = tmp_path_factory.mktemp("smoke")
     model = str(write_tiny_model(work / "tiny-llama"))
     overrides = {
-        "data": {"goqa_path": str(write_goqa_csv(work / "goqa.csv")), "countries": ["United States", "France"],
+        "data": {"goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, ["United States", "France"]))),
+                 "countries": ["United States", "France"],
                  "train_cap": 12, "test_cap": 8},
         "base_model": {"backend": "hf", "name": model},
         "chat_model": {"backend": "hf", "name": model},
