@@ -168,7 +168,7 @@ class IcmSearch:
     """The mutable search: current labelling and energy, the RNG, counters, trace rows."""
 
     def __init__(self, claims: list[Claim], scorer: ClaimScorer, config: IcmConfig):
-        self.pool = Pool.from_claims(claims)
+        self.pool = Pool.from_claims(claims, config.context_order)
         if config.num_seed > len(self.pool):
             raise ValueError(f"icm.num_seed={config.num_seed} exceeds the {len(self.pool)} claims given")
         self.scorer = scorer
