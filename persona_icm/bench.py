@@ -236,6 +236,33 @@ def bench_icm(args: argparse.Namespace) -> None:
     print("(c) is the unbounded-cache bound; it is the same for every capacity column.")
     print(f"\nbench wall time (synthetic scores; tokenising and cache simulation dominate): "
           f"(a) {runs['a'][2]:.1f}s, (b) {runs['b'][2]:.1f}s")
+    if args.wall:
+        wall_time_smoke(args)
+
+
+def wall_time_smoke(args: argparse.Namespace) -> None:
+    """Real CPU wall time of the `smoke` preset with the offline model: fast vs reference."""
+    from persona_icm.icm import TRAJECTORY_COLUMNS, run_icm
+
+    print(f"\nreal model, preset smoke, {SMOLLM2} on CPU:")
+    try:
+        from persona_icm.scoring.hf import load_hf_scorer
+    except ImportError as exc:
+        print(f"  skipped: the transformers backend is not available on this branch ({exc})")
+        return
+    smoke = build_config("smoke")
+    claims = goqa_claims(args.csv, args.country, smoke.data.train_cap, args.data_seed)
+    results = {}
+    for engine in ("fast", "reference"):
+        scorer = load_hf_scorer(SMOLLM2, progress=False)
+        start = time.perf_counter()
+        result = run_icm(claims, scorer, smoke.icm.model_copy(update={"engine": engine}), show_progress=not args.quiet)
+        wall = time.perf_counter() - start
+        results[engine] = result
+        c = result.counters
+        print(f"  {engine:10} {wall:8.1f}s  calls {c.backend_calls:6,}  prompts {c.prompts:6,}  prompt tokens {c.prompt_tokens:10,}")
+    same = results["fast"].trace.select(TRAJECTORY_COLUMNS).equals(results["reference"].trace.select(TRAJECTORY_COLUMNS))
+    print(f"  {len(claims)} claims, K={smoke.icm.iterations}; identical trajectories: {same}")
 
 
 def _capacities(text: str) -> list[int | None]:
@@ -261,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     icm.add_argument("--scorer-seed", type=int, default=0)
     icm.add_argument("--data-seed", type=int, default=0)
     icm.add_argument("--quiet", action="store_true", help="no progress bars")
+    icm.add_argument("--wall", action="store_true", help="also time the smoke preset with the real offline model")
     args = parser.parse_args(argv)
     if args.bench == "icm":
         if not args.csv.exists():
