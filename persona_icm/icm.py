@@ -185,11 +185,13 @@ class IcmSearch:
         self.rows: list[dict[str, Any]] = []
 
     # -- Algorithm 2 -------------------------------------------------------------------------
-    def consistency_fix(
-        self, labelling: Labelling, rounds: int, current: Energy | None = None
-    ) -> tuple[Labelling, Energy, int]:
-        """Returns the fixed labelling, its energy and the number of fixes applied."""
+    def consistency_fix(self, labelling: Labelling, rounds: int) -> tuple[Labelling, Energy, int]:
+        """Returns the fixed labelling, its energy and the number of fixes applied.
+
+        The energy of the labelling itself is asked for together with the first pair's options
+        (one backend call in the fast engine); no random draw depends on it, so this is exact."""
         applied = 0
+        current: Energy | None = None
         for _ in range(rounds if self.config.consistency else 0):
             pairs = labelling.inconsistent_pairs(self.pool)
             if not pairs:
