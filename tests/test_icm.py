@@ -342,3 +342,20 @@ def test_fast_engine_matches_reference_at_seed_scale():
     assert len(fast_scorer.calls) * 50 < len(ref_scorer.calls)
     assert sum(c.n_prompts for c in fast_scorer.calls) < sum(c.n_prompts for c in ref_scorer.calls)
     assert label_accuracy(fast) > 0.85
+
+
+def test_calls_are_tagged_with_the_icm_phase_and_the_phase_is_restored():
+    class PhasedScorer(SyntheticScorer):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.phase = "eval"
+            self.phases = []
+
+        def score(self, requests):
+            self.phases.append(self.phase)
+            return super().score(requests)
+
+    claims = make_claims(6)
+    scorer = PhasedScorer(truth_of(claims))
+    run_icm(claims, scorer, icm_config("smoke", iterations=10), show_progress=False)
+    assert scorer.phases and set(scorer.phases) == {"icm"} and scorer.phase == "eval"
