@@ -110,6 +110,9 @@ class IcmConfig(_Section):
     engine: Literal["fast", "reference"] = Field(
         "fast", description="fast: memoised, batched, prefix-ordered; reference: one prompt per call. Identical trajectory."
     )
+    context_order: Literal["entry", "claim"] = Field(
+        "entry", description="Demo order: groups as they entered the pool (prefix-stable) or in claim order (earlier code)."
+    )
     score_memo_size: int = Field(200_000, ge=0, description="LRU capacity of the score memo (fast engine); affects cost only.")
     checkpoint_every: int = Field(50, ge=1, description="Iterations between checkpoints (when a checkpoint path is given).")
 

@@ -168,7 +168,7 @@ class IcmSearch:
     """The mutable search: current labelling and energy, the RNG, counters, trace rows."""
 
     def __init__(self, claims: list[Claim], scorer: ClaimScorer, config: IcmConfig):
-        self.pool = Pool.from_claims(claims)
+        self.pool = Pool.from_claims(claims, config.context_order)
         if config.num_seed > len(self.pool):
             raise ValueError(f"icm.num_seed={config.num_seed} exceeds the {len(self.pool)} claims given")
         self.scorer = scorer
@@ -185,11 +185,13 @@ class IcmSearch:
         self.rows: list[dict[str, Any]] = []
 
     # -- Algorithm 2 -------------------------------------------------------------------------
-    def consistency_fix(
-        self, labelling: Labelling, rounds: int, current: Energy | None = None
-    ) -> tuple[Labelling, Energy, int]:
-        """Returns the fixed labelling, its energy and the number of fixes applied."""
+    def consistency_fix(self, labelling: Labelling, rounds: int) -> tuple[Labelling, Energy, int]:
+        """Returns the fixed labelling, its energy and the number of fixes applied.
+
+        The energy of the labelling itself is asked for together with the first pair's options
+        (one backend call in the fast engine); no random draw depends on it, so this is exact."""
         applied = 0
+        current: Energy | None = None
         for _ in range(rounds if self.config.consistency else 0):
             pairs = labelling.inconsistent_pairs(self.pool)
             if not pairs:
@@ -361,25 +363,58 @@ def run_icm(
     search = IcmSearch(claims, scorer, config)
     run_key = run_key or default_run_key(claims, config)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
-    resumed_from = None
+    payload = _load_or_none(path, run_key)
+    previous_phase = getattr(scorer, "phase", None)
+    if previous_phase is not None:
+        scorer.phase = "icm"  # backends built on CallLog tag their CallRecords with it
+    try:
+        if payload is not None:
+            search.restore(payload)
+            log.info("resuming ICM run %s from iteration %d", run_key, search.iteration)
+        else:
+            mark = len(scorer.calls)
+            search.seed_pool()
+            _attach_costs(search.rows[-1], scorer.calls[mark:])
+            if path is not None:
+                save_checkpoint(path, run_key, search.payload())
+        _iterate(search, path, run_key, on_progress, show_progress)
+    finally:
+        if previous_phase is not None:
+            scorer.phase = previous_phase
 
-    payload = None
-    if path is not None:
-        try:
-            payload = load_checkpoint(path, run_key)
-        except CorruptCheckpoint as exc:
-            log.warning("ignoring damaged ICM checkpoint, starting from scratch: %s", exc)
-    if payload is not None:
-        search.restore(payload)
-        resumed_from = search.iteration
-        log.info("resuming ICM run %s from iteration %d", run_key, search.iteration)
-    else:
-        mark = len(scorer.calls)
-        search.seed_pool()
-        _attach_costs(search.rows[-1], scorer.calls[mark:])
-        if path is not None:
-            save_checkpoint(path, run_key, search.payload())
+    trace = search.trace_frame()
+    stats = search.engine.stats
+    counters = IcmCounters(
+        iterations=search.iteration,
+        proposed=search.proposed,
+        accepted=search.accepted,
+        fixes_applied=search.fixes,
+        backend_calls=int(trace["backend_calls"].sum()),
+        prompts=int(trace["prompts"].sum()),
+        prompt_tokens=int(trace["prompt_tokens"].sum()),
+        prompts_needed=stats.prompts_needed,
+        score_memo_hits=stats.score_memo_hits,
+        energy_evaluations=stats.energy_evaluations,
+        energy_memo_hits=stats.energy_memo_hits,
+        resumed_from=None if payload is None else payload["iteration"],
+        wall_seconds=time.perf_counter() - start,
+    )
+    return IcmResult(search.labels_frame(), trace, counters, run_key)
 
+
+def _load_or_none(path: Path | None, run_key: str) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return load_checkpoint(path, run_key)
+    except CorruptCheckpoint as exc:
+        log.warning("ignoring damaged ICM checkpoint, starting from scratch: %s", exc)
+        return None
+
+
+def _iterate(search: IcmSearch, path: Path | None, run_key: str, on_progress, show_progress: bool) -> None:
+    """Algorithm 1's loop from the search's current iteration to K, with progress and checkpoints."""
+    config, scorer = search.config, search.scorer
     bar = tqdm(total=config.iterations, initial=search.iteration, desc="ICM", unit="it", disable=not show_progress)
     try:
         while search.iteration < config.iterations:
@@ -400,25 +435,6 @@ def run_icm(
         bar.close()
     if path is not None and search.iteration % config.checkpoint_every != 0:
         save_checkpoint(path, run_key, search.payload())
-
-    trace = search.trace_frame()
-    stats = search.engine.stats
-    counters = IcmCounters(
-        iterations=search.iteration,
-        proposed=search.proposed,
-        accepted=search.accepted,
-        fixes_applied=search.fixes,
-        backend_calls=int(trace["backend_calls"].sum()),
-        prompts=int(trace["prompts"].sum()),
-        prompt_tokens=int(trace["prompt_tokens"].sum()),
-        prompts_needed=stats.prompts_needed,
-        score_memo_hits=stats.score_memo_hits,
-        energy_evaluations=stats.energy_evaluations,
-        energy_memo_hits=stats.energy_memo_hits,
-        resumed_from=resumed_from,
-        wall_seconds=time.perf_counter() - start,
-    )
-    return IcmResult(search.labels_frame(), trace, counters, run_key)
 
 
 def _attach_costs(row: dict[str, Any], calls: list) -> None:

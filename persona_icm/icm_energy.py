@@ -36,8 +36,13 @@ def mutual_predictability(labels: list[int], scores: list[float], objective: str
     raise ValueError(f"icm.objective must be 'logodds_mean' or 'logprob_sum', got {objective!r}")
 
 
-def energy(labels: list[int], scores: list[float], inconsistent: int, config: IcmConfig) -> Energy:
-    """U from the labels and leave-one-out scores of the labelled claims, in context order."""
-    P = mutual_predictability(labels, scores, config.objective)
+def energy(context: tuple[tuple[int, int], ...], scores: list[float], inconsistent: int, config: IcmConfig) -> Energy:
+    """U from the leave-one-out scores of the labelled claims (`scores` aligned with `context`).
+
+    P is summed in claim-index order, so U is a function of the labelling and its scores alone,
+    bit for bit, whatever order the prompts presented the demonstrations in."""
+    by_claim = sorted(zip(context, scores, strict=True))
+    labels = [y for (_, y), _ in by_claim]
+    P = mutual_predictability(labels, [s for _, s in by_claim], config.objective)
     penalty = inconsistent if config.consistency else 0
     return Energy(config.alpha * P - penalty, P, inconsistent, tuple(float(s) for s in scores))

@@ -71,8 +71,7 @@ class ReferenceEngine:
         return [(i, leave_one_out(context, i)) for i, _ in context]
 
     def _energy(self, labelling: Labelling, scores: list[float]) -> Energy:
-        labels = [y for _, y in labelling.context(self.pool)]
-        return energy(labels, scores, len(labelling.inconsistent_pairs(self.pool)), self.config)
+        return energy(labelling.context(self.pool), scores, len(labelling.inconsistent_pairs(self.pool)), self.config)
 
     @staticmethod
     def _checked(scores: list[float], expected: int) -> list[float]:

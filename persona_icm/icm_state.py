@@ -7,7 +7,9 @@ simply leaves the old one in place.
 Context order (ICM_SPEC.md "Objective"): groups in the order they first entered the labelled
 pool; within a group, its labelled members in claim order. The claim being scored is removed
 and becomes the query. A new group therefore lands at the end of every prompt, which keeps the
-prompts of consecutive states sharing long prefixes.
+prompts of consecutive states sharing long prefixes. The option `context_order="claim"` (groups
+in claim order, the earlier code's order) exists for benchmarks; a claim joining the pool then
+changes every prompt from its position on.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ class Pool:
     group_of: tuple[int, ...]  # claim index -> group index
     members: tuple[tuple[int, int], ...]  # group index -> its two claim indices, in claim order
     group_ids: tuple[str, ...]
+    context_order: str = "entry"  # "claim": groups in claim order (the earlier code's order)
 
     @classmethod
-    def from_claims(cls, claims: list[Claim] | tuple[Claim, ...]) -> Pool:
+    def from_claims(cls, claims: list[Claim] | tuple[Claim, ...], context_order: str = "entry") -> Pool:
         claims = tuple(claims)
         if not claims:
             raise ValueError("claims: the ICM search needs at least one group of two claims, got none")
@@ -51,7 +54,9 @@ class Pool:
         group_index = {g: k for k, g in enumerate(group_ids)}
         members = tuple((m[0], m[1]) for m in by_group.values())
         group_of = tuple(group_index[c.group_id] for c in claims)
-        return cls(claims, group_of, members, group_ids)
+        if context_order not in ("entry", "claim"):
+            raise ValueError(f"icm.context_order must be 'entry' or 'claim', got {context_order!r}")
+        return cls(claims, group_of, members, group_ids, context_order)
 
     def __len__(self) -> int:
         return len(self.claims)
@@ -94,9 +99,8 @@ class Labelling:
 
     def context(self, pool: Pool) -> tuple[tuple[int, int], ...]:
         """(claim index, label) of every labelled claim, in the canonical context order."""
-        return tuple(
-            (i, self.labels[i]) for g in self.group_order for i in pool.members[g] if self.labels[i] != UNLABELLED
-        )
+        groups = self.group_order if pool.context_order == "entry" else sorted(self.group_order)
+        return tuple((i, self.labels[i]) for g in groups for i in pool.members[g] if self.labels[i] != UNLABELLED)
 
     def key(self, pool: Pool) -> bytes:
         """Identifies the labelling and its context order exactly (memo key for U)."""

