@@ -24,8 +24,13 @@ def test_evaluation_through_hf_backend(tiny):
     train, test = claims[:10], claims[10:]
     icm = {c.claim_id: 1 - c.gold if i % 3 == 0 else c.gold for i, c in enumerate(train)}
     cfg = EvalConfig(eval_repeats=2, demo_sizes=[4], bootstrap_samples=100)
-    base, chat = HFScorer(model, tokenizer, progress=False), HFScorer(model, tokenizer, progress=False)
-    result = evaluate_country(base, train, test, cfg, icm_labels=icm, chat_scorer=chat, run_id="tiny")
+    base, chat = (
+        HFScorer(model, tokenizer, progress=False),
+        HFScorer(model, tokenizer, progress=False),
+    )
+    result = evaluate_country(
+        base, train, test, cfg, icm_labels=icm, chat_scorer=chat, run_id="tiny"
+    )
 
     preds = result.predictions
     assert result.skipped == {}
@@ -39,7 +44,10 @@ def test_evaluation_through_hf_backend(tiny):
     assert [c.phase for c in chat.calls] == ["eval:zero_shot_chat"]
     # The model reads the demo labels: golden and ICM contexts of one order score differently.
     one_order = preds.filter(experiment="main", repeat=0)
-    assert one_order.filter(method="golden")["score"].to_list() != one_order.filter(method="icm")["score"].to_list()
+    assert (
+        one_order.filter(method="golden")["score"].to_list()
+        != one_order.filter(method="icm")["score"].to_list()
+    )
 
     reference = evaluate_country(
         HFScorer(model, tokenizer, prefix_reuse=False, batch_size=1, progress=False),
@@ -48,7 +56,9 @@ def test_evaluation_through_hf_backend(tiny):
         run_id="tiny", batched=False,
     )  # fmt: skip
     assert reference.predictions.drop("score", "pred").equals(preds.drop("score", "pred"))
-    assert reference.predictions["score"].to_list() == pytest.approx(preds["score"].to_list(), abs=1e-4)
+    assert reference.predictions["score"].to_list() == pytest.approx(
+        preds["score"].to_list(), abs=1e-4
+    )
 
     metrics = summarize(preds, result.demos, n_boot=100)
     assert set(metrics.filter(experiment="main")["method"]) == set(preds["method"])
