@@ -1,0 +1,65 @@
+"""Evaluation end to end through the transformers backend on a tiny random Llama (plumbing only)."""
+
+import math
+
+import polars as pl
+import pytest
+
+from persona_icm.config import EvalConfig
+from persona_icm.evaluate import evaluate_country
+from persona_icm.metrics import aggregate_countries, summarize
+from persona_icm.scoring.hf import HFScorer
+from tests.tiny_model import build_model, build_tokenizer, make_claims
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = build_tokenizer(add_bos=True)
+    return build_model(len(tokenizer), head_dim=16), tokenizer
+
+
+def test_evaluation_through_hf_backend(tiny):
+    model, tokenizer = tiny
+    claims = make_claims(16)
+    train, test = claims[:10], claims[10:]
+    icm = {c.claim_id: 1 - c.gold if i % 3 == 0 else c.gold for i, c in enumerate(train)}
+    cfg = EvalConfig(eval_repeats=2, demo_sizes=[4], bootstrap_samples=100)
+    base, chat = (
+        HFScorer(model, tokenizer, progress=False),
+        HFScorer(model, tokenizer, progress=False),
+    )
+    result = evaluate_country(
+        base, train, test, cfg, icm_labels=icm, chat_scorer=chat, run_id="tiny"
+    )
+
+    preds = result.predictions
+    assert result.skipped == {}
+    expected_methods = {"icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat"}
+    assert expected_methods | {"option_prior_golden", "option_prior_icm"} == set(preds["method"])
+    assert all(math.isfinite(s) for s in preds["score"])
+    assert (preds["pred"] == (preds["score"] > 0).cast(pl.Int8)).all()
+    # One backend call per (labelling, size, order) with every test claim, plus zero-shot base.
+    assert len(base.calls) == 3 * 2 * 2 + 1
+    assert all(c.n_prompts == len(test) and c.phase.startswith("eval:") for c in base.calls)
+    assert [c.phase for c in chat.calls] == ["eval:zero_shot_chat"]
+    # The model reads the demo labels: golden and ICM contexts of one order score differently.
+    one_order = preds.filter(experiment="main", repeat=0)
+    assert (
+        one_order.filter(method="golden")["score"].to_list()
+        != one_order.filter(method="icm")["score"].to_list()
+    )
+
+    reference = evaluate_country(
+        HFScorer(model, tokenizer, prefix_reuse=False, batch_size=1, progress=False),
+        train, test, cfg, icm_labels=icm,
+        chat_scorer=HFScorer(model, tokenizer, prefix_reuse=False, batch_size=1, progress=False),
+        run_id="tiny", batched=False,
+    )  # fmt: skip
+    assert reference.predictions.drop("score", "pred").equals(preds.drop("score", "pred"))
+    assert reference.predictions["score"].to_list() == pytest.approx(
+        preds["score"].to_list(), abs=1e-4
+    )
+
+    metrics = summarize(preds, result.demos, n_boot=100)
+    assert set(metrics.filter(experiment="main")["method"]) == set(preds["method"])
+    assert aggregate_countries(preds, result.demos, n_boot=100).height > 0
