@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import polars as pl
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from persona_icm.config import ModelSpec
+from persona_icm.scoring import make_scorer
 from persona_icm.scoring.base import CallRecord, ClaimScorer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,16 +22,9 @@ def model_name(spec: ModelSpec | None) -> str | None:
     return None if spec is None else f"{spec.backend}:{spec.name}"
 
 
-@functools.cache
-def _scorer(spec_json: str) -> ClaimScorer:
-    from persona_icm.scoring import make_scorer
-
-    return make_scorer(ModelSpec.model_validate_json(spec_json))
-
-
 def scorer_for(spec: ModelSpec) -> ClaimScorer:
-    """The one scorer (engine) of this process for `spec`, created on first use."""
-    return _scorer(spec.model_dump_json())
+    """The one scorer (engine) of this process for `spec`: make_scorer builds it on first use."""
+    return make_scorer(spec)
 
 
 def calls_frame(calls: list[CallRecord], model: str) -> pl.DataFrame:
