@@ -14,7 +14,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ["runs", "icm_labels", "icm_trace", "predictions", "demos", "metrics", "model_calls"]
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +81,7 @@ def _icm_task_states(flow_run_id: str) -> list[str]:
     return sorted(r.state.name for r in runs)
 
 
+@pytest.mark.slow
 def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
     from flows.persona_icm import persona_icm
     from persona_icm.warehouse import open_warehouse
@@ -124,21 +124,24 @@ def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
     assert _counts(warehouse) == first
 
 
-def test_prefect_deploy_all_accepts_prefect_yaml(harness, tmp_path):
-    from prefect.client.orchestration import get_client
+@pytest.mark.parametrize("name", ["full", "smoke", "country"])
+def test_each_deployment_imports_and_its_run_config_validates(name):
     from prefect.flows import load_flow_from_entrypoint
 
     from persona_icm.config import build_config
 
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    names = {d["name"] for d in spec["deployments"]}
-    assert names == {"full", "smoke", "country"}
-    for deployment in spec["deployments"]:
-        flow = load_flow_from_entrypoint(deployment["entrypoint"])
-        params = deployment.get("parameters", {})
-        if "preset" in params:  # the run config each deployment starts with must validate
-            build_config(params["preset"], params.get("overrides"))
-        assert flow.name in ("persona-icm", "persona-icm-country")
+    deployment = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}[name]
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    assert flow.name == ("persona-icm-country" if name == "country" else "persona-icm")
+    params = deployment.get("parameters", {})
+    if "preset" in params:
+        config = build_config(params["preset"], params.get("overrides"))
+        assert config.preset == params["preset"]
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all_accepts_prefect_yaml(harness):
+    from prefect.client.orchestration import get_client
 
     env = {**os.environ, "PREFECT_API_URL": harness, "PERSONA_ICM_ROOT": str(ROOT), "PYTHONPATH": str(ROOT)}
     prefect = [sys.executable, "-m", "prefect"]
@@ -147,7 +150,8 @@ def test_prefect_deploy_all_accepts_prefect_yaml(harness, tmp_path):
     done = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     with get_client(sync_client=True) as client:
-        for name in ("persona-icm/full", "persona-icm/smoke", "persona-icm-country/country"):
+        for name, pool in (("persona-icm/full", "gpu"), ("persona-icm/smoke", "cpu"), ("persona-icm-country/country", "gpu")):
             deployment = client.read_deployment_by_name(name)
+            assert deployment.work_pool_name == pool
             # {{ $PERSONA_ICM_ROOT }} is filled in at deploy time: workers run from this checkout
             assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
