@@ -86,6 +86,11 @@ run() {
     echo "Prefect UI: http://127.0.0.1:$PORT   (stop server and workers: make stop)"
 }
 
+descendants() {  # pids of every process below $1 (flow runs a worker started in their own sessions)
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do descendants "$child"; echo "$child"; done
+}
+
 stop() {
     for pidfile in "$STATE"/worker-*.pid "$STATE"/server.pid; do
         [ -f "$pidfile" ] || continue
@@ -93,10 +98,14 @@ stop() {
         pid=$(cat "$pidfile")
         if kill -0 "$pid" 2>/dev/null; then
             echo "stopping $(basename "$pidfile" .pid) (pid $pid)"
-            # each was started with setsid: its process group holds its children (uvicorn, flow runs)
-            kill -TERM -- "-$pid" 2>/dev/null || true
+            # each was started with setsid: its process group holds its children (uvicorn); flow
+            # runs of a worker start their own sessions, so they are found through the parent links
+            local below
+            below=$(descendants "$pid")
+            kill -TERM -- "-$pid" $below 2>/dev/null || true
             for _ in $(seq 1 10); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
             kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true  # workers can ignore TERM for a while
+            for child in $below; do kill -0 "$child" 2>/dev/null && kill -KILL "$child" 2>/dev/null || true; done
         fi
         rm -f "$pidfile"
     done
