@@ -29,9 +29,30 @@ class DataConfig(_Section):
     test_cap: int = Field(50, ge=2)
 
 
+class VllmEngineArgs(_Section):
+    """Arguments of the in-process `vllm.LLM` engine (backend "vllm"); None leaves vLLM's default.
+
+    On a CPU build of vLLM the KV-cache size comes from the env var VLLM_CPU_KVCACHE_SPACE (GiB),
+    not from gpu_memory_utilization.
+    """
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=2, description="Must be >= the longest prompt + 1.")
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    kv_cache_dtype: str = Field("auto", description='"fp8" doubles KV capacity but changes the scores.')
+    quantization: str | None = None
+    enable_prefix_caching: bool = True
+    block_size: int | None = Field(None, ge=1, description="KV block (prefix-cache granularity); vLLM default.")
+    seed: int = 0
+    dtype: str = "auto"
+
+
 class ModelSpec(_Section):
     backend: Literal["hf", "vllm", "openai"] = "hf"
     name: str = "smollm2-135m-instruct"
+    vllm: VllmEngineArgs = Field(default_factory=VllmEngineArgs)
 
 
 class IcmConfig(_Section):
