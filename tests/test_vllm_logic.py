@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from persona_icm.config import VllmEngineArgs, build_config
+from persona_icm.scoring.base import ScoreRequest
 from persona_icm.scoring.vllm import (
+    check_lengths,
     choose_logprob_path,
     engine_kwargs,
     log_odds,
@@ -21,6 +23,7 @@ from persona_icm.scoring.vllm import (
     sampling_kwargs,
     supports_logprob_token_ids,
 )
+from tests.tiny_model import make_claims
 
 
 class NewSamplingParams:  # stub: the msgspec field tuple of vLLM >= 0.20
@@ -91,10 +94,22 @@ def test_log_odds_reads_both_paths_and_refuses_a_missing_candidate():
 
 def test_engine_args_come_from_config_and_force_raw_logprobs():
     spec = build_config("seed", {"base_model": {"backend": "vllm", "vllm": {"max_model_len": 4096, "kv_cache_dtype": "fp8"}}})
-    kwargs = engine_kwargs("/models/x", spec.base_model.vllm)
+    kwargs = engine_kwargs("/models/x", spec.base_model.vllm, spec.base_model.dtype, on_cpu=True)
     assert kwargs["model"] == "/models/x" and kwargs["max_model_len"] == 4096 and kwargs["kv_cache_dtype"] == "fp8"
     assert kwargs["enable_prefix_caching"] is True and kwargs["logprobs_mode"] == "raw_logprobs"
+    assert kwargs["dtype"] == "float32"  # "auto" as for the hf backend: fp32 on CPU, bf16 on GPU
+    assert engine_kwargs("m", VllmEngineArgs(), "auto", on_cpu=False)["dtype"] == "bfloat16"
+    assert engine_kwargs("m", VllmEngineArgs(), "float16", on_cpu=True)["dtype"] == "float16"
     assert "quantization" not in kwargs and "block_size" not in kwargs  # None = vLLM's own default
     assert hash(spec.base_model.vllm) == hash(VllmEngineArgs(max_model_len=4096, kv_cache_dtype="fp8"))
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         VllmEngineArgs(tensor_parallel_size=0)
+
+
+def test_too_long_prompt_is_refused_naming_its_query():
+
+    claims = make_claims(4)
+    requests = [ScoreRequest((), claims[0]), ScoreRequest(((claims[0], 1),), claims[2])]
+    check_lengths([[1] * 10, [1] * 11], requests, limit=11)
+    with pytest.raises(ValueError, match=r"query Fr-2 with 1 demos has 12 tokens, more than 11"):
+        check_lengths([[1] * 10, [1] * 12], requests, limit=11)

@@ -26,7 +26,8 @@ def decode_request(d: dict):
 def main(spec_path: str, out_path: str) -> None:
     import vllm
 
-    from persona_icm.config import VllmEngineArgs
+    from persona_icm.config import ModelSpec, VllmEngineArgs
+    from persona_icm.scoring import make_scorer
     from persona_icm.scoring.vllm import VllmScorer
 
     spec = json.loads(open(spec_path).read())
@@ -34,7 +35,8 @@ def main(spec_path: str, out_path: str) -> None:
     requests = [decode_request(d) for d in spec["requests"]]
     probe = [decode_request(d) for d in spec["cache_probe"]]
 
-    auto = VllmScorer(spec["model"], args)  # builds the engine; later scorers reuse it
+    # Through the factory, as a run would (dtype "auto" = float32 on CPU); later scorers reuse its engine.
+    auto = make_scorer(ModelSpec(backend="vllm", name=spec["model"], vllm=args))
     for request in probe:  # first the cache probe, while the engine's cache is still empty
         auto.score([request])
     out = {"vllm_version": vllm.__version__, "auto_path": auto.logprob_path, "cache_probe": [asdict(c) for c in auto.calls]}

@@ -90,23 +90,41 @@ def log_odds(path: LogprobPath, outputs: Sequence, true_id: int, false_id: int) 
     return candidate_logprob(out_true, true_id) - candidate_logprob(out_false, false_id)
 
 
-def engine_kwargs(model: str, args: VllmEngineArgs) -> dict[str, Any]:
-    """Keyword arguments for `vllm.LLM`: the configured engine args plus what exact scoring needs."""
+def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu: bool = False) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM`: the configured engine args plus what exact scoring needs.
+
+    dtype "auto" means what it means for the hf backend (ModelSpec.dtype): float32 on CPU,
+    bfloat16 on GPU, so both backends score the same weights the same way.
+    """
+    if dtype == "auto":
+        dtype = "float32" if on_cpu else "bfloat16"
     return {
         "model": model,
         **args.model_dump(exclude_none=True),
+        "dtype": dtype,
         "logprobs_mode": "raw_logprobs",
     }
 
 
+def check_lengths(prompts: Sequence[Sequence[int]], requests: Sequence[ScoreRequest], limit: int) -> None:
+    """Refuse a prompt longer than `limit` tokens, naming its query."""
+    for ids, r in zip(prompts, requests, strict=True):
+        if len(ids) > limit:
+            raise ValueError(
+                f"prompt for query {r.query.claim_id} with {len(r.context)} demos has {len(ids)} tokens, more than "
+                f"{limit} (max_prompt_tokens, or the vLLM engine's max_model_len - 1)"
+            )
+
+
 @functools.cache
-def load_engine(model: str, args: VllmEngineArgs):
-    """The process's `vllm.LLM` for (model, args), built once; call it first on the main thread."""
+def load_engine(model: str, args: VllmEngineArgs, dtype: str = "auto"):
+    """The process's `vllm.LLM` for (model, args, dtype), built once; call it first on the main thread."""
     import vllm
+    from vllm.platforms import current_platform
 
     if threading.current_thread() is not threading.main_thread():
         warnings.warn("building the vLLM engine off the main thread; some vLLM versions fail there", stacklevel=2)
-    kwargs = engine_kwargs(model, args)
+    kwargs = engine_kwargs(model, args, dtype, on_cpu=current_platform.is_cpu())
     try:
         return vllm.LLM(**kwargs)
     except Exception as err:
@@ -121,7 +139,8 @@ class VllmScorer(CallLog):
     """ClaimScorer on an in-process vLLM engine (see module doc).
 
     `model` is a hub id or a local folder holding the weights and the tokenizer. `logprob_path`
-    None picks "token_ids" when the installed vLLM has it. A call's CallRecord counts the prompt
+    None picks "token_ids" when the installed vLLM has it. Prompts longer than `max_prompt_tokens`
+    or than the engine's max_model_len - 1 are refused before anything runs. A call's CallRecord counts the prompt
     tokens of every engine request (both of a pair on the "allowed_token_ids" path) and how many
     of them vLLM served from its prefix cache.
     """
@@ -130,8 +149,9 @@ class VllmScorer(CallLog):
         self,
         model: str,
         engine_args: VllmEngineArgs | None = None,
+        dtype: str = "auto",
         logprob_path: LogprobPath | None = None,
-        add_bos: bool | None = None,
+        max_prompt_tokens: int | None = None,
     ):
         super().__init__()
         from vllm import SamplingParams
@@ -139,8 +159,9 @@ class VllmScorer(CallLog):
         self.model = model
         self.engine_args = engine_args or VllmEngineArgs()
         self.logprob_path = choose_logprob_path(SamplingParams, logprob_path)
-        self.add_bos = add_bos
-        self.llm = load_engine(model, self.engine_args)
+        self.llm = load_engine(model, self.engine_args, dtype)
+        engine_limit = self.llm.llm_engine.model_config.max_model_len - 1
+        self.max_prompt_tokens = min(max_prompt_tokens or engine_limit, engine_limit)
         self._encoders: dict[PromptKind, Any] = {}
 
     def encoder(self, kind: PromptKind):
@@ -150,7 +171,7 @@ class VllmScorer(CallLog):
             from persona_icm.prompts import PromptEncoder
 
             tokenizer = AutoTokenizer.from_pretrained(self.model)
-            self._encoders[kind] = PromptEncoder(tokenizer, kind, add_bos=self.add_bos)
+            self._encoders[kind] = PromptEncoder(tokenizer, kind)
         return self._encoders[kind]
 
     def score(self, requests: list[ScoreRequest]) -> list[float]:
@@ -162,6 +183,7 @@ class VllmScorer(CallLog):
         start = time.perf_counter()
         encoders = [self.encoder(r.kind) for r in requests]
         prompts = [enc.encode(r) for enc, r in zip(encoders, requests, strict=True)]
+        check_lengths(prompts, requests, self.max_prompt_tokens)
         order = prefix_order(prompts)
         per_prompt = [sampling_kwargs(self.logprob_path, encoders[i].true_id, encoders[i].false_id) for i in order]
         engine_prompts, engine_params = [], []

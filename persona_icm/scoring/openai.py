@@ -1,0 +1,221 @@
+"""OpenAI-compatible endpoints: /v1/completions (base prompts) and /v1/chat/completions (chat prompts).
+
+Exactness. An API returns log-probs of the top-k next tokens, not of arbitrary tokens. Two modes:
+
+- `top_logprobs` (any OpenAI-compatible server): request the top `top_logprobs` tokens
+  (completions `logprobs=k`, chat `logprobs=true, top_logprobs=k`) and read " True"/" False"
+  (chat: "True"/"False") from that list. Each value is the model's exact log-prob for that
+  token; but when a candidate is not among the top k its log-prob is unknown and we raise
+  `CandidateNotReturned` instead of guessing (the fork silently scored it as "False").
+  Candidates are matched by their decoded text, so a server whose tokenizer splits " True"
+  into several tokens will also raise.
+- `allowed_token_ids` (vLLM's server, base prompts): per prompt, two requests restricted to one
+  candidate id each (`allowed_token_ids=[id]`, `logprobs=1`); the sampled token is then the
+  candidate and its reported log-prob is vLLM's raw full-vocabulary log-softmax (default
+  `logprobs_mode=raw_logprobs`), exact for every candidate. Prompts are sent as token ids from
+  the local tokenizer (`tokenizer`), so the server sees exactly the hf backend's tokens.
+
+Retries: 429, 5xx, timeouts and connection errors are retried with exponential backoff and
+jitter (tenacity); other HTTP errors fail at once with the server's message. The API key is
+read from the environment variable named in the spec and is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import httpx
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from persona_icm.prompts import chat_messages, prompt_text
+from persona_icm.scoring.base import CallLog, ScoreRequest
+
+CANDIDATE_TEXT = {"base": (" True", " False"), "chat": ("True", "False")}
+
+
+class NoLogprobsError(RuntimeError):
+    """The endpoint answered without log-probs (the server or model does not support them)."""
+
+
+class CandidateNotReturned(RuntimeError):
+    """A candidate token was not among the returned top-k log-probs, so its log-prob is unknown."""
+
+
+def _retryable(err: BaseException) -> bool:
+    if isinstance(err, httpx.HTTPStatusError):
+        return err.response.status_code == 429 or err.response.status_code >= 500
+    return isinstance(err, httpx.TimeoutException | httpx.TransportError)
+
+
+def _backoff(seconds: float) -> wait_exponential_jitter:
+    # tenacity 9.2 renamed `initial` to `multiplier`
+    first = "multiplier" if "multiplier" in inspect.signature(wait_exponential_jitter).parameters else "initial"
+    return wait_exponential_jitter(**{first: seconds}, max=60 * seconds, jitter=seconds)
+
+
+class OpenAIScorer(CallLog):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        mode: Literal["top_logprobs", "allowed_token_ids"] = "top_logprobs",
+        top_logprobs: int = 20,
+        tokenizer=None,
+        timeout_seconds: float = 60.0,
+        max_attempts: int = 6,
+        backoff_seconds: float = 1.0,
+        max_concurrency: int = 8,
+    ):
+        super().__init__()
+        headers = {}
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise ValueError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        self.model = model
+        self.mode = mode
+        self.top_logprobs = top_logprobs
+        self.max_concurrency = max_concurrency
+        self._encoders: dict[str, Any] = {}
+        self.tokenizer = tokenizer
+        if mode == "allowed_token_ids" and tokenizer is None:
+            raise ValueError("mode 'allowed_token_ids' sends token ids and needs the model's tokenizer")
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_seconds)
+        self._post = retry(
+            retry=retry_if_exception(_retryable),
+            wait=_backoff(backoff_seconds),
+            stop=stop_after_attempt(max_attempts),
+            reraise=True,
+        )(self._post_once)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def score(self, requests: list[ScoreRequest]) -> list[float]:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            results = list(pool.map(self._score_one, requests))
+        prompt_tokens = sum(r[1] for r in results)
+        cached = [r[2] for r in results]
+        self.record(
+            len(requests),
+            prompt_tokens,
+            None if any(c is None for c in cached) else sum(cached),
+            time.perf_counter() - start,
+        )
+        return [r[0] for r in results]
+
+    # -- one request ------------------------------------------------------------------------
+    def _post_once(self, path: str, body: dict) -> dict:
+        response = self.client.post(path, json=body)
+        if response.status_code >= 400:
+            detail = response.text[:500]
+            raise httpx.HTTPStatusError(
+                f"{path} returned HTTP {response.status_code}: {detail}", request=response.request, response=response
+            )
+        return response.json()
+
+    def _score_one(self, request: ScoreRequest) -> tuple[float, int, int | None]:
+        if self.mode == "allowed_token_ids":
+            return self._score_allowed(request)
+        true_text, false_text = CANDIDATE_TEXT[request.kind]
+        if request.kind == "chat":
+            body = {
+                "model": self.model,
+                "messages": chat_messages(request.query),
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": True,
+                "top_logprobs": self.top_logprobs,
+            }
+            reply = self._post("/chat/completions", body)
+            top = _chat_top_logprobs(reply)
+        else:
+            body = {
+                "model": self.model,
+                "prompt": prompt_text(request),
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": self.top_logprobs,
+            }
+            reply = self._post("/completions", body)
+            top = _completion_top_logprobs(reply)
+        missing = [t for t in (true_text, false_text) if t not in top]
+        if missing:
+            raise CandidateNotReturned(
+                f"{missing} not among the top {self.top_logprobs} log-probs for query {request.query.claim_id} "
+                f"(returned: {sorted(top, key=top.get, reverse=True)[:8]}...); raise top_logprobs or use "
+                f"mode='allowed_token_ids' on a vLLM server"
+            )
+        prompt_tokens, cached = _usage(reply)
+        return top[true_text] - top[false_text], prompt_tokens, cached
+
+    def _score_allowed(self, request: ScoreRequest) -> tuple[float, int, int | None]:
+        if request.kind != "base":
+            raise ValueError("mode 'allowed_token_ids' scores base prompts (completions endpoint) only")
+        from persona_icm.prompts import PromptEncoder
+
+        enc = self._encoders.get("base") or self._encoders.setdefault("base", PromptEncoder(self.tokenizer, "base"))
+        ids = enc.encode(request)
+        values, prompt_tokens, cached = [], 0, []
+        for candidate in (enc.true_id, enc.false_id):
+            body = {
+                "model": self.model,
+                "prompt": ids,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": 1,
+                "allowed_token_ids": [candidate],
+            }
+            reply = self._post("/completions", body)
+            values.append(_sampled_logprob(reply))
+            n, c = _usage(reply)
+            prompt_tokens += n
+            cached.append(c)
+        return values[0] - values[1], prompt_tokens, None if None in cached else sum(cached)
+
+
+def _first_choice(reply: dict) -> dict:
+    choices = reply.get("choices") or []
+    if not choices:
+        raise NoLogprobsError(f"the endpoint returned no choices: {str(reply)[:300]}")
+    return choices[0]
+
+
+def _completion_top_logprobs(reply: dict) -> dict[str, float]:
+    logprobs = _first_choice(reply).get("logprobs")
+    top = (logprobs or {}).get("top_logprobs") or []
+    if not top or not top[0]:
+        raise NoLogprobsError("the completions endpoint returned no top_logprobs; it does not support logprobs")
+    return {k: float(v) for k, v in top[0].items()}
+
+
+def _chat_top_logprobs(reply: dict) -> dict[str, float]:
+    logprobs = _first_choice(reply).get("logprobs")
+    content = (logprobs or {}).get("content") or []
+    if not content or not content[0].get("top_logprobs"):
+        raise NoLogprobsError("the chat endpoint returned no top_logprobs; this model/server does not support logprobs")
+    out: dict[str, float] = {}
+    for entry in content[0]["top_logprobs"]:
+        out.setdefault(entry["token"], float(entry["logprob"]))
+    return out
+
+
+def _sampled_logprob(reply: dict) -> float:
+    logprobs = _first_choice(reply).get("logprobs")
+    values = (logprobs or {}).get("token_logprobs") or []
+    if not values or values[0] is None:
+        raise NoLogprobsError("the completions endpoint returned no token_logprobs")
+    return float(values[0])
+
+
+def _usage(reply: dict) -> tuple[int, int | None]:
+    usage = reply.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return int(usage.get("prompt_tokens") or 0), details.get("cached_tokens")

@@ -1,0 +1,124 @@
+"""Exactness of the transformers backend on a tiny random Llama (and a sliding-window Mistral)."""
+
+import pytest
+import torch
+
+from persona_icm.prompts import PromptEncoder
+from persona_icm.scoring.base import ScoreRequest
+from persona_icm.scoring.hf import HFScorer, trie_order
+from tests.tiny_model import build_model, build_tokenizer, make_claims
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(add_bos=True)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_model(len(tokenizer), head_dim=16)
+
+
+@pytest.fixture(scope="module")
+def claims():
+    return make_claims(20)
+
+
+def reference_scores(model, tokenizer, requests):
+    """The straightforward path: one prompt at a time, full forward, log_softmax of the last logits."""
+    out = []
+    for r in requests:
+        enc = PromptEncoder(tokenizer, r.kind)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([enc.encode(r)])).logits[0, -1]
+        lp = torch.log_softmax(logits.double(), -1)
+        out.append(float(lp[enc.true_id] - lp[enc.false_id]))
+    return out
+
+
+def leave_one_out(claims, n):
+    labelled = [(c, c.gold) for c in claims[:n]]
+    return [ScoreRequest(tuple(labelled[:i] + labelled[i + 1 :]), claims[i]) for i in range(n)]
+
+
+def mixed_requests(claims):
+    """Different demo counts (0..), shared and unshared prefixes, duplicates, and chat prompts."""
+    reqs = leave_one_out(claims, 7)
+    reqs += [ScoreRequest(tuple((c, c.gold) for c in claims[:k]), claims[15 + k % 3]) for k in (0, 2, 9, 14)]
+    reqs += [ScoreRequest(tuple((c, 1 - c.gold) for c in claims[3:6]), claims[19])]
+    reqs += [reqs[2], ScoreRequest((), claims[4], "chat"), ScoreRequest((), claims[5], "chat")]
+    return reqs
+
+
+@pytest.mark.parametrize(
+    "prefix_reuse,batch_size,kv_budget",
+    [(False, 1, 2e9), (False, 4, 2e9), (True, 1, 2e9), (True, 3, 2e9), (True, 16, 2e9), (True, 16, 3e5)],
+)
+def test_hf_scores_equal_one_at_a_time_reference(model, tokenizer, claims, prefix_reuse, batch_size, kv_budget):
+    requests = mixed_requests(claims)
+    expected = reference_scores(model, tokenizer, requests)
+    scorer = HFScorer(model, tokenizer, batch_size=batch_size, prefix_reuse=prefix_reuse, kv_budget_bytes=kv_budget)
+    got = scorer.score(requests)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert max(expected) - min(expected) > 0.05  # the model distinguishes prompts: a real test
+    call = scorer.calls[-1]
+    assert call.n_prompts == len(requests) and call.wall_seconds > 0
+    assert call.prompt_tokens == sum(len(PromptEncoder(tokenizer, r.kind).encode(r)) for r in requests)
+    assert (call.cached_tokens > 0) == prefix_reuse
+
+
+def test_prefix_reuse_halves_computed_tokens_on_leave_one_out(model, tokenizer, claims):
+    requests = leave_one_out(claims, 16)
+    scorer = HFScorer(model, tokenizer, batch_size=4, prefix_reuse=True)
+    assert scorer.score(requests) == pytest.approx(reference_scores(model, tokenizer, requests), abs=1e-5)
+    call = scorer.calls[-1]
+    assert call.prompt_tokens - call.cached_tokens < 0.6 * call.prompt_tokens
+
+
+def test_shared_context_scores_each_query_on_one_prefill(model, tokenizer, claims):
+    context = tuple((c, c.gold) for c in claims[:12])
+    requests = [ScoreRequest(context, q) for q in claims[12:20]]
+    scorer = HFScorer(model, tokenizer, batch_size=8)
+    assert scorer.score(requests) == pytest.approx(reference_scores(model, tokenizer, requests), abs=1e-5)
+    enc = PromptEncoder(tokenizer)
+    lengths = [len(enc.encode(r)) for r in requests]
+    shared = sum(len(p) for p in enc.pieces(requests[0])[:-1])
+    assert scorer.calls[-1].cached_tokens >= shared * (len(requests) - 1) - len(requests)
+    assert scorer.calls[-1].prompt_tokens == sum(lengths)
+
+
+def test_sliding_window_model_without_crop(tokenizer, claims):
+    """Mistral with a 24-token window: cache layers cannot be cropped, so the copy path is used."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(1)
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        intermediate_size=64, num_hidden_layers=2, sliding_window=24, max_position_embeddings=4096,
+    )
+    model = MistralForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.08)
+    requests = leave_one_out(claims, 5) + [ScoreRequest(tuple((c, c.gold) for c in claims[:3]), claims[9])]
+    expected = reference_scores(model, tokenizer, requests)
+    for batch_size in (1, 4):
+        got = HFScorer(model, tokenizer, batch_size=batch_size).score(requests)
+        assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_trie_order_visits_leave_one_out_in_index_order():
+    rows = [("r", i) for i in range(6)]
+    keys = [tuple(["h"] + rows[:i] + rows[i + 1 :] + [("q", i)]) for i in range(6)]
+    assert trie_order(keys) == list(range(6))
+    shuffled = [keys[i] for i in (3, 0, 5, 1, 4, 2)]
+    # the last two are both single leaves at the same branch: ties keep input order (5 before 4)
+    assert [(3, 0, 5, 1, 4, 2)[i] for i in trie_order(shuffled)] == [0, 1, 2, 3, 5, 4]
+    assert sorted(trie_order([(), (1,), (1, 2), (1,), (2,)])) == [0, 1, 2, 3, 4]
+
+
+def test_too_long_prompt_is_a_clear_error(model, tokenizer, claims):
+    scorer = HFScorer(model, tokenizer, max_prompt_tokens=50)
+    with pytest.raises(ValueError, match="max_prompt_tokens=50"):
+        scorer.score([ScoreRequest(tuple((c, 1) for c in claims[:3]), claims[5])])

@@ -1,0 +1,191 @@
+"""The OpenAI-compatible backend against a local stub server.
+
+`StubServer` is a STUB of an OpenAI-compatible API (no model behind it): a local HTTP server
+that speaks the /v1/completions and /v1/chat/completions wire format and replays scripted
+replies (log-probs, 429/500 errors, slow answers, replies without logprobs). A real hosted API
+cannot be reached from the test machine.
+"""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from persona_icm.prompts import PromptEncoder, prompt_text
+from persona_icm.scoring.base import ScoreRequest
+from persona_icm.scoring.openai import CandidateNotReturned, NoLogprobsError, OpenAIScorer
+from tests.tiny_model import build_tokenizer, make_claims
+
+
+def completion_reply(top: dict[str, float] | None, cached: int | None = 3) -> dict:
+    logprobs = None if top is None else {"tokens": [" True"], "token_logprobs": [-0.1], "top_logprobs": [top]}
+    usage = {"prompt_tokens": 42, "completion_tokens": 1}
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {"object": "text_completion", "choices": [{"index": 0, "text": " True", "logprobs": logprobs}], "usage": usage}
+
+
+def chat_reply(top: dict[str, float]) -> dict:
+    entries = [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top.items()]
+    content = [{"token": entries[0]["token"], "logprob": entries[0]["logprob"], "top_logprobs": entries}]
+    return {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "True"}, "logprobs": {"content": content}}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 1},
+    }
+
+
+class StubServer:
+    """Scripted OpenAI-compatible stub. `script` items: (status, json body) or ("sleep", seconds, body)."""
+
+    def __init__(self):
+        self.script: list = []
+        self.default = None
+        self.requests: list[tuple[str, dict, dict]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append((self.path, body, dict(self.headers)))
+                step = stub.script.pop(0) if stub.script else stub.default
+                if callable(step):
+                    step = step(body)
+                if step[0] == "sleep":
+                    time.sleep(step[1])
+                    step = (200, step[2])
+                status, payload = step
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = StubServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def claims():
+    return make_claims(6)
+
+
+def scorer_for(server, **kw):
+    kw.setdefault("api_key_env", None)
+    kw.setdefault("backoff_seconds", 0.01)
+    return OpenAIScorer(server.url, "stub-model", **kw)
+
+
+GOOD = (200, completion_reply({" True": -0.4, " False": -1.5, " Yes": -3.0}))
+
+
+def test_completion_score_and_wire_format(server, claims, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", "sk-test-123")
+    server.default = GOOD
+    request = ScoreRequest(((claims[0], 1), (claims[1], 0)), claims[2])
+    scorer = scorer_for(server, api_key_env="STUB_KEY", top_logprobs=5)
+    assert scorer.score([request, request]) == pytest.approx([1.1, 1.1])
+    path, body, headers = server.requests[0]
+    assert path == "/v1/completions"
+    assert body["prompt"] == prompt_text(request) and body["logprobs"] == 5 and body["max_tokens"] == 1
+    assert body["temperature"] == 0.0 and body["model"] == "stub-model"
+    assert headers["Authorization"] == "Bearer sk-test-123"
+    call = scorer.calls[-1]
+    assert (call.n_prompts, call.prompt_tokens, call.cached_tokens) == (2, 84, 6)
+    assert "sk-test-123" not in repr(scorer.__dict__.get("calls"))
+
+
+def test_chat_score_uses_chat_endpoint(server, claims):
+    server.default = (200, chat_reply({"True": -2.0, "False": -0.25}))
+    scorer = scorer_for(server)
+    assert scorer.score([ScoreRequest((), claims[3], "chat")]) == pytest.approx([-1.75])
+    path, body, _ = server.requests[0]
+    assert path == "/v1/chat/completions" and body["logprobs"] is True and body["top_logprobs"] == 20
+    assert body["messages"][0]["role"] == "user" and claims[3].question in body["messages"][0]["content"]
+    assert scorer.calls[-1].cached_tokens is None  # the reply did not report cached tokens
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_rate_limit_and_server_errors_are_retried(server, claims, status):
+    server.script = [(status, {"error": {"message": "slow down"}}), (status, {"error": {}})]
+    server.default = GOOD
+    assert scorer_for(server).score([ScoreRequest((), claims[0])]) == pytest.approx([1.1])
+    assert len(server.requests) == 3
+
+
+def test_timeout_is_retried_then_gives_up(server, claims):
+    server.script = [("sleep", 0.6, GOOD[1])]
+    server.default = GOOD
+    assert scorer_for(server, timeout_seconds=0.2).score([ScoreRequest((), claims[0])]) == pytest.approx([1.1])
+    assert len(server.requests) == 2
+    server.script = [("sleep", 0.6, GOOD[1])] * 2
+    with pytest.raises(httpx.TimeoutException):
+        scorer_for(server, timeout_seconds=0.2, max_attempts=2).score([ScoreRequest((), claims[0])])
+
+
+def test_client_errors_are_not_retried(server, claims):
+    server.default = (400, {"error": {"message": "model not found"}})
+    with pytest.raises(httpx.HTTPStatusError, match="model not found"):
+        scorer_for(server).score([ScoreRequest((), claims[0])])
+    assert len(server.requests) == 1
+
+
+def test_no_logprobs_is_a_clear_error(server, claims):
+    server.default = (200, completion_reply(None))
+    with pytest.raises(NoLogprobsError, match="does not support logprobs"):
+        scorer_for(server).score([ScoreRequest((), claims[0])])
+    server.default = (200, {"choices": [{"message": {"content": "True"}, "logprobs": None}]})
+    with pytest.raises(NoLogprobsError):
+        scorer_for(server).score([ScoreRequest((), claims[0], "chat")])
+
+
+def test_missing_candidate_raises_instead_of_guessing(server, claims):
+    server.default = (200, completion_reply({" True": -0.1, " Yes": -2.5}))
+    with pytest.raises(CandidateNotReturned, match="' False'"):
+        scorer_for(server).score([ScoreRequest((), claims[0])])
+
+
+def test_missing_api_key_names_the_variable(server, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR"):
+        OpenAIScorer(server.url, "m", api_key_env="NO_SUCH_KEY_VAR")
+
+
+def test_allowed_token_ids_mode_sends_token_ids_and_reads_each_candidate(server, claims):
+    tokenizer = build_tokenizer(add_bos=True)
+    enc = PromptEncoder(tokenizer)
+    values = {enc.true_id: -3.25, enc.false_id: -0.5}
+
+    def reply(body):
+        (candidate,) = body["allowed_token_ids"]
+        out = completion_reply({"x": values[candidate]})
+        out["choices"][0]["logprobs"]["token_logprobs"] = [values[candidate]]
+        return (200, out)
+
+    server.default = reply
+    request = ScoreRequest(((claims[0], 1),), claims[1])
+    scorer = scorer_for(server, mode="allowed_token_ids", tokenizer=tokenizer)
+    assert scorer.score([request]) == pytest.approx([-2.75])
+    bodies = [b for _, b, _ in server.requests]
+    assert [b["allowed_token_ids"] for b in bodies] == [[enc.true_id], [enc.false_id]]
+    assert all(b["prompt"] == enc.encode(request) for b in bodies)
