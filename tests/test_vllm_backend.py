@@ -41,6 +41,7 @@ def vllm_python() -> Path:
         ["bash", str(ROOT / "scripts" / "vllm_cpu_venv.sh"), str(VENV)],
         capture_output=True,
         text=True,
+        env=os.environ | {"PY": sys.executable},  # same Python version as this venv (the torch wheel is cp311)
         timeout=1800,
     )
     log = proc.stdout + proc.stderr
