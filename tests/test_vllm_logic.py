@@ -6,6 +6,8 @@ attribute layout; the real ones are exercised by tests/test_vllm_backend.py.
 
 from __future__ import annotations
 
+import sys
+import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +19,7 @@ from persona_icm.scoring.vllm import (
     check_lengths,
     choose_logprob_path,
     engine_kwargs,
+    load_engine,
     log_odds,
     prefix_order,
     restore_order,
@@ -113,3 +116,20 @@ def test_too_long_prompt_is_refused_naming_its_query():
     check_lengths([[1] * 10, [1] * 11], requests, limit=11)
     with pytest.raises(ValueError, match=r"query Fr-2 with 1 demos has 12 tokens, more than 11"):
         check_lengths([[1] * 10, [1] * 12], requests, limit=11)
+
+
+def test_engine_start_failure_names_the_model_and_engine_args(monkeypatch):
+    """vLLM itself is replaced by a stub module whose LLM() fails like an engine that cannot start."""
+    def failing_llm(**kwargs):
+        raise ValueError("max_model_len 999999 exceeds the model's limit")
+
+    stub = types.ModuleType("vllm")
+    stub.LLM = failing_llm
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = SimpleNamespace(is_cpu=lambda: True)
+    monkeypatch.setitem(sys.modules, "vllm", stub)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    load_engine.cache_clear()
+    with pytest.raises(RuntimeError, match=r"failed to start for model '/m'.*'max_model_len': 999999.*exceeds"):
+        load_engine("/m", VllmEngineArgs(max_model_len=999999))
+    load_engine.cache_clear()
