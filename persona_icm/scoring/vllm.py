@@ -140,9 +140,9 @@ class VllmScorer(CallLog):
 
     `model` is a hub id or a local folder holding the weights and the tokenizer. `logprob_path`
     None picks "token_ids" when the installed vLLM has it. Prompts longer than `max_prompt_tokens`
-    or than the engine's max_model_len - 1 are refused before anything runs. A call's CallRecord counts the prompt
-    tokens of every engine request (both of a pair on the "allowed_token_ids" path) and how many
-    of them vLLM served from its prefix cache.
+    or than the engine's max_model_len - 1 are refused before anything runs. A call's CallRecord
+    counts the prompt tokens of every engine request (both of a pair on the "allowed_token_ids"
+    path) and how many of them vLLM served from its prefix cache.
     """
 
     def __init__(
