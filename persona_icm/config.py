@@ -69,6 +69,27 @@ class OpenAISpec(_Section):
     max_concurrency: int = Field(8, ge=1)
 
 
+class VllmEngineArgs(_Section):
+    """Arguments of the in-process `vllm.LLM` engine (backend "vllm"); None leaves vLLM's default.
+
+    The weights' dtype is ModelSpec.dtype, shared with the hf backend.
+
+    On a CPU build of vLLM the KV-cache size comes from the env var VLLM_CPU_KVCACHE_SPACE (GiB),
+    not from gpu_memory_utilization.
+    """
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=2, description="Must be >= the longest prompt + 1.")
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    kv_cache_dtype: str = Field("auto", description='"fp8" doubles KV capacity but changes the scores.')
+    quantization: str | None = None
+    enable_prefix_caching: bool = True
+    block_size: int | None = Field(None, ge=1, description="KV block (prefix-cache granularity); vLLM default.")
+    seed: int = 0
+
+
 class ModelSpec(_Section):
     """Which model scores claims, and how (persona_icm/scoring)."""
 
@@ -85,7 +106,7 @@ class ModelSpec(_Section):
     kv_budget_gb: float = Field(2.0, gt=0, description="Memory for copies of a shared prefix's KV cache (hf).")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Refuse longer prompts; default: model limit.")
     openai: OpenAISpec = Field(default_factory=OpenAISpec)
-    # The vllm backend adds its engine-args sub-model here (vllm: VllmSpec).
+    vllm: VllmEngineArgs = Field(default_factory=VllmEngineArgs)
 
 
 class IcmConfig(_Section):

@@ -34,10 +34,17 @@ def make_scorer(spec: ModelSpec) -> ClaimScorer:
             kv_budget_bytes=spec.kv_budget_gb * 1e9,
             max_prompt_tokens=spec.max_prompt_tokens,
         )
+    elif spec.backend == "vllm":
+        from persona_icm.scoring.models import resolve
+        from persona_icm.scoring.vllm import VllmScorer
+
+        scorer = VllmScorer(
+            resolve(spec.name), spec.vllm, dtype=spec.dtype, max_prompt_tokens=spec.max_prompt_tokens
+        )
     elif spec.backend == "openai":
         scorer = _make_openai(spec)
     else:
-        raise NotImplementedError(f"backend {spec.backend!r} is not available in this build")
+        raise ValueError(f"unknown scoring backend {spec.backend!r}")
     _SCORERS[spec] = scorer
     return scorer
 

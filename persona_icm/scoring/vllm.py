@@ -1,0 +1,207 @@
+"""Scoring on an in-process vLLM engine: exact next-token log P(" True") - log P(" False").
+
+Prompts go in as token ids built by `PromptEncoder`, so vLLM and transformers see identical
+tokens. Two ways to read the two log-probs exactly, both from the full-vocabulary log-softmax of
+the raw logits (`logprobs_mode="raw_logprobs"`):
+
+- "token_ids" (vLLM >= 0.20): one request per prompt with `logprob_token_ids=[true, false]`.
+- "allowed_token_ids" (any vLLM V1): two requests per prompt, each restricted to one candidate by
+  `allowed_token_ids=[c]` with `logprobs=0`; the restriction acts after the raw log-probs are
+  taken, so the forced token's log-prob is its unrestricted one. The second request of a pair
+  reuses the first one's prefix cache.
+
+Never top-k `logprobs=k` (a candidate outside the top k has no value) and never
+`prompt_logprobs` (skips the prefix cache, materialises tokens x vocab).
+
+Requests are sent sorted by their token ids, so prompts that share demos (a shared token prefix)
+are adjacent and hit vLLM's prefix cache; results come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from persona_icm.config import VllmEngineArgs
+from persona_icm.scoring.base import CallLog, PromptKind, ScoreRequest
+
+LogprobPath = Literal["token_ids", "allowed_token_ids"]
+
+
+def prefix_order(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """Indices of `prompts` in lexicographic order of their token ids: shared prefixes end up adjacent."""
+    return sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
+
+
+def restore_order(values_in_order: Sequence[float], order: Sequence[int]) -> list[float]:
+    """Inverse of sending `[x[i] for i in order]`: puts the j-th result back at position order[j]."""
+    if len(values_in_order) != len(order):
+        raise ValueError(f"{len(values_in_order)} results for {len(order)} prompts")
+    out: list[float] = [0.0] * len(order)
+    for j, i in enumerate(order):
+        out[i] = values_in_order[j]
+    return out
+
+
+def supports_logprob_token_ids(sampling_params_cls: type) -> bool:
+    """True when this vLLM's SamplingParams has `logprob_token_ids` (vLLM >= 0.20)."""
+    return "logprob_token_ids" in getattr(sampling_params_cls, "__struct_fields__", ())
+
+
+def choose_logprob_path(sampling_params_cls: type, requested: LogprobPath | None = None) -> LogprobPath:
+    """`requested` if given (and possible), else the one-request path where available."""
+    available = supports_logprob_token_ids(sampling_params_cls)
+    if requested == "token_ids" and not available:
+        raise ValueError("logprob_path='token_ids' needs vLLM >= 0.20 (SamplingParams.logprob_token_ids)")
+    if requested is not None:
+        return requested
+    return "token_ids" if available else "allowed_token_ids"
+
+
+def sampling_kwargs(path: LogprobPath, true_id: int, false_id: int) -> list[dict[str, Any]]:
+    """SamplingParams keyword sets for one prompt: one request ("token_ids") or a pair (True, False)."""
+    common = {"max_tokens": 1, "temperature": 0.0, "detokenize": False}
+    if path == "token_ids":
+        return [common | {"logprob_token_ids": [true_id, false_id]}]
+    return [common | {"allowed_token_ids": [c], "logprobs": 0} for c in (true_id, false_id)]
+
+
+def candidate_logprob(output, token_id: int) -> float:
+    """Log-prob of `token_id` at the first generated position of one vLLM RequestOutput."""
+    steps = output.outputs[0].logprobs
+    if not steps or token_id not in steps[0]:
+        raise RuntimeError(
+            f"vLLM returned no log-prob for token {token_id} (got {list(steps[0]) if steps else steps}); "
+            "is logprobs_mode 'raw_logprobs' and speculative decoding off?"
+        )
+    return float(steps[0][token_id].logprob)
+
+
+def log_odds(path: LogprobPath, outputs: Sequence, true_id: int, false_id: int) -> float:
+    """s = log P(true) - log P(false) from the RequestOutputs of one prompt (see `sampling_kwargs`)."""
+    if path == "token_ids":
+        (out,) = outputs
+        return candidate_logprob(out, true_id) - candidate_logprob(out, false_id)
+    out_true, out_false = outputs
+    return candidate_logprob(out_true, true_id) - candidate_logprob(out_false, false_id)
+
+
+def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu: bool = False) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM`: the configured engine args plus what exact scoring needs.
+
+    dtype "auto" means what it means for the hf backend (ModelSpec.dtype): float32 on CPU,
+    bfloat16 on GPU, so both backends score the same weights the same way.
+    """
+    if dtype == "auto":
+        dtype = "float32" if on_cpu else "bfloat16"
+    return {
+        "model": model,
+        **args.model_dump(exclude_none=True),
+        "dtype": dtype,
+        "logprobs_mode": "raw_logprobs",
+    }
+
+
+def check_lengths(prompts: Sequence[Sequence[int]], requests: Sequence[ScoreRequest], limit: int) -> None:
+    """Refuse a prompt longer than `limit` tokens, naming its query."""
+    for ids, r in zip(prompts, requests, strict=True):
+        if len(ids) > limit:
+            raise ValueError(
+                f"prompt for query {r.query.claim_id} with {len(r.context)} demos has {len(ids)} tokens, more than "
+                f"{limit} (max_prompt_tokens, or the vLLM engine's max_model_len - 1)"
+            )
+
+
+@functools.cache
+def load_engine(model: str, args: VllmEngineArgs, dtype: str = "auto"):
+    """The process's `vllm.LLM` for (model, args, dtype), built once; call it first on the main thread."""
+    import vllm
+    from vllm.platforms import current_platform
+
+    if threading.current_thread() is not threading.main_thread():
+        warnings.warn("building the vLLM engine off the main thread; some vLLM versions fail there", stacklevel=2)
+    kwargs = engine_kwargs(model, args, dtype, on_cpu=current_platform.is_cpu())
+    try:
+        return vllm.LLM(**kwargs)
+    except Exception as err:
+        raise RuntimeError(
+            f"vLLM engine failed to start for model {model!r} with engine args {kwargs}: "
+            f"{type(err).__name__}: {err}. Check max_model_len, gpu_memory_utilization (or "
+            "VLLM_CPU_KVCACHE_SPACE on CPU), tensor_parallel_size and quantization."
+        ) from err
+
+
+class VllmScorer(CallLog):
+    """ClaimScorer on an in-process vLLM engine (see module doc).
+
+    `model` is a hub id or a local folder holding the weights and the tokenizer. `logprob_path`
+    None picks "token_ids" when the installed vLLM has it. Prompts longer than `max_prompt_tokens`
+    or than the engine's max_model_len - 1 are refused before anything runs. A call's CallRecord
+    counts the prompt tokens of every engine request (both of a pair on the "allowed_token_ids"
+    path) and how many of them vLLM served from its prefix cache.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        engine_args: VllmEngineArgs | None = None,
+        dtype: str = "auto",
+        logprob_path: LogprobPath | None = None,
+        max_prompt_tokens: int | None = None,
+    ):
+        super().__init__()
+        from vllm import SamplingParams
+
+        self.model = model
+        self.engine_args = engine_args or VllmEngineArgs()
+        self.logprob_path = choose_logprob_path(SamplingParams, logprob_path)
+        self.llm = load_engine(model, self.engine_args, dtype)
+        engine_limit = self.llm.llm_engine.model_config.max_model_len - 1
+        self.max_prompt_tokens = min(max_prompt_tokens or engine_limit, engine_limit)
+        self._encoders: dict[PromptKind, Any] = {}
+
+    def encoder(self, kind: PromptKind):
+        if kind not in self._encoders:
+            from transformers import AutoTokenizer
+
+            from persona_icm.prompts import PromptEncoder
+
+            tokenizer = AutoTokenizer.from_pretrained(self.model)
+            self._encoders[kind] = PromptEncoder(tokenizer, kind)
+        return self._encoders[kind]
+
+    def score(self, requests: list[ScoreRequest]) -> list[float]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not requests:
+            return []
+        start = time.perf_counter()
+        encoders = [self.encoder(r.kind) for r in requests]
+        prompts = [enc.encode(r) for enc, r in zip(encoders, requests, strict=True)]
+        check_lengths(prompts, requests, self.max_prompt_tokens)
+        order = prefix_order(prompts)
+        per_prompt = [sampling_kwargs(self.logprob_path, encoders[i].true_id, encoders[i].false_id) for i in order]
+        engine_prompts, engine_params = [], []
+        for i, kwargs_list in zip(order, per_prompt, strict=True):
+            for kwargs in kwargs_list:
+                engine_prompts.append(TokensPrompt(prompt_token_ids=prompts[i]))
+                engine_params.append(SamplingParams(**kwargs))
+        outputs = self.llm.generate(engine_prompts, engine_params, use_tqdm=len(engine_prompts) >= 64)
+        scores, pos = [], 0
+        for i, kwargs_list in zip(order, per_prompt, strict=True):
+            n = len(kwargs_list)
+            scores.append(log_odds(self.logprob_path, outputs[pos : pos + n], encoders[i].true_id, encoders[i].false_id))
+            pos += n
+        cached = [o.num_cached_tokens for o in outputs]
+        self.record(
+            n_prompts=len(requests),
+            prompt_tokens=sum(len(p["prompt_token_ids"]) for p in engine_prompts),
+            cached_tokens=None if any(c is None for c in cached) else sum(cached),
+            wall=time.perf_counter() - start,
+        )
+        return restore_order(scores, order)

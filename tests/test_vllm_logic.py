@@ -1,0 +1,135 @@
+"""The vllm backend's pure logic, without vLLM: request order, log-prob path choice, read-back.
+
+vLLM's SamplingParams and RequestOutput are replaced by minimal stand-ins (stubs) with the same
+attribute layout; the real ones are exercised by tests/test_vllm_backend.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from persona_icm.config import VllmEngineArgs, build_config
+from persona_icm.scoring.base import ScoreRequest
+from persona_icm.scoring.vllm import (
+    check_lengths,
+    choose_logprob_path,
+    engine_kwargs,
+    load_engine,
+    log_odds,
+    prefix_order,
+    restore_order,
+    sampling_kwargs,
+    supports_logprob_token_ids,
+)
+from tests.tiny_model import make_claims
+
+
+class NewSamplingParams:  # stub: the msgspec field tuple of vLLM >= 0.20
+    __struct_fields__ = ("max_tokens", "logprobs", "allowed_token_ids", "logprob_token_ids")
+
+
+class OldSamplingParams:  # stub: vLLM < 0.20
+    __struct_fields__ = ("max_tokens", "logprobs", "allowed_token_ids")
+
+
+def stub_output(logprobs: dict[int, float]):
+    """Stub of a vLLM RequestOutput holding one generated step's {token id: Logprob}."""
+    step = {t: SimpleNamespace(logprob=v) for t, v in logprobs.items()}
+    return SimpleNamespace(outputs=[SimpleNamespace(logprobs=[step])], num_cached_tokens=0)
+
+
+def test_prefix_order_puts_shared_prefixes_next_to_each_other_and_restores_order():
+    rng = np.random.default_rng(0)
+    prefixes = [list(rng.integers(0, 50, size=n)) for n in (30, 5, 30)]
+    labelled = [(g, p + list(rng.integers(0, 50, size=int(rng.integers(1, 6))))) for g, p in enumerate(prefixes) for _ in range(4)]
+    shuffled = [labelled[i] for i in rng.permutation(len(labelled))]
+    prompts = [p for _, p in shuffled]
+    order = prefix_order(prompts)
+    assert [prompts[i] for i in order] == sorted(prompts)
+    groups_sent = [shuffled[i][0] for i in order]
+    runs = 1 + sum(a != b for a, b in zip(groups_sent, groups_sent[1:], strict=False))
+    assert runs == 3, f"prompts sharing a prefix were split up: {groups_sent}"
+    # a backend that answers in send order comes back in the caller's order
+    answers_in_send_order = [float(sum(prompts[i])) for i in order]
+    assert restore_order(answers_in_send_order, order) == [float(sum(p)) for p in prompts]
+    with pytest.raises(ValueError, match="3 results for 2 prompts"):
+        restore_order([1.0, 2.0, 3.0], [1, 0])
+
+
+def test_prefix_order_keeps_identical_prompts_and_empty_input():
+    assert prefix_order([]) == []
+    assert prefix_order([[3, 1], [3, 1], [2]]) == [2, 0, 1]
+
+
+def test_logprob_path_prefers_logprob_token_ids_and_falls_back():
+    assert supports_logprob_token_ids(NewSamplingParams)
+    assert not supports_logprob_token_ids(OldSamplingParams)
+    assert choose_logprob_path(NewSamplingParams) == "token_ids"
+    assert choose_logprob_path(OldSamplingParams) == "allowed_token_ids"
+    assert choose_logprob_path(NewSamplingParams, "allowed_token_ids") == "allowed_token_ids"
+    with pytest.raises(ValueError, match="vLLM >= 0.20"):
+        choose_logprob_path(OldSamplingParams, "token_ids")
+
+
+def test_sampling_kwargs_are_exact_requests_never_top_k():
+    (one,) = sampling_kwargs("token_ids", 7, 9)
+    assert one["logprob_token_ids"] == [7, 9] and "logprobs" not in one and one["max_tokens"] == 1
+    true_req, false_req = sampling_kwargs("allowed_token_ids", 7, 9)
+    assert (true_req["allowed_token_ids"], false_req["allowed_token_ids"]) == ([7], [9])
+    assert true_req["logprobs"] == false_req["logprobs"] == 0
+    assert all(r["temperature"] == 0.0 for r in (one, true_req, false_req))
+
+
+def test_log_odds_reads_both_paths_and_refuses_a_missing_candidate():
+    # token_ids: one output holding the sampled token (3) plus both candidates
+    assert log_odds("token_ids", [stub_output({3: -0.1, 7: -1.5, 9: -2.0})], 7, 9) == pytest.approx(0.5)
+    # allowed_token_ids: each output holds only its forced candidate
+    pair = [stub_output({7: -1.5}), stub_output({9: -2.0})]
+    assert log_odds("allowed_token_ids", pair, 7, 9) == pytest.approx(0.5)
+    with pytest.raises(RuntimeError, match="no log-prob for token 9"):
+        log_odds("token_ids", [stub_output({3: -0.1, 7: -1.5})], 7, 9)
+
+
+def test_engine_args_come_from_config_and_force_raw_logprobs():
+    spec = build_config("seed", {"base_model": {"backend": "vllm", "vllm": {"max_model_len": 4096, "kv_cache_dtype": "fp8"}}})
+    kwargs = engine_kwargs("/models/x", spec.base_model.vllm, spec.base_model.dtype, on_cpu=True)
+    assert kwargs["model"] == "/models/x" and kwargs["max_model_len"] == 4096 and kwargs["kv_cache_dtype"] == "fp8"
+    assert kwargs["enable_prefix_caching"] is True and kwargs["logprobs_mode"] == "raw_logprobs"
+    assert kwargs["dtype"] == "float32"  # "auto" as for the hf backend: fp32 on CPU, bf16 on GPU
+    assert engine_kwargs("m", VllmEngineArgs(), "auto", on_cpu=False)["dtype"] == "bfloat16"
+    assert engine_kwargs("m", VllmEngineArgs(), "float16", on_cpu=True)["dtype"] == "float16"
+    assert "quantization" not in kwargs and "block_size" not in kwargs  # None = vLLM's own default
+    assert hash(spec.base_model.vllm) == hash(VllmEngineArgs(max_model_len=4096, kv_cache_dtype="fp8"))
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        VllmEngineArgs(tensor_parallel_size=0)
+
+
+def test_too_long_prompt_is_refused_naming_its_query():
+
+    claims = make_claims(4)
+    requests = [ScoreRequest((), claims[0]), ScoreRequest(((claims[0], 1),), claims[2])]
+    check_lengths([[1] * 10, [1] * 11], requests, limit=11)
+    with pytest.raises(ValueError, match=r"query Fr-2 with 1 demos has 12 tokens, more than 11"):
+        check_lengths([[1] * 10, [1] * 12], requests, limit=11)
+
+
+def test_engine_start_failure_names_the_model_and_engine_args(monkeypatch):
+    """vLLM itself is replaced by a stub module whose LLM() fails like an engine that cannot start."""
+    def failing_llm(**kwargs):
+        raise ValueError("max_model_len 999999 exceeds the model's limit")
+
+    stub = types.ModuleType("vllm")
+    stub.LLM = failing_llm
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = SimpleNamespace(is_cpu=lambda: True)
+    monkeypatch.setitem(sys.modules, "vllm", stub)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    load_engine.cache_clear()
+    with pytest.raises(RuntimeError, match=r"failed to start for model '/m'.*'max_model_len': 999999.*exceeds"):
+        load_engine("/m", VllmEngineArgs(max_model_len=999999))
+    load_engine.cache_clear()
