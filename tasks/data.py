@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from persona_icm import claims, goqa
 from persona_icm.claims import CountrySplit
@@ -12,7 +13,7 @@ from persona_icm.config import DataConfig
 from persona_icm.warehouse import open_warehouse
 
 
-@task(name="ingest-goqa")
+@task(name="ingest-goqa", cache_policy=NO_CACHE)
 def ingest_goqa(data: DataConfig, warehouse_path: Path) -> str:
     """Load the GOQA CSV (local path, $GOQA_PATH or the hub download) into the warehouse; its sha256."""
     path = goqa.resolve_goqa_path(data.goqa_path)
@@ -25,7 +26,7 @@ def ingest_goqa(data: DataConfig, warehouse_path: Path) -> str:
     return report.source_sha256
 
 
-@task(name="build-claims-and-splits")
+@task(name="build-claims-and-splits", cache_policy=NO_CACHE)
 def build_claims_and_splits(data: DataConfig, source_sha256: str, warehouse_path: Path) -> str:
     """Claims and question-level splits for `data`, written to the warehouse; the dataset_id.
 
@@ -39,7 +40,7 @@ def build_claims_and_splits(data: DataConfig, source_sha256: str, warehouse_path
     return dataset.dataset_id
 
 
-@task(name="load-country-split")
+@task(name="load-country-split", cache_policy=NO_CACHE)
 def load_country_split(dataset_id: str, country: str, warehouse_path: Path) -> CountrySplit:
     with open_warehouse(warehouse_path) as wh:
         split = claims.load_country_split(wh, dataset_id, country)

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import polars as pl
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from persona_icm import metrics
 from persona_icm.config import RunConfig
@@ -62,7 +63,7 @@ def run_row(run_id: str, config: RunConfig, dataset_id: str, flow_run_id: str | 
     }
 
 
-@task(name="record-run", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+@task(name="record-run", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
 def record_run(warehouse_path: Path, row: dict[str, Any]) -> None:
     """Insert or replace the run's row in `runs` (status, timings, finish time)."""
     row = dict(row)
@@ -72,7 +73,7 @@ def record_run(warehouse_path: Path, row: dict[str, Any]) -> None:
         write_run(wh, row)
 
 
-@task(name="persist-country", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+@task(name="persist-country", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
 def persist_country(
     warehouse_path: Path, run_id: str, country: str, icm_seed: int, search: SearchResult,
     evaluations: list[MethodResult], bootstrap_samples: int, seed: int,
@@ -100,7 +101,7 @@ def persist_country(
     return written
 
 
-@task(name="aggregate-countries", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+@task(name="aggregate-countries", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
 def aggregate_countries(warehouse_path: Path, run_id: str, bootstrap_samples: int, seed: int) -> int:
     """The countries-pooled metrics (country 'ALL') from the run's predictions in the warehouse."""
     with open_warehouse(warehouse_path) as wh:

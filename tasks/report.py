@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from persona_icm.charts import AGGREGATE, HEADLINE_SQL, write_report
 from persona_icm.warehouse import open_warehouse
@@ -16,7 +17,7 @@ def reports_dir(warehouse_path: Path) -> Path:
     return Path(warehouse_path).resolve().parent / "reports"
 
 
-@task(name="report")
+@task(name="report", cache_policy=NO_CACHE)
 def report(warehouse_path: Path, run_id: str) -> Path:
     """warehouse/reports/<run_id>/ (PNG, SVG, report.html); a method x country table artifact
     (accuracy with 95% CI) and a markdown artifact linking the report."""
