@@ -22,7 +22,8 @@ from rich.table import Table
 from persona_icm.charts import write_report
 from persona_icm.warehouse import DEFAULT_PATH, open_warehouse
 
-console = Console()
+# Piped output (not a terminal) gets whole columns instead of rich's 80-column wrapping.
+console = Console() if sys.stdout.isatty() else Console(width=1000)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
