@@ -251,18 +251,23 @@ def wall_time_smoke(args: argparse.Namespace) -> None:
         print(f"  skipped: the transformers backend is not available on this branch ({exc})")
         return
     smoke = build_config("smoke")
-    claims = goqa_claims(args.csv, args.country, smoke.data.train_cap, args.data_seed)
+    n_claims = args.wall_claims or smoke.data.train_cap
+    config = smoke.icm
+    if args.wall_iterations is not None:
+        config = config.model_copy(update={"iterations": args.wall_iterations})
+    claims = goqa_claims(args.csv, args.country, n_claims, args.data_seed)
     results = {}
     for engine in ("fast", "reference"):
         scorer = load_hf_scorer(SMOLLM2, progress=False)
         start = time.perf_counter()
-        result = run_icm(claims, scorer, smoke.icm.model_copy(update={"engine": engine}), show_progress=not args.quiet)
+        result = run_icm(claims, scorer, config.model_copy(update={"engine": engine}), show_progress=not args.quiet)
         wall = time.perf_counter() - start
         results[engine] = result
         c = result.counters
         print(f"  {engine:10} {wall:8.1f}s  calls {c.backend_calls:6,}  prompts {c.prompts:6,}  prompt tokens {c.prompt_tokens:10,}")
     same = results["fast"].trace.select(TRAJECTORY_COLUMNS).equals(results["reference"].trace.select(TRAJECTORY_COLUMNS))
-    print(f"  {len(claims)} claims, K={smoke.icm.iterations}; identical trajectories: {same}")
+    print(f"  {len(claims)} claims, K={config.iterations}; identical trajectories: {same} "
+          "(a real backend is exact only up to float reassociation across batch shapes)")
 
 
 def _capacities(text: str) -> list[int | None]:
@@ -289,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     icm.add_argument("--data-seed", type=int, default=0)
     icm.add_argument("--quiet", action="store_true", help="no progress bars")
     icm.add_argument("--wall", action="store_true", help="also time the smoke preset with the real offline model")
+    icm.add_argument("--wall-claims", type=int, default=None, help="claims for --wall (default: smoke train_cap)")
+    icm.add_argument("--wall-iterations", type=int, default=None, help="K for --wall (default: smoke preset)")
     args = parser.parse_args(argv)
     if args.bench == "icm":
         if not args.csv.exists():
