@@ -3,7 +3,7 @@
     python -m persona_icm.bench icm --preset seed [--country "United States"] [--csv PATH]
 
 `icm`: model work of one ICM search on a seed-sized workload (about 124 training claims of one
-real GOQA country). Scores come from the synthetic scorer of tests/synthetic.py (run from a
+real GOQA country: its training split, built by goqa.py/claims.py). Scores come from the synthetic scorer of tests/synthetic.py (run from a
 checkout), made order-invariant so every variant follows the SAME trajectory; every prompt is
 tokenised with the real offline SmolLM2 tokenizer (persona_icm.prompts) and replayed through a
 simulated prefix cache (16-token blocks, chained block hashes, LRU, the vLLM scheme).
@@ -20,17 +20,13 @@ A fully cached prompt still computes its last token (as vLLM does), so uncached 
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import importlib.util
-import re
 import sys
 import time
 from array import array
 from collections import OrderedDict
 from pathlib import Path
-
-import numpy as np
 
 from persona_icm.claims import Claim
 from persona_icm.config import build_config
@@ -42,35 +38,16 @@ SMOLLM2 = "smollm2-135m-instruct"
 
 # -- workload -------------------------------------------------------------------------------
 
-def goqa_claims(csv_path: Path, country: str, max_claims: int = 124, seed: int = 0) -> list[Claim]:
-    """Binary claims of one country: per question its top option (ties: lowest index) and one
-    other option drawn with a seeded RNG; questions in a seeded order; whole groups up to the cap.
-    Sorted by claim_id (the earlier code's order). A bench-local reader until goqa.py lands."""
-    import polars as pl
+def goqa_train_claims(csv_path: Path, country: str, preset: str) -> list[Claim]:
+    """The preset's training claims of one country, built by the project's own data pipeline
+    (goqa.read_goqa -> claims.build_dataset, dataset "all" as in the fork's main table)."""
+    from persona_icm import goqa
+    from persona_icm.claims import build_dataset
 
-    frame = pl.read_csv(csv_path)
-    rng = np.random.default_rng(seed)
-    groups = []
-    for question, selections, options in frame.select("question", "selections", "options").iter_rows():
-        shares = _literal(re.search(r"\{.*\}", selections, re.S).group(0)).get(country)
-        opts = [str(o) for o in _literal(options)]
-        if shares is None or len(opts) < 2 or len(shares) != len(opts):
-            continue
-        groups.append((question, opts, shares))
-    order = rng.permutation(len(groups))
-    claims: list[Claim] = []
-    for k in order[: max_claims // 2]:
-        question, opts, shares = groups[int(k)]
-        top = int(np.argmax(shares))
-        other = int(rng.choice([i for i in range(len(opts)) if i != top]))
-        gid = hashlib.sha1(question.encode()).hexdigest()[:10]
-        for idx in sorted((top, other)):
-            claims.append(Claim(f"{gid}-{idx}", gid, country, question, opts[idx], int(idx == top)))
-    return sorted(claims, key=lambda c: c.claim_id)
-
-
-def _literal(text: str):
-    return ast.literal_eval(text)  # literals only; never eval
+    table = goqa.read_goqa(csv_path)
+    data = build_config(preset, {"data": {"countries": [country], "dataset": "all", "goqa_path": str(csv_path)}}).data
+    dataset = build_dataset(table.questions, table.selections, data, table.source_sha256)
+    return dataset.country_split(country).train
 
 
 # -- tokenizer and simulated backend --------------------------------------------------------
@@ -176,14 +153,14 @@ def bench_icm(args: argparse.Namespace) -> None:
     except ImportError:
         sys.exit("run the benchmark from a checkout: it uses tests/synthetic.py's SyntheticScorer")
 
-    claims = goqa_claims(args.csv, args.country, args.max_claims, args.data_seed)
+    claims = goqa_train_claims(args.csv, args.country, args.preset)
     config = build_config(args.preset).icm
     if args.iterations is not None:
         config = config.model_copy(update={"iterations": args.iterations})
     truth = {c.claim_id: c.gold for c in claims}
     t0 = time.perf_counter()
     encoder = PromptEncoder(load_tokenizer(), "base")
-    print(f"workload: {len(claims)} claims ({len(claims) // 2} questions) of {args.country} from {args.csv.name}; "
+    print(f"workload: {len(claims)} training claims ({len(claims) // 2} questions) of {args.country} from {args.csv.name}; "
           f"preset {args.preset}: K={config.iterations}, num_seed={config.num_seed}, alpha={config.alpha}; "
           f"tokenizer {SMOLLM2} ({time.perf_counter() - t0:.1f}s to load)")
     capacities = args.cache_tokens
@@ -251,18 +228,23 @@ def wall_time_smoke(args: argparse.Namespace) -> None:
         print(f"  skipped: the transformers backend is not available on this branch ({exc})")
         return
     smoke = build_config("smoke")
-    claims = goqa_claims(args.csv, args.country, smoke.data.train_cap, args.data_seed)
+    n_claims = args.wall_claims or smoke.data.train_cap
+    config = smoke.icm
+    if args.wall_iterations is not None:
+        config = config.model_copy(update={"iterations": args.wall_iterations})
+    claims = goqa_train_claims(args.csv, args.country, "smoke")[:n_claims]
     results = {}
     for engine in ("fast", "reference"):
         scorer = load_hf_scorer(SMOLLM2, progress=False)
         start = time.perf_counter()
-        result = run_icm(claims, scorer, smoke.icm.model_copy(update={"engine": engine}), show_progress=not args.quiet)
+        result = run_icm(claims, scorer, config.model_copy(update={"engine": engine}), show_progress=not args.quiet)
         wall = time.perf_counter() - start
         results[engine] = result
         c = result.counters
         print(f"  {engine:10} {wall:8.1f}s  calls {c.backend_calls:6,}  prompts {c.prompts:6,}  prompt tokens {c.prompt_tokens:10,}")
     same = results["fast"].trace.select(TRAJECTORY_COLUMNS).equals(results["reference"].trace.select(TRAJECTORY_COLUMNS))
-    print(f"  {len(claims)} claims, K={smoke.icm.iterations}; identical trajectories: {same}")
+    print(f"  {len(claims)} claims, K={config.iterations}; identical trajectories: {same} "
+          "(a real backend is exact only up to float reassociation across batch shapes)")
 
 
 def _capacities(text: str) -> list[int | None]:
@@ -277,7 +259,6 @@ def main(argv: list[str] | None = None) -> None:
     icm.add_argument("--preset", default="seed", choices=["seed", "paper", "smoke"])
     icm.add_argument("--country", default="United States")
     icm.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    icm.add_argument("--max-claims", type=int, default=124)
     icm.add_argument("--iterations", type=int, default=None, help="override K")
     icm.add_argument("--block", type=int, default=16)
     icm.add_argument("--cache-tokens", type=_capacities, default=_capacities("131072,524288,none"),
@@ -286,9 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     icm.add_argument("--signal", type=float, default=1.0)
     icm.add_argument("--prior", type=float, default=0.5)
     icm.add_argument("--scorer-seed", type=int, default=0)
-    icm.add_argument("--data-seed", type=int, default=0)
     icm.add_argument("--quiet", action="store_true", help="no progress bars")
     icm.add_argument("--wall", action="store_true", help="also time the smoke preset with the real offline model")
+    icm.add_argument("--wall-claims", type=int, default=None, help="claims for --wall (default: smoke train_cap)")
+    icm.add_argument("--wall-iterations", type=int, default=None, help="K for --wall (default: smoke preset)")
     args = parser.parse_args(argv)
     if args.bench == "icm":
         if not args.csv.exists():

@@ -171,7 +171,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"icm": {"alpha": 50.0, "initial_T": 10.0, "final_T": 0.01, "beta": 0.99}},
     "smoke": {
         "data": {"train_cap": 16, "test_cap": 8},
-        "icm": {"num_seed": 4, "iterations": 40, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 10},
+        "icm": {"num_seed": 4, "iterations": 24, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 8},
         "eval": {"eval_repeats": 2, "demo_sizes": [4, 8], "bootstrap_samples": 200},
     },
 }
