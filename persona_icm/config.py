@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_COUNTRIES = ["United States", "France", "Japan"]
 
@@ -19,14 +19,39 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    goqa_path: Path | None = Field(None, description="Local GOQA CSV; None downloads it from the hub into data/.")
-    countries: list[str] = Field(default_factory=lambda: list(DEFAULT_COUNTRIES))
-    dataset: Literal["all", "binary"] = "binary"
-    question_list: Path | None = Field(None, description="Plain text or CSV of question texts; overrides the rule.")
-    drop_non_substantive: bool = False
-    seed: int = Field(0, description="Drives the False-option draw and the question-level split.")
-    train_cap: int = Field(125, ge=2)
-    test_cap: int = Field(50, ge=2)
+    """What GOQA file, which questions and countries, and how claims and splits are made."""
+
+    goqa_path: Path | None = Field(
+        None, description="Local GOQA CSV; None: $GOQA_PATH, else data/global_opinions.csv (downloaded once)."
+    )
+    countries: list[str] = Field(default_factory=lambda: list(DEFAULT_COUNTRIES), min_length=1)
+    dataset: Literal["all", "binary"] = Field(
+        "binary", description="binary: questions with exactly 2 options (counted after dropping, if on)."
+    )
+    question_sources: list[str] = Field(
+        default_factory=lambda: ["GAS"],
+        min_length=1,
+        description="The rule: questions of these GOQA sources (GAS = Pew).",
+    )
+    question_list: Path | None = Field(
+        None, description="Plain text or CSV of question texts; replaces the source rule."
+    )
+    require_all_countries: bool = Field(
+        True, description="Keep only questions with a usable group in every requested country."
+    )
+    drop_non_substantive: bool = Field(False, description="Drop DK/Refused, Don't know, No answer, Missing... first.")
+    seed: int = Field(0, description="Seeds the draw of each group's False option.")
+    split_seed: int = Field(0, description="Seeds the question-level train/test shuffle.")
+    train_fraction: float = Field(0.75, gt=0, lt=1, description="Share of questions on the train side.")
+    train_cap: int = Field(125, ge=2, description="Max train claims per country, rounded down to whole groups.")
+    test_cap: int = Field(50, ge=2, description="Max test claims per country, rounded down to whole groups.")
+
+    @field_validator("countries", "question_sources")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"listed twice: {sorted({v for v in values if values.count(v) > 1})}")
+        return values
 
 
 class ModelSpec(_Section):
