@@ -1,0 +1,158 @@
+"""Measure the evaluation protocol end to end on real GOQA numbers with small offline models.
+
+For each base model: per country, ICM on the training claims, then evaluate_country (ICM,
+golden, random-matched, zero-shot base, zero-shot chat, option prior, accuracy vs demos); prints
+method x country tables (claim acc, group acc, 95% CI, n_test) and wall times, and writes
+predictions/demos/metrics as parquet under --out (gitignored). A benchmark, not a test.
+
+    PYTHONPATH=. python scripts/measure_eval.py --goqa-path ../shared/data/goqa/seed_subset_goqa.csv \\
+        --base-model qwen2.5-coder-0.5b-instruct --base-model gemma-3-270m \\
+        --chat-model smollm2-135m-instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from persona_icm.config import DEFAULT_COUNTRIES, build_config
+from persona_icm.evaluate import evaluate_country
+from persona_icm.metrics import aggregate_countries, summarize
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--goqa-path", type=Path, required=True)
+    p.add_argument("--countries", nargs="+", default=DEFAULT_COUNTRIES)
+    p.add_argument("--base-model", action="append", required=True)
+    p.add_argument(
+        "--chat-model", default=None, help="omit to see zero_shot_chat reported as skipped"
+    )
+    p.add_argument("--preset", default="smoke")
+    p.add_argument("--train-cap", type=int, default=16)
+    p.add_argument("--test-cap", type=int, default=40)
+    p.add_argument("--icm-iterations", type=int, default=30)
+    p.add_argument("--eval-repeats", type=int, default=3)
+    p.add_argument("--demo-sizes", type=int, nargs="*", default=[4, 8])
+    p.add_argument("--out", type=Path, default=Path("warehouse/results/measure_eval"))
+    return p.parse_args()
+
+
+def load_scorer(name: str):
+    from persona_icm.scoring.hf import load_hf_scorer
+
+    return load_hf_scorer(name, progress=False)
+
+
+def country_splits(cfg):
+    from persona_icm.claims import build_dataset
+    from persona_icm.goqa import read_goqa
+
+    table = read_goqa(cfg.data.goqa_path)
+    dataset = build_dataset(table.questions, table.selections, cfg.data, table.source_sha256)
+    return {country: dataset.country_split(country) for country in cfg.data.countries}
+
+
+def run_icm_labels(train, scorer, cfg) -> tuple[dict[str, int], float]:
+    from persona_icm.icm import run_icm
+
+    result = run_icm(train, scorer, cfg.icm, show_progress=False)
+    gold = {c.claim_id: c.gold for c in train}
+    labels = result.label_of()
+    acc = np.mean([labels[k] == gold[k] for k in labels]) if labels else float("nan")
+    return labels, float(acc)
+
+
+def table(metrics: pl.DataFrame) -> pl.DataFrame:
+    """method x country: claim acc, group acc with 95% CI, n_test (headline rows)."""
+    fmt = lambda m, lo, hi: pl.format("{} [{}, {}]", *(pl.col(c).round(3) for c in (m, lo, hi)))  # noqa: E731
+    return (
+        metrics.filter(experiment="main")
+        .select(
+            "country",
+            "method",
+            "n_demos",
+            claim=fmt("claim_acc", "claim_acc_ci_low", "claim_acc_ci_high"),
+            group=fmt("group_acc", "group_acc_ci_low", "group_acc_ci_high"),
+            std=pl.col("claim_acc_std").round(3),
+            n_test=pl.col("n_test_claims"),
+            label_acc=pl.col("demo_label_acc").round(3),
+        )
+        .sort("method", "country")
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    overrides = {
+        "data": {"goqa_path": str(args.goqa_path), "countries": args.countries, "dataset": "binary",
+                 "train_cap": args.train_cap, "test_cap": args.test_cap},
+        "icm": {"iterations": args.icm_iterations},
+        "eval": {"eval_repeats": args.eval_repeats, "demo_sizes": args.demo_sizes},
+    }  # fmt: skip
+    cfg = build_config(args.preset, overrides)
+    splits = country_splits(cfg)
+    chat = load_scorer(args.chat_model) if args.chat_model else None
+    pl.Config.set_tbl_rows(100)
+    pl.Config.set_tbl_width_chars(200)
+    pl.Config.set_fmt_str_lengths(40)
+    for model in args.base_model:
+        run_id = f"measure-{model}"
+        t0 = time.perf_counter()
+        base = load_scorer(model)
+        timings = {"load_s": round(time.perf_counter() - t0, 1)}
+        predictions, demos = [], []
+        for country, split in splits.items():
+            t = time.perf_counter()
+            labels, label_acc = run_icm_labels(split.train, base, cfg)
+            timings[f"{country}: icm_s"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            rng = np.random.default_rng([cfg.eval.seed, len(timings)])
+            result = evaluate_country(
+                base, split.train, split.test, cfg.eval,
+                icm_labels=labels, chat_scorer=chat, rng=rng, run_id=run_id,
+            )  # fmt: skip
+            timings[f"{country}: eval_s"] = round(time.perf_counter() - t, 1)
+            timings[f"{country}: n_train/n_pool/n_test/icm_label_acc"] = (
+                f"{len(split.train)}/{len(labels)}/{len(split.test)}/{label_acc:.3f}"
+            )
+            if result.skipped:
+                timings[f"{country}: skipped"] = result.skipped
+            predictions.append(result.predictions)
+            demos.append(result.demos)
+        preds, dem = pl.concat(predictions), pl.concat(demos)
+        n_boot = cfg.eval.bootstrap_samples
+        metrics = pl.concat(
+            [
+                summarize(preds, dem, n_boot, cfg.eval.seed),
+                aggregate_countries(preds, dem, n_boot, cfg.eval.seed),
+            ]
+        )
+        out = args.out / model
+        out.mkdir(parents=True, exist_ok=True)
+        preds.write_parquet(out / "predictions.parquet")
+        dem.write_parquet(out / "demos.parquet")
+        metrics.write_parquet(out / "metrics.parquet")
+        print(
+            f"\n## base model {model}, chat model {args.chat_model}, preset {args.preset} + {json.dumps(overrides)}"
+        )
+        print(table(metrics))
+        curve = metrics.filter(
+            experiment="curve", method=pl.col("method").is_in(["icm", "golden", "random_matched"])
+        )
+        print(
+            curve.select(
+                "country", "method", "n_demos", "claim_acc", "claim_acc_std", "demo_label_acc"
+            ).sort("method", "n_demos")
+        )
+        timings["total_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(timings, indent=1))
+
+
+if __name__ == "__main__":
+    main()
