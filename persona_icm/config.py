@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_COUNTRIES = ["United States", "France", "Japan"]
 
@@ -118,11 +118,18 @@ class IcmConfig(_Section):
     )
     consistency: bool = Field(True, description="False drops I from U and skips ConsistencyFix (ablation).")
     num_seed: int = Field(12, ge=2, description="Claims labelled at random (balanced) before the search.")
-    iterations: int = Field(1000, ge=0, description="K in Algorithm 1.")
+    iterations: int = Field(
+        1000, ge=0, description="K in Algorithm 1; when not given, 1500 for data.dataset='all' (the fork's setting)."
+    )
     initial_fix_rounds: int = Field(20, ge=0, description="ConsistencyFix rounds after seeding.")
     loop_fix_rounds: int = Field(10, ge=0, description="ConsistencyFix rounds inside each iteration.")
     initial_T: float = Field(10.0, gt=0)
-    final_T: float = Field(0.1, gt=0)
+    final_T: float = Field(
+        0.1,
+        gt=0,
+        description="A floor on T. The log schedule with the presets' betas stays above it for any feasible K "
+        "(seed: T = 0.50 after 1000 accepted moves), exactly as in both earlier codebases.",
+    )
     schedule: Literal["log", "exp"] = "log"
     beta: float = Field(2.75, gt=0, description="log schedule: T = initial_T / (1 + beta*ln(1+accepted)).")
     decay: float = Field(0.99, gt=0, lt=1, description="exp schedule: T = initial_T * decay**accepted.")
@@ -137,6 +144,8 @@ class IcmConfig(_Section):
     score_memo_size: int = Field(200_000, ge=0, description="LRU capacity of the score memo (fast engine); affects cost only.")
     checkpoint_every: int = Field(50, ge=1, description="Iterations between checkpoints (when a checkpoint path is given).")
 
+
+ITERATIONS_ALL_DATASET = 1500  # the fork's K for dataset "all"
 
 EvalMethod = Literal["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior"]
 EVAL_METHODS: tuple[str, ...] = get_args(EvalMethod)
@@ -164,6 +173,22 @@ class RunConfig(_Section):
     icm: IcmConfig = Field(default_factory=IcmConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     warehouse_path: Path = Path("warehouse/persona_icm.duckdb")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _iterations_for_dataset(cls, values: Any) -> Any:
+        """ICM_SPEC "Search": K is 1000, and 1500 for dataset `all`, unless icm.iterations is given."""
+        if not isinstance(values, dict):
+            return values
+        data = values.get("data") or {}
+        dataset = data.get("dataset") if isinstance(data, dict) else data.dataset
+        icm = values.get("icm") or {}
+        given = "iterations" in (icm if isinstance(icm, dict) else icm.model_fields_set)
+        if dataset != "all" or given:
+            return values
+        if isinstance(icm, dict):
+            return {**values, "icm": {**icm, "iterations": ITERATIONS_ALL_DATASET}}
+        return {**values, "icm": IcmConfig(**icm.model_dump(exclude_unset=True), iterations=ITERATIONS_ALL_DATASET)}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
