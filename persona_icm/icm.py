@@ -144,7 +144,13 @@ def default_run_key(claims: list[Claim], config: IcmConfig, scorer_id: str = "")
 
 
 def temperature(config: IcmConfig, accepted: int) -> float:
-    """log: max(final_T, initial_T / (1 + beta ln(1 + accepted))); exp: max(final_T, initial_T decay^accepted)."""
+    """log: max(final_T, initial_T / (1 + beta ln(1 + accepted))); exp: max(final_T, initial_T decay^accepted).
+
+    `accepted` counts accepted moves so far (the fork's flip count), not iterations. final_T is a
+    floor: with the log schedule it binds only after exp((initial_T/final_T - 1)/beta) - 1 accepted
+    moves (e^36 for the seed preset), so the seed and paper presets never reach it, exactly as in
+    the fork (beta 2.75) and the original code (beta 2); T after 1000 accepted moves is 0.50 (seed)
+    and 1.28 (paper). Rescaling beta to hit final_T at K would change the protocol being reproduced."""
     if config.schedule == "log":
         t = config.initial_T / (1.0 + config.beta * math.log1p(accepted))
     else:

@@ -278,6 +278,26 @@ def test_temperature_schedules():
     assert temperature(exp_cfg, 10**6) == 0.01
 
 
+def test_log_schedule_of_the_presets_stays_above_final_T_as_in_the_earlier_code():
+    """ICM_SPEC: T = max(final_T, initial_T / (1 + beta ln(1 + accepted))), driven by accepted moves.
+    With beta 2.75 (seed) or 0.99 (paper) the floor is never reached within K: the spec (and both
+    codebases) define it so; the search must not silently rescale the schedule."""
+    seed, paper = icm_config("seed"), icm_config("paper")
+    assert temperature(seed, 1000) == pytest.approx(10.0 / (1 + 2.75 * math.log(1001))) == pytest.approx(0.50002, abs=1e-5)
+    assert temperature(paper, 1000) == pytest.approx(10.0 / (1 + 0.99 * math.log(1001)), rel=1e-12)
+    assert temperature(seed, 1000) > seed.final_T and temperature(paper, 1000) > paper.final_T
+    # the floor binds only after exp((initial_T / final_T - 1) / beta) - 1 accepted moves
+    tight = icm_config(initial_T=1.0, final_T=0.5, beta=1.0)
+    assert temperature(tight, 1) == pytest.approx(1 / (1 + math.log(2))) and temperature(tight, 2) == 0.5
+    # T is a function of accepted moves only: the trace's T follows accepted_total of the previous row
+    claims = make_claims(8)
+    result, _ = run(claims, icm_config("smoke", iterations=30))
+    trace = result.trace
+    cfg = icm_config("smoke")
+    for previous_accepted, T in zip(trace["accepted_total"][:-1], trace["T"][1:], strict=True):
+        assert T == temperature(cfg, previous_accepted)
+
+
 def test_acceptance_has_no_overflow_at_tiny_T():
     with np.errstate(all="raise"):
         assert acceptance_probability(-1e300, 1e-300) == 0.0
