@@ -129,7 +129,8 @@ class IcmResult:
 
 def default_run_key(claims: list[Claim], config: IcmConfig, scorer_id: str = "") -> str:
     """Hash of everything that fixes the trajectory: claims, search config, algorithm version and
-    the caller's scorer identity. Engine, memo size and checkpoint cadence change only cost."""
+    the caller's scorer identity. Engine, memo size and checkpoint cadence change only cost
+    (bit for bit with a prompt-deterministic scorer; see icm_engine.py on batched backends)."""
     relevant = config.model_dump(mode="json", exclude={"engine", "score_memo_size", "checkpoint_every"})
     blob = json.dumps(
         {

@@ -12,6 +12,17 @@ Both engines compute exactly the same numbers; only the model work differs.
   for a labelled claim is the leave-one-out score of the last energy evaluation (a memo hit).
 
 Engines never touch the random generator, so the search's RNG call sequence is the same for both.
+
+Contract: the two engines give the identical trace for any scorer whose score of a prompt is a
+function of that prompt alone (tests/test_icm.py with the synthetic scorer; tests/test_icm_hf.py
+with a real transformers model scored one prompt per forward pass). A batched model backend
+(hf batches and shared-prefix KV, vLLM) reassociates floating point with the batch shape, so a
+score can move by ~1e-7..1e-5 with the other prompts of its call; then the engines (and a
+resumed vs an uninterrupted fast run, whose memo differs) take the same decisions except where
+a decision sits within that noise of its threshold (s = 0, U tie, acceptance uniform). Neither
+an engine that copies the fast engine's batches (the memo still changes what is in a batch) nor
+a tie tolerance (it moves the threshold, it does not remove it) can close that gap; only a
+batch-invariant scorer can. For bit-exact runs use hf with batch_size=1, prefix_reuse=False.
 """
 
 from __future__ import annotations
