@@ -6,8 +6,10 @@
   expected accuracy of breaking the tie at random; option-prior scores tie often).
 - mean and std (ddof 1; null for a single order) over orders, and over ICM seeds when several.
 - 95% percentile-bootstrap interval: resample test questions with replacement (within each
-  country when countries are pooled) and, with several ICM seeds, the seeds; each replicate is
-  the mean accuracy over orders.
+  country when countries are pooled), the demo orders (within each ICM seed) and, with several
+  ICM seeds, the seeds; orders and questions are crossed (every order scores every question), so
+  each is resampled on its own. It covers the order-to-order spread of the reported mean as well
+  as test-set sampling (ICM_SPEC "Metrics").
 - demo_label_acc: share of demos whose label equals gold (from the demos frame): for `icm` this
   is ICM's label accuracy, for `random_matched` it equals it by construction, golden is 1.
 
@@ -145,10 +147,13 @@ def bootstrap_interval(
 ) -> tuple[float, float]:
     """95% percentile interval of sum(w * correct) / sum(w * weight) under resampling.
 
-    correct: (seeds, units) successes per unit, averaged over orders; weight: (units,) trials per
-    unit; strata: (units,) units are resampled within their stratum; seeds are resampled too.
+    correct: (seeds, orders, units) successes per unit in each demo order ((seeds, units): one
+    order); weight: (units,) trials per unit; strata: (units,) units are resampled within their
+    stratum; orders are resampled within each seed, and the seeds too.
     """
-    n_seeds, n_units = correct.shape
+    if correct.ndim == 2:
+        correct = correct[:, None, :]
+    n_seeds, n_orders, n_units = correct.shape
     unit_counts = np.zeros((n_boot, n_units))
     for stratum in np.unique(strata):
         members = np.flatnonzero(strata == stratum)
@@ -156,7 +161,14 @@ def bootstrap_interval(
             len(members), np.full(len(members), 1 / len(members)), size=n_boot
         )
     seed_share = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_boot) / n_seeds
-    replicate = ((seed_share @ correct) * unit_counts).sum(axis=1) / (unit_counts @ weight)
+    share = seed_share[:, :, None]  # (boot, seed, order): weight of each seed's order
+    if n_orders > 1:
+        order_share = rng.multinomial(n_orders, np.full(n_orders, 1 / n_orders), size=(n_boot, n_seeds))
+        share = share * order_share / n_orders
+    else:
+        share = share * np.ones((1, 1, n_orders))
+    per_order = np.einsum("sou,bu->bso", correct, unit_counts)
+    replicate = (share * per_order).sum(axis=(1, 2)) / (unit_counts @ weight)
     low, high = np.percentile(replicate, [2.5, 97.5])
     return float(low), float(high)
 
@@ -174,23 +186,21 @@ def _summary_row(head: dict, outcomes: pl.DataFrame, n_boot: int, rng: np.random
         claim_acc=pl.col("claims_correct").sum() / pl.col("n_claims").sum(),
         group_acc=pl.col("group_correct").mean(),
     )
-    units = (
-        outcomes.group_by(["icm_seed", "country", "group_id"])
-        .agg(
-            pl.col("claims_correct").mean(),
-            pl.col("group_correct").mean(),
-            pl.col("n_claims").first(),
-        )
-        .with_columns(unit=pl.concat_str("country", pl.lit("\x1f"), "group_id"))
-        .sort("icm_seed", "unit", nulls_last=True)
+    cells = (
+        outcomes.with_columns(unit=pl.concat_str("country", pl.lit("\x1f"), "group_id"))
+        .sort("icm_seed", "repeat", "unit", nulls_last=True)
     )
-    seeds = units["icm_seed"].unique(maintain_order=True).to_list()
-    unit_ids = units.filter(pl.col("icm_seed").eq_missing(seeds[0]))
+    seeds = cells["icm_seed"].unique(maintain_order=True).to_list()
+    n_orders = cells.filter(pl.col("icm_seed").eq_missing(seeds[0]))["repeat"].n_unique()
+    unit_ids = cells.filter(pl.col("icm_seed").eq_missing(seeds[0]) & (pl.col("repeat") == cells["repeat"][0]))
     n_units = unit_ids.height
-    if units.height != n_units * len(seeds):
-        raise ValueError(f"test questions differ between ICM seeds for {head}")
-    claims_correct = units["claims_correct"].to_numpy().reshape(len(seeds), n_units)
-    groups_correct = units["group_correct"].to_numpy().reshape(len(seeds), n_units)
+    if cells.height != len(seeds) * n_orders * n_units or cells.select("icm_seed", "repeat", "unit").is_duplicated().any():
+        raise ValueError(f"test questions or demo orders differ between ICM seeds or orders for {head}")
+    if not (cells["unit"].to_numpy().reshape(-1, n_units) == unit_ids["unit"].to_numpy()).all():
+        raise ValueError(f"test questions differ between ICM seeds or orders for {head}")
+    shape = (len(seeds), n_orders, n_units)
+    claims_correct = cells["claims_correct"].to_numpy().reshape(shape)
+    groups_correct = cells["group_correct"].to_numpy().reshape(shape)
     n_claims = unit_ids["n_claims"].to_numpy()
     strata = unit_ids["country"].to_numpy()
     claim_ci = bootstrap_interval(claims_correct, n_claims, strata, n_boot, rng)

@@ -99,7 +99,15 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_test_questio
         assert row["n_orders"] == 3 and row["n_test_groups"] == n_groups
         widths.append(row["claim_acc_ci_high"] - row["claim_acc_ci_low"])
     assert widths[0] > widths[1] > widths[2]
-    assert widths[0] / widths[2] == pytest.approx(4, rel=0.35)  # ~ 1/sqrt(n)
+    # one order: question sampling alone, ~ 1/sqrt(n) (with several orders, their random spread adds)
+    single = [
+        summarize(predictions("X", "golden", 10, n, accuracy=0.7, repeats=1), n_boot=1000, seed=1).row(0, named=True)
+        for n in (20, 320)
+    ]
+    ratio = (single[0]["claim_acc_ci_high"] - single[0]["claim_acc_ci_low"]) / (
+        single[1]["claim_acc_ci_high"] - single[1]["claim_acc_ci_low"]
+    )
+    assert ratio == pytest.approx(4, rel=0.35)
 
 
 def test_bootstrap_covers_icm_seeds_when_several():
@@ -125,3 +133,23 @@ def test_bootstrap_interval_is_exact_for_a_constant_and_stratified():
     correct = np.array([[1.0] * 4 + [0.0] * 4])
     low, high = bootstrap_interval(correct, np.ones(8), np.array([0] * 4 + [1] * 4), 200, rng)
     assert low == high == 0.5
+
+
+def test_bootstrap_interval_covers_the_spread_between_demo_orders():
+    """ICM_SPEC "Metrics": the interval covers order-to-order variation as well as test sampling.
+    Two orders, one all right and one all wrong, with every question alike: averaging orders
+    before resampling questions (the earlier code) gave the zero-width interval [0.5, 0.5]."""
+    right = exact("X", "icm", 10, n_groups=40, n_right_groups=40)
+    wrong = exact("X", "icm", 10, n_groups=40, n_right_groups=0).with_columns(repeat=pl.lit(1, pl.Int64))
+    row = summarize(pl.concat([right, wrong]), n_boot=400).row(0, named=True)
+    assert row["claim_acc"] == 0.5 and row["n_orders"] == 2
+    assert row["claim_acc_ci_low"] == 0.0 and row["claim_acc_ci_high"] == 1.0
+    assert row["group_acc_ci_low"] == 0.0 and row["group_acc_ci_high"] == 1.0
+    # orders that agree add nothing: the interval is question sampling alone
+    same = exact("X", "icm", 10, n_groups=40, n_right_groups=20)
+    twice = pl.concat([same, same.with_columns(repeat=pl.lit(1, pl.Int64))])
+    once_row, twice_row = (summarize(p, n_boot=400, seed=3).row(0, named=True) for p in (same, twice))
+    assert twice_row["claim_acc_ci_low"] < 0.5 < twice_row["claim_acc_ci_high"]
+    assert (twice_row["claim_acc_ci_high"] - twice_row["claim_acc_ci_low"]) == pytest.approx(
+        once_row["claim_acc_ci_high"] - once_row["claim_acc_ci_low"], abs=0.06
+    )
