@@ -77,11 +77,44 @@ def test_aggregate_is_test_size_weighted_and_matches_python(warehouse):
     joined = sql.join(pooled, on=["method", "experiment", "n_demos"], how="inner", nulls_equal=True)
     assert joined.height == pooled.height == sql.height > 0
     assert (joined["accuracy"] - joined["claim_acc"]).abs().max() < 1e-12
+    assert (joined["group_accuracy"] - joined["group_acc"]).abs().max() < 1e-12
     golden = wh.sql("SELECT country, accuracy, n_test_claims FROM results_by_country WHERE method = 'golden' AND experiment = 'main'")
     expected = (golden["accuracy"] * golden["n_test_claims"]).sum() / golden["n_test_claims"].sum()
     got = wh.scalar("SELECT accuracy FROM results_aggregated WHERE method = 'golden' AND experiment = 'main'")
     assert got == pytest.approx(expected)
     assert golden["n_test_claims"].to_list() != [golden["n_test_claims"][0]] * golden.height
+
+
+def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_path):
+    """results_aggregated equals metrics.aggregate_countries for groups of any size: group accuracy
+    is weighted by test questions (the old view weighted it by claims), with the std over orders."""
+    from persona_icm.evaluate import PREDICTION_SCHEMA
+
+    rows = []
+    for country, n_groups, size in (("A", 6, 2), ("B", 2, 4)):  # A: 12 claims, 6 questions; B: 8 claims, 2
+        for repeat in range(3):
+            for g in range(n_groups):
+                for k in range(size):
+                    gold = int(k == 0)
+                    right = (g + repeat) % 3 != 0 if country == "A" else g == 0
+                    score = (1.0 if gold else -1.0) * (1 if right else -1) * (1 + k)
+                    rows.append(("r2", country, "golden", "main", 8, repeat, -1, f"{country}{g}-{k}", f"{country}{g}",
+                                 score, int(score > 0), gold))  # fmt: skip
+    predictions = pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row")
+    wh = open_warehouse(tmp_path / "w.duckdb")
+    for country in ("A", "B"):
+        mine = predictions.filter(pl.col("country") == country)
+        write_results(wh, "r2", country, "eval", {"predictions": mine, "metrics": metrics.summarize(mine, n_boot=100)})
+    pooled = metrics.aggregate_countries(predictions, n_boot=100)
+    write_results(wh, "r2", "ALL", "aggregate", {"metrics": pooled})
+    sql = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r2'").row(0, named=True)
+    python = pooled.row(0, named=True)
+    wh.close()
+    assert sql["group_accuracy"] == pytest.approx(python["group_acc"], abs=1e-12)
+    assert sql["accuracy"] == pytest.approx(python["claim_acc"], abs=1e-12)
+    assert sql["accuracy_std"] == python["claim_acc_std"] and sql["group_accuracy_std"] == python["group_acc_std"]
+    by_claims = (12 * (4 / 6) + 8 * 0.5) / 20  # what weighting group accuracy by claims gives
+    assert abs(sql["group_accuracy"] - by_claims) > 0.01
 
 
 def test_rewriting_a_country_replaces_its_rows(warehouse):

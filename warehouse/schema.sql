@@ -163,7 +163,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     experiment  VARCHAR NOT NULL,            -- main (headline: whole pool / zero-shot) | curve (sub-sampled demos)
     n_demos     INTEGER NOT NULL,
     "repeat"    INTEGER NOT NULL,            -- demo order index
-    icm_seed    INTEGER,                     -- NULL for zero-shot
+    icm_seed    INTEGER,                     -- the ICM run whose demo pool was used; -1: none (zero-shot)
     claim_id    VARCHAR NOT NULL,
     group_id    VARCHAR NOT NULL,
     score       DOUBLE NOT NULL,             -- log P(" True") - log P(" False")
@@ -266,18 +266,20 @@ LEFT JOIN metrics m
  AND m.experiment = a.experiment AND m.n_demos = a.n_demos
 GROUP BY a.run_id, a.country, a.method, a.experiment, a.n_demos;
 
--- Countries pooled, each weighted by its number of test claims, over the cells every country of
--- the run has. "main": each method's headline setting (pool sizes may differ by country:
--- n_demos is then NULL). "curve": the demo methods per demo count, main and curve rows together.
+-- Countries pooled, each weighted by its test size (claims for claim accuracy, questions for
+-- group accuracy, as metrics.py pools them), over the cells every country of the run has.
+-- "main": each method's headline setting (pool sizes may differ by country: n_demos is then
+-- NULL). "curve": the demo methods per demo count, main and curve rows together. The std over
+-- orders and the 95% interval come from `metrics` (country 'ALL').
 CREATE OR REPLACE VIEW results_aggregated AS
 WITH n_countries AS (
     SELECT run_id, count(DISTINCT country) AS n FROM predictions GROUP BY run_id
 ),
 cells AS (
-    SELECT run_id, country, method, 'main' AS experiment, n_demos, n_test_claims, accuracy, group_accuracy
+    SELECT run_id, country, method, 'main' AS experiment, n_demos, n_test_claims, n_test_groups, accuracy, group_accuracy
     FROM results_by_country WHERE experiment = 'main'
     UNION ALL
-    SELECT run_id, country, method, 'curve', n_demos, n_test_claims, accuracy, group_accuracy
+    SELECT run_id, country, method, 'curve', n_demos, n_test_claims, n_test_groups, accuracy, group_accuracy
     FROM results_by_country WHERE n_demos > 0 AND method NOT LIKE 'zero_shot%'
 ),
 pooled AS (
@@ -287,13 +289,14 @@ pooled AS (
            CASE WHEN min(n_demos) = max(n_demos) THEN min(n_demos) END AS n_demos,
            sum(n_test_claims)::INTEGER AS n_test_claims,
            sum(accuracy * n_test_claims) / sum(n_test_claims) AS accuracy,
-           sum(group_accuracy * n_test_claims) / sum(n_test_claims) AS group_accuracy
+           sum(group_accuracy * n_test_groups) / sum(n_test_groups) AS group_accuracy
     FROM cells GROUP BY run_id, method, experiment, cell_n_demos
 )
 SELECT p.run_id, p.method, p.experiment, p.n_demos, p.n_countries::INTEGER AS n_countries,
        p.n_test_claims, p.accuracy,
        m.claim_acc_ci_low AS ci_low, m.claim_acc_ci_high AS ci_high,
-       p.group_accuracy, m.group_acc_ci_low AS group_ci_low, m.group_acc_ci_high AS group_ci_high
+       p.group_accuracy, m.group_acc_ci_low AS group_ci_low, m.group_acc_ci_high AS group_ci_high,
+       m.claim_acc_std AS accuracy_std, m.group_acc_std AS group_accuracy_std
 FROM pooled p
 JOIN n_countries n ON n.run_id = p.run_id AND p.n_countries = n.n
 LEFT JOIN metrics m
