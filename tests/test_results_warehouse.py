@@ -177,3 +177,28 @@ def test_report_renders_every_chart_in_headless_chromium(warehouse, tmp_path):
     for chart in drawn:
         assert chart["width"] > 200 and chart["height"] > 150 and chart["marks"] > 20, chart
     assert errors == []
+
+
+def test_published_numbers_join_the_run_by_dataset_country_and_method(warehouse):
+    wh, *_ = warehouse
+    published = wh.sql("SELECT * FROM published_results")
+    assert published.height == 28 and set(published["dataset"]) == {"binary", "all"}
+    agg = published.filter((pl.col("dataset") == "all") & (pl.col("country") != "ALL"))
+    for method, pooled in [("icm", 81.9), ("golden", 84.9), ("zero_shot_chat", 81.6), ("zero_shot_base", 74.0)]:
+        assert agg.filter(method=method)["accuracy_pct"].mean() == pytest.approx(pooled, abs=0.05)  # 3 x 50 test claims
+    wh.con.execute("UPDATE runs SET finished_at = now()")
+    original = wh.scalar("SELECT config_json FROM runs WHERE run_id = 'r1'")
+    config = json.loads(original)
+    config["data"]["dataset"] = "binary"
+    wh.con.execute("UPDATE runs SET config_json = ? WHERE run_id = 'r1'", [json.dumps(config)])
+    wh.con.execute("UPDATE predictions SET country = 'France' WHERE country = 'Atlantis'")
+    try:
+        frame = wh.sql((QUERIES / "compare_with_published.sql").read_text())
+        france_icm = frame.filter(country="France", method="icm")
+        assert france_icm["published_pct"].item() == 68.6 and france_icm["dataset"].item() == "binary"
+        ours = wh.scalar("SELECT accuracy FROM results_by_country WHERE country = 'France' AND method = 'icm' AND experiment = 'main'")
+        assert france_icm["difference_pct"].item() == pytest.approx(round(100 * ours - 68.6, 1))
+        assert frame.filter(country="Lemuria")["published_pct"].is_null().all()
+    finally:
+        wh.con.execute("UPDATE predictions SET country = 'Atlantis' WHERE country = 'France'")
+        wh.con.execute("UPDATE runs SET config_json = ? WHERE run_id = 'r1'", [original])

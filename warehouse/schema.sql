@@ -309,3 +309,20 @@ CREATE OR REPLACE VIEW accuracy_vs_examples AS
 SELECT run_id, country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high
 FROM results_by_country
 WHERE method IN ('golden', 'icm', 'random_matched') AND n_demos > 0;
+
+-- ---------------------------------------------------------------- reference numbers (ICM_SPEC.md)
+
+-- The persona-elicitation fork's headline test accuracies (%), Llama-3.1-70B base, as published;
+-- country 'ALL' is its test-size-weighted aggregate. For comparison only (queries/compare_with_published.sql).
+CREATE OR REPLACE VIEW published_results AS
+SELECT dataset, country, method, accuracy_pct::DOUBLE AS accuracy_pct FROM (VALUES
+    ('binary', 'United States', 'icm', 81.4), ('binary', 'France', 'icm', 68.6), ('binary', 'Japan', 'icm', 72.1),
+    ('binary', 'United States', 'golden', 75.7), ('binary', 'France', 'golden', 75.4), ('binary', 'Japan', 'golden', 81.4),
+    ('binary', 'United States', 'zero_shot_chat', 67.9), ('binary', 'France', 'zero_shot_chat', 75.0), ('binary', 'Japan', 'zero_shot_chat', 82.1),
+    ('binary', 'United States', 'zero_shot_base', 71.4), ('binary', 'France', 'zero_shot_base', 67.9), ('binary', 'Japan', 'zero_shot_base', 57.1),
+    ('all', 'United States', 'icm', 79.2), ('all', 'France', 'icm', 85.0), ('all', 'Japan', 'icm', 81.6),
+    ('all', 'United States', 'golden', 83.4), ('all', 'France', 'golden', 89.8), ('all', 'Japan', 'golden', 81.6),
+    ('all', 'United States', 'zero_shot_chat', 77.2), ('all', 'France', 'zero_shot_chat', 85.6), ('all', 'Japan', 'zero_shot_chat', 82.0),
+    ('all', 'United States', 'zero_shot_base', 74.0), ('all', 'France', 'zero_shot_base', 76.0), ('all', 'Japan', 'zero_shot_base', 72.0),
+    ('all', 'ALL', 'icm', 81.9), ('all', 'ALL', 'golden', 84.9), ('all', 'ALL', 'zero_shot_chat', 81.6), ('all', 'ALL', 'zero_shot_base', 74.0)
+) AS t(dataset, country, method, accuracy_pct);
