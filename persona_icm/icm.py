@@ -128,8 +128,9 @@ class IcmResult:
 
 
 def default_run_key(claims: list[Claim], config: IcmConfig, scorer_id: str = "") -> str:
-    """Hash of everything that fixes the trajectory: claims, search config, algorithm version and
-    the caller's scorer identity. Engine, memo size and checkpoint cadence change only cost
+    """Hash of everything that fixes the result: claims, search config, algorithm version and the
+    caller's scorer identity. Gold labels are in it too: they never steer the search, but the
+    trace's train_accuracy and the labels' gold column are computed from them. Engine, memo size and checkpoint cadence change only cost
     (bit for bit with a prompt-deterministic scorer; see icm_engine.py on batched backends)."""
     relevant = config.model_dump(mode="json", exclude={"engine", "score_memo_size", "checkpoint_every"})
     blob = json.dumps(
@@ -137,7 +138,7 @@ def default_run_key(claims: list[Claim], config: IcmConfig, scorer_id: str = "")
             "algorithm": ALGORITHM_VERSION,
             "config": relevant,
             "scorer": scorer_id,
-            "claims": [[c.claim_id, c.group_id, c.country, c.question, c.option] for c in claims],
+            "claims": [[c.claim_id, c.group_id, c.country, c.question, c.option, c.gold] for c in claims],
         },
         sort_keys=True,
     )

@@ -238,6 +238,22 @@ def test_kill_and_resume_gives_the_uninterrupted_trace(tmp_path):
     assert again_scorer.calls == [] and trajectory(again).equals(trajectory(whole))
 
 
+def test_run_key_covers_gold_because_the_outputs_report_it():
+    """A cached or checkpointed search must not come back with another dataset version's gold
+    (trace train_accuracy, labels gold column), even though gold never steers the search."""
+    from dataclasses import replace
+
+    from persona_icm.icm import default_run_key
+
+    claims = make_claims(6)
+    config = icm_config("smoke")
+    flipped = [replace(c, gold=1 - c.gold) for c in claims]
+    assert default_run_key(claims, config) == default_run_key(list(claims), config)
+    assert default_run_key(claims, config) != default_run_key(flipped, config)
+    assert default_run_key(claims, config, "model-a") != default_run_key(claims, config, "model-b")
+    assert default_run_key(claims, config) == default_run_key(claims, config.model_copy(update={"engine": "reference"}))
+
+
 def test_checkpoint_for_another_run_is_refused(tmp_path):
     claims = make_claims(6)
     path = tmp_path / "icm.json"
