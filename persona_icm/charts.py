@@ -46,7 +46,8 @@ ORDER BY country, method
 """
 
 VS_EXAMPLES_SQL = """
-SELECT country, method, n_demos, n_orders, accuracy, ci_low, ci_high
+SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
+       method, n_demos, n_orders, accuracy, ci_low, ci_high
 FROM accuracy_vs_examples WHERE run_id = $run_id
 ORDER BY country, method, n_demos
 """
@@ -201,7 +202,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         raise ValueError(f"run {run_id!r} is not in the warehouse (see `persona-icm runs`)")
     info = run.row(0, named=True)
     headline = read(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
-    vs_examples = read(VS_EXAMPLES_SQL, {"run_id": run_id})
+    vs_examples = read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
     trace = read(TRACE_SQL, {"run_id": run_id})
 
     charts: dict[str, tuple[Path, Path]] = {}

@@ -117,6 +117,21 @@ def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_pat
     assert abs(sql["group_accuracy"] - by_claims) > 0.01
 
 
+def test_accuracy_vs_examples_has_the_weighted_aggregate_over_shared_demo_counts(warehouse):
+    wh, predictions, demos = warehouse
+    pooled = metrics.aggregate_countries(predictions, demos, n_boot=200).filter(
+        pl.col("experiment") == "curve", pl.col("method").is_in(["golden", "icm", "random_matched"])
+    )
+    sql = wh.sql("SELECT * FROM accuracy_vs_examples WHERE run_id = 'r1' AND country = 'ALL'")
+    joined = sql.join(pooled, on=["method", "n_demos"], how="full", coalesce=True)
+    assert joined.height == sql.height == pooled.height > 0
+    assert (joined["accuracy"] - joined["claim_acc"]).abs().max() < 1e-12
+    assert (joined["n_orders"] == joined["n_orders_right"]).all() and joined["ci_low"].is_not_null().all()
+    per_country = wh.sql("SELECT country, n_demos FROM accuracy_vs_examples WHERE run_id = 'r1' AND country <> 'ALL'")
+    shared = set.intersection(*(set(f["n_demos"]) for f in per_country.partition_by("country")))
+    assert set(sql["n_demos"]) == shared
+
+
 def test_rewriting_a_country_replaces_its_rows(warehouse):
     wh, predictions, _ = warehouse
     before = wh.scalar("SELECT count(*) FROM predictions")

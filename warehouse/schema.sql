@@ -296,7 +296,7 @@ SELECT p.run_id, p.method, p.experiment, p.n_demos, p.n_countries::INTEGER AS n_
        p.n_test_claims, p.accuracy,
        m.claim_acc_ci_low AS ci_low, m.claim_acc_ci_high AS ci_high,
        p.group_accuracy, m.group_acc_ci_low AS group_ci_low, m.group_acc_ci_high AS group_ci_high,
-       m.claim_acc_std AS accuracy_std, m.group_acc_std AS group_accuracy_std
+       m.claim_acc_std AS accuracy_std, m.group_acc_std AS group_accuracy_std, m.n_orders
 FROM pooled p
 JOIN n_countries n ON n.run_id = p.run_id AND p.n_countries = n.n
 LEFT JOIN metrics m
@@ -304,11 +304,16 @@ LEFT JOIN metrics m
  AND m.experiment = p.experiment AND m.n_demos IS NOT DISTINCT FROM p.n_demos;
 
 -- Accuracy against the number of demonstrations for the labelled-demo methods, per country
--- (the largest point is the headline "main" evaluation with the whole pool).
+-- (the largest point is the headline "main" evaluation with the whole pool), and as country
+-- 'ALL' the test-size-weighted aggregate over the demo counts every country has.
 CREATE OR REPLACE VIEW accuracy_vs_examples AS
 SELECT run_id, country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high
 FROM results_by_country
-WHERE method IN ('golden', 'icm', 'random_matched') AND n_demos > 0;
+WHERE method IN ('golden', 'icm', 'random_matched') AND n_demos > 0
+UNION ALL
+SELECT run_id, 'ALL' AS country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high
+FROM results_aggregated
+WHERE experiment = 'curve' AND method IN ('golden', 'icm', 'random_matched');
 
 -- ---------------------------------------------------------------- reference numbers (ICM_SPEC.md)
 
