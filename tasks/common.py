@@ -23,8 +23,21 @@ def model_name(spec: ModelSpec | None) -> str | None:
 
 
 def scorer_for(spec: ModelSpec) -> ClaimScorer:
-    """The one scorer (engine) of this process for `spec`: make_scorer builds it on first use."""
-    return make_scorer(spec)
+    """The one scorer (engine) of this process for `spec`: make_scorer builds it on first use.
+    An openai spec naming a Prefect Secret block gets its API key from that block."""
+    return make_scorer(spec, api_key=api_key_from_secret(spec))
+
+
+def api_key_from_secret(spec: ModelSpec) -> str | None:
+    """The value of the spec's Prefect Secret block (`openai.api_key_secret`), else None."""
+    if spec.backend != "openai" or not spec.openai.api_key_secret:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        return Secret.load(spec.openai.api_key_secret).get()
+    except ValueError as error:  # no such block
+        raise ValueError(f"Prefect Secret block {spec.openai.api_key_secret!r} (openai.api_key_secret): {error}") from None
 
 
 def calls_frame(calls: list[CallRecord], model: str) -> pl.DataFrame:
