@@ -10,6 +10,7 @@ The flow calls it first (a task without retries: waiting does not fix bad input)
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -167,6 +168,8 @@ def check_models(config: RunConfig, splits: dict[str, CountrySplit]) -> tuple[di
             if api.api_key_env and not getattr(api, "api_key_secret", None) and not os.environ.get(api.api_key_env):
                 raise InputError(f"{role}: environment variable {api.api_key_env} (the API key for {api.base_url}) is not set")
             continue
+        if spec.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise InputError(f"{role}: backend 'vllm' needs the vllm package in this environment (pip install 'persona-icm[gpu]')")
         folder = model_folder(spec)
         if role == "chat_model":
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -16,6 +17,21 @@ ROOT = Path(__file__).resolve().parent.parent
 # Persisted task results (the cached ICM searches); PERSONA_ICM_RESULTS moves them (tests do).
 RESULTS_DIR = Path(os.environ.get("PERSONA_ICM_RESULTS", ROOT / "warehouse" / "results"))
 GPU = "gpu"  # tag of every task that runs a model
+
+
+def retry_helps(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry_condition_fn: retry unless the failure is one that waiting cannot fix (a bad
+    input, an endpoint that returns no log-probs, a candidate outside the returned top-k)."""
+    from persona_icm.preflight import InputError
+    from persona_icm.scoring.openai import CandidateNotReturned, NoLogprobsError
+
+    try:
+        state.result()
+    except (InputError, NoLogprobsError, CandidateNotReturned, FileNotFoundError, ModuleNotFoundError):
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def model_name(spec: ModelSpec | None) -> str | None:

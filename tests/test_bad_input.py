@@ -58,6 +58,7 @@ BAD = {
     "num_seed_above_pool": (["--set", "icm.num_seed=40"], ["icm.num_seed=40", "train claims", "lower icm.num_seed"]),
     "model_not_local_offline": (["--set", "base_model.name=no-org/no-such-model"], ["no-org/no-such-model", "HF_HUB_OFFLINE"]),
     "model_folder_missing": (["--set", "base_model.name=./no/such/folder"], ["./no/such/folder", "does not exist"]),
+    "vllm_not_installed": (["--set", "base_model.backend=vllm"], ["base_model: backend 'vllm' needs the vllm package"]),
     "context_too_long": (
         ["--set", "base_model.max_prompt_tokens=200"],
         ["United States: the longest prompt", "pool of 12 train claims", "200", "lower data.train_cap to about"],
@@ -149,7 +150,8 @@ def test_flow_fails_at_once_without_retries_and_writes_nothing(case, harness, in
     expected = {
         "unknown_country": ({"data": {**overrides["data"], "countries": ["Atlantis"]}}, "unknown country"),
         "alpha_negative": ({"icm": {"alpha": -1}}, "icm.alpha"),
-        "context_too_long": ({"base_model": {"name": inputs["model"], "max_prompt_tokens": 200}}, "longest prompt"),
+        "vllm_not_installed": (["--set", "base_model.backend=vllm"], ["base_model: backend 'vllm' needs the vllm package"]),
+    "context_too_long": ({"base_model": {"name": inputs["model"], "max_prompt_tokens": 200}}, "longest prompt"),
     }
     change, message = expected[case]
     state = persona_icm(preset="smoke", overrides={**overrides, **change}, return_state=True)
@@ -163,3 +165,26 @@ def test_flow_fails_at_once_without_retries_and_writes_nothing(case, harness, in
     assert [(t.name.rsplit("-", 1)[0], t.run_count, t.state.name) for t in tasks] == (
         [] if case == "alpha_negative" else [("check-inputs", 1, "Failed")]
     )
+
+
+def test_search_retries_only_failures_that_waiting_can_fix():
+    """icm-search's retry condition: no retry for bad input or a backend without log-probs."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from persona_icm.scoring.openai import CandidateNotReturned, EndpointUnavailable, NoLogprobsError
+    from tasks.common import retry_helps
+    from tasks.search import icm_search
+
+    def failed_with(error):
+        def result():
+            raise error
+
+        return SimpleNamespace(result=result)
+
+    no_retry = [InputError("x"), NoLogprobsError("x"), CandidateNotReturned("x"), FileNotFoundError("x"), ModuleNotFoundError("x")]
+    retry = [EndpointUnavailable("x"), RuntimeError("CUDA error: out of memory"), httpx.ConnectError("x"), OSError("x")]
+    assert [retry_helps(None, None, failed_with(e)) for e in no_retry] == [False] * len(no_retry)
+    assert [retry_helps(None, None, failed_with(e)) for e in retry] == [True] * len(retry)
+    assert icm_search.retry_condition_fn is retry_helps and icm_search.retries == 1
