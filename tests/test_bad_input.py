@@ -173,7 +173,11 @@ def test_search_retries_only_failures_that_waiting_can_fix():
 
     import httpx
 
-    from persona_icm.scoring.openai import CandidateNotReturned, EndpointUnavailable, NoLogprobsError
+    from persona_icm.scoring.openai import (
+        CandidateNotReturned,
+        EndpointUnavailable,
+        NoLogprobsError,
+    )
     from tasks.common import retry_helps
     from tasks.search import icm_search
 

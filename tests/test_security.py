@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,8 @@ def _fake_bin(bin_dir: Path, record: Path) -> None:
     (bin_dir / "prefect").write_text(
         "#!/bin/sh\n"
         f'echo "prefect $* | PREFECT_SERVER_API_HOST=$PREFECT_SERVER_API_HOST PREFECT_API_URL=$PREFECT_API_URL" >> {record}\n'
+        '[ "$1" = server ] && exec sleep 60\n'  # a server stays up until `prefect_local.sh stop`
+        "exit 0\n"
     )
     # `healthy` answers once the server was started, so the script's wait loop ends
     (bin_dir / "python").write_text(f"#!/bin/sh\ngrep -q 'server start' {record} 2>/dev/null\n")
@@ -239,13 +242,18 @@ def test_prefect_local_script_starts_the_server_on_loopback_only(tmp_path):
     _fake_bin(tmp_path / "bin", record)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(BIN=str(tmp_path / "bin"), PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    done = subprocess.run(["bash", str(checkout / "scripts" / "prefect_local.sh"), "up"], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-    for _ in range(50):  # workers are started in the background
-        calls = record.read_text().splitlines()
-        if any("worker start" in c for c in calls):
-            break
-        __import__("time").sleep(0.1)
+    script = ["bash", str(checkout / "scripts" / "prefect_local.sh")]
+    try:
+        done = subprocess.run([*script, "up"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for _ in range(100):  # workers are started in the background
+            calls = record.read_text().splitlines()
+            if any("worker start" in c for c in calls):
+                break
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=60)
+    assert not (checkout / ".prefect" / "server.pid").exists()
     server = [c for c in calls if " server start " in f" {c} "]
     assert len(server) == 1 and "--host 127.0.0.1 " in server[0]
     assert all("PREFECT_SERVER_API_HOST=127.0.0.1 " in c and "PREFECT_API_URL=http://127.0.0.1:" in c for c in calls)
