@@ -12,6 +12,7 @@ exit code 1, before Prefect starts, a model loads or the warehouse is opened.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from persona_icm import cli
 from persona_icm.preflight import build_checked_config, check_run
@@ -27,7 +28,12 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from flows.persona_icm import persona_icm
 
-    run_id = persona_icm(preset=args.preset, overrides=overrides)
+    try:
+        run_id = persona_icm(preset=args.preset, overrides=overrides)
+    except Exception as exc:  # Prefect has logged the traceback; the shell gets one line and exit 1
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cli.errors.print(f"[red]error:[/red] run failed: {type(exc).__name__}: {first}")
+        sys.exit(1)
     cli.console.print(f"run [bold]{run_id}[/bold] completed")
 
 

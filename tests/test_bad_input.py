@@ -192,3 +192,19 @@ def test_search_retries_only_failures_that_waiting_can_fix():
     assert [retry_helps(None, None, failed_with(e)) for e in no_retry] == [False] * len(no_retry)
     assert [retry_helps(None, None, failed_with(e)) for e in retry] == [True] * len(retry)
     assert icm_search.retry_condition_fn is retry_helps and icm_search.retries == 1
+
+
+def test_a_run_that_fails_after_the_checks_is_one_line_and_exit_1(inputs, tmp_path, capsys, monkeypatch):
+    """The flow replaced by a STUB that fails as a backend outage would (no Prefect run here)."""
+    import flows.persona_icm
+
+    def outage(**kwargs):
+        raise RuntimeError("http://gpu-box:8000/v1/completions failed 6 attempts (HTTP 503)\nmore detail")
+
+    monkeypatch.setattr(flows.persona_icm, "persona_icm", outage)
+    with pytest.raises(SystemExit) as exit_:
+        main(good_args(inputs, tmp_path / "persona_icm.duckdb"))
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: run failed: RuntimeError: http://gpu-box:8000/v1/completions failed 6 attempts (HTTP 503)"
+    )
