@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from flows.country import CountryResult, country_flow
 from persona_icm.claims import CountrySplit
-from persona_icm.config import RunConfig, build_config
+from persona_icm.config import RunConfig
+from persona_icm.preflight import Preflight, build_checked_config, check_run
 from tasks.data import build_claims_and_splits, ingest_goqa, load_country_split
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
 from tasks.report import report
@@ -36,6 +38,15 @@ def run_id_for(config: RunConfig, dataset_id: str, code: str) -> str:
     """Same config, data and code -> same run_id, so a re-run replaces its rows."""
     digest = hashlib.sha256(json.dumps([config.model_dump(mode="json"), dataset_id, code], sort_keys=True).encode())
     return f"{config.preset}-{digest.hexdigest()[:12]}"
+
+
+@task(name="check-inputs", cache_policy=NO_CACHE, retries=0)
+def check_inputs(config: RunConfig) -> Preflight:
+    """GOQA file, selection, config values, models and prompt length, before anything is written
+    (persona_icm.preflight). No retries: waiting does not fix a bad input."""
+    checked = check_run(config)
+    get_run_logger().info("inputs ok: longest prompt %s tokens (window %s)", checked.longest_prompt, checked.window)
+    return checked
 
 
 @task(name="run-country-deployment")
@@ -60,7 +71,8 @@ def persona_icm(
 ) -> str:
     """The whole experiment for the configured countries; returns the run_id."""
     log = get_run_logger()
-    config = build_config(preset, overrides)
+    config = build_checked_config(preset, overrides)
+    check_inputs(config)
     warehouse = Path(config.warehouse_path).resolve()
     timings: dict[str, float] = {}
     started_at, clock = datetime.now(UTC), time.perf_counter()

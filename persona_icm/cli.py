@@ -1,10 +1,12 @@
-"""`persona-icm`: run the flow in this process, query the warehouse, rebuild a report.
+"""`persona-icm` query commands: list runs, query the warehouse, rebuild a report.
 
-    persona-icm run --preset smoke --set data.goqa_path=/path/goqa.csv --set icm.iterations=50
     persona-icm runs
     persona-icm sql "select * from results_by_country"
     persona-icm sql warehouse/queries/latest_run_summary.sql
     persona-icm report RUN_ID
+
+The installed `persona-icm` command (flows/cli.py) adds `run`, which executes the Prefect flow;
+this module stays free of Prefect.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from persona_icm.warehouse import DEFAULT_PATH, open_warehouse
 
 # Piped output (not a terminal) gets whole columns instead of rich's 80-column wrapping.
 console = Console() if sys.stdout.isatty() else Console(width=1000)
+errors = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -55,20 +60,6 @@ def print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
     console.print(table)
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    # The one place the library reaches up to the orchestration layer: `run` executes the Prefect
-    # flow in this process (no server needed; Prefect starts a temporary one if none is set).
-    from flows.persona_icm import persona_icm
-
-    overrides = parse_overrides(args.set)
-    if args.goqa_path:
-        overrides.setdefault("data", {})["goqa_path"] = args.goqa_path
-    if args.warehouse:
-        overrides["warehouse_path"] = args.warehouse
-    run_id = persona_icm(preset=args.preset, overrides=overrides)
-    console.print(f"run [bold]{run_id}[/bold] completed")
-
-
 def cmd_runs(args: argparse.Namespace) -> None:
     with open_warehouse(args.warehouse, read_only=True) as wh:
         print_frame(
@@ -97,16 +88,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     console.print(f"report: {files.html}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="persona-icm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warehouse", default=str(DEFAULT_PATH), help="DuckDB file (default %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run the persona-icm flow in this process")
-    run.add_argument("--preset", default="smoke", choices=["seed", "paper", "smoke"])
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, dotted key; repeatable")
-    run.add_argument("--goqa-path", help="local GOQA CSV (default: $GOQA_PATH, else the hub download)")
-    run.set_defaults(func=cmd_run)
 
     sub.add_parser("runs", help="list runs in the warehouse").set_defaults(func=cmd_runs)
 
@@ -118,14 +103,25 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("run_id")
     rep.add_argument("--out", help="output folder (default warehouse/reports/RUN_ID)")
     rep.set_defaults(func=cmd_report)
+    return parser, sub
 
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    errors.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def main(argv: list[str] | None = None, add_commands: Callable[[argparse._SubParsersAction], None] | None = None) -> None:
+    """Parse `argv` and run the command; known errors print one line and exit 1 (no traceback).
+    `add_commands` registers more subcommands (flows/cli.py adds `run`)."""
+    parser, sub = build_parser()
+    if add_commands is not None:
+        add_commands(sub)
     args = parser.parse_args(argv)
-    if args.command == "run" and args.warehouse == str(DEFAULT_PATH):
-        args.warehouse = None
+    warnings.showwarning = _one_line_warning
     try:
         args.func(args)
     except (FileNotFoundError, LookupError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
 
 

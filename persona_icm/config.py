@@ -60,6 +60,9 @@ class OpenAISpec(_Section):
     base_url: str = "https://api.openai.com/v1"
     model: str | None = Field(None, description="Served model name; default: ModelSpec.name.")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="Env var holding the key; None: no key.")
+    api_key_secret: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the key (read by the flow); wins over api_key_env."
+    )
     mode: Literal["top_logprobs", "allowed_token_ids"] = "top_logprobs"
     top_logprobs: int = Field(20, ge=1)
     tokenizer: str | None = Field(None, description="Local tokenizer (name/folder) for allowed_token_ids.")
@@ -119,7 +122,7 @@ class IcmConfig(_Section):
     consistency: bool = Field(True, description="False drops I from U and skips ConsistencyFix (ablation).")
     num_seed: int = Field(12, ge=2, description="Claims labelled at random (balanced) before the search.")
     iterations: int = Field(
-        1000, ge=0, description="K in Algorithm 1; when not given, 1500 for data.dataset='all' (the fork's setting)."
+        1000, ge=1, description="K in Algorithm 1; when not given, 1500 for data.dataset='all' (the fork's setting)."
     )
     initial_fix_rounds: int = Field(20, ge=0, description="ConsistencyFix rounds after seeding.")
     loop_fix_rounds: int = Field(10, ge=0, description="ConsistencyFix rounds inside each iteration.")

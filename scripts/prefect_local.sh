@@ -15,6 +15,7 @@ mkdir -p "$STATE"
 export PERSONA_ICM_ROOT=$ROOT
 export PREFECT_HOME=$STATE
 export PREFECT_API_URL=http://127.0.0.1:$PORT/api
+export PREFECT_SERVER_API_HOST=127.0.0.1  # the UI and API listen on loopback only, whatever starts the server
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
 PREFECT="$BIN/prefect"

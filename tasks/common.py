@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -18,13 +19,41 @@ RESULTS_DIR = Path(os.environ.get("PERSONA_ICM_RESULTS", ROOT / "warehouse" / "r
 GPU = "gpu"  # tag of every task that runs a model
 
 
+def retry_helps(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry_condition_fn: retry unless the failure is one that waiting cannot fix (a bad
+    input, an endpoint that returns no log-probs, a candidate outside the returned top-k)."""
+    from persona_icm.preflight import InputError
+    from persona_icm.scoring.openai import CandidateNotReturned, NoLogprobsError
+
+    try:
+        state.result()
+    except (InputError, NoLogprobsError, CandidateNotReturned, FileNotFoundError, ModuleNotFoundError):
+        return False
+    except Exception:
+        return True
+    return True
+
+
 def model_name(spec: ModelSpec | None) -> str | None:
     return None if spec is None else f"{spec.backend}:{spec.name}"
 
 
 def scorer_for(spec: ModelSpec) -> ClaimScorer:
-    """The one scorer (engine) of this process for `spec`: make_scorer builds it on first use."""
-    return make_scorer(spec)
+    """The one scorer (engine) of this process for `spec`: make_scorer builds it on first use.
+    An openai spec naming a Prefect Secret block gets its API key from that block."""
+    return make_scorer(spec, api_key=api_key_from_secret(spec))
+
+
+def api_key_from_secret(spec: ModelSpec) -> str | None:
+    """The value of the spec's Prefect Secret block (`openai.api_key_secret`), else None."""
+    if spec.backend != "openai" or not spec.openai.api_key_secret:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        return Secret.load(spec.openai.api_key_secret).get()
+    except ValueError as error:  # no such block
+        raise ValueError(f"Prefect Secret block {spec.openai.api_key_secret!r} (openai.api_key_secret): {error}") from None
 
 
 def calls_frame(calls: list[CallRecord], model: str) -> pl.DataFrame:

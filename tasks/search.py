@@ -14,7 +14,15 @@ from prefect.context import TaskRunContext
 from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig, ModelSpec
 from persona_icm.icm import default_run_key, run_icm
-from tasks.common import GPU, RESULTS_DIR, ProgressArtifact, calls_frame, model_name, scorer_for
+from tasks.common import (
+    GPU,
+    RESULTS_DIR,
+    ProgressArtifact,
+    calls_frame,
+    model_name,
+    retry_helps,
+    scorer_for,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     cache_expiration=timedelta(days=365),
     retries=1,
     retry_delay_seconds=10,
+    retry_condition_fn=retry_helps,
 )
 def icm_search(train: list[Claim], icm: IcmConfig, model: ModelSpec, checkpoint_dir: Path) -> SearchResult:
     """Run (or resume from checkpoint_dir/<key>.ckpt) the search over one country's train claims."""

@@ -3,7 +3,7 @@
 `StubServer` is a STUB of an OpenAI-compatible API (no model behind it): a local HTTP server
 that speaks the /v1/completions and /v1/chat/completions wire format and replays scripted
 replies (log-probs, 429/500 errors, slow answers, replies without logprobs). A real hosted API
-cannot be reached from the test machine.
+cannot be reached from the test machine. tests/test_security.py reuses it.
 """
 
 import json
@@ -16,7 +16,12 @@ import pytest
 
 from persona_icm.prompts import PromptEncoder, prompt_text
 from persona_icm.scoring.base import ScoreRequest
-from persona_icm.scoring.openai import CandidateNotReturned, NoLogprobsError, OpenAIScorer
+from persona_icm.scoring.openai import (
+    CandidateNotReturned,
+    EndpointUnavailable,
+    NoLogprobsError,
+    OpenAIScorer,
+)
 from tests.tiny_model import build_tokenizer, make_claims
 
 
@@ -63,7 +68,10 @@ class StubServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and hung up: that is the scripted fault
 
             def log_message(self, *args):
                 pass
@@ -139,8 +147,28 @@ def test_timeout_is_retried_then_gives_up(server, claims):
     assert scorer_for(server, timeout_seconds=0.2).score([ScoreRequest((), claims[0])]) == pytest.approx([1.1])
     assert len(server.requests) == 2
     server.script = [("sleep", 0.6, GOOD[1])] * 2
-    with pytest.raises(httpx.TimeoutException):
+    with pytest.raises(EndpointUnavailable, match=r"/v1/completions failed 2 attempts \(no answer within 0.2 s\).*timeout_seconds") as failure:
         scorer_for(server, timeout_seconds=0.2, max_attempts=2).score([ScoreRequest((), claims[0])])
+    assert isinstance(failure.value.__cause__, httpx.TimeoutException)
+    assert len(server.requests) == 4
+
+
+def test_rate_limit_that_never_ends_gives_up_with_the_status(server, claims):
+    server.default = (429, {"error": {"message": "rate limited"}})
+    with pytest.raises(EndpointUnavailable, match=r"failed 3 attempts \(HTTP 429\)"):
+        scorer_for(server, max_attempts=3).score([ScoreRequest((), claims[0])])
+    assert len(server.requests) == 3
+
+
+def test_unreachable_endpoint_is_retried_then_a_clear_error(claims):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    scorer = OpenAIScorer(f"http://127.0.0.1:{port}/v1", "m", api_key_env=None, backoff_seconds=0.01, max_attempts=2)
+    with pytest.raises(EndpointUnavailable, match=rf"127.0.0.1:{port}/v1/completions failed 2 attempts \(ConnectError"):
+        scorer.score([ScoreRequest((), claims[0])])
 
 
 def test_client_errors_are_not_retried(server, claims):

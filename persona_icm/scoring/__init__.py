@@ -12,11 +12,13 @@ __all__ = ["CallRecord", "ClaimScorer", "PromptKind", "ScoreRequest", "make_scor
 _SCORERS: dict[ModelSpec, ClaimScorer] = {}
 
 
-def make_scorer(spec: ModelSpec) -> ClaimScorer:
+def make_scorer(spec: ModelSpec, api_key: str | None = None) -> ClaimScorer:
     """The scorer for `spec`, built once per process and cached (ModelSpec is frozen, so hashable).
 
     Local models are built on the main thread (vLLM installs signal handlers there). Convention:
     one local model per process (a GPU worker serves one model); nothing here frees a model.
+    `api_key` (openai backend) overrides the spec's environment variable; the flow passes the
+    value of the spec's Prefect Secret block here.
     """
     if spec in _SCORERS:
         return _SCORERS[spec]
@@ -42,14 +44,14 @@ def make_scorer(spec: ModelSpec) -> ClaimScorer:
             resolve(spec.name), spec.vllm, dtype=spec.dtype, max_prompt_tokens=spec.max_prompt_tokens
         )
     elif spec.backend == "openai":
-        scorer = _make_openai(spec)
+        scorer = _make_openai(spec, api_key)
     else:
         raise ValueError(f"unknown scoring backend {spec.backend!r}")
     _SCORERS[spec] = scorer
     return scorer
 
 
-def _make_openai(spec: ModelSpec) -> ClaimScorer:
+def _make_openai(spec: ModelSpec, api_key: str | None = None) -> ClaimScorer:
     from persona_icm.scoring.openai import OpenAIScorer
 
     api = spec.openai
@@ -64,6 +66,7 @@ def _make_openai(spec: ModelSpec) -> ClaimScorer:
         base_url=api.base_url,
         model=api.model or spec.name,
         api_key_env=api.api_key_env,
+        api_key=api_key,
         mode=api.mode,
         top_logprobs=api.top_logprobs,
         tokenizer=tokenizer,

@@ -16,8 +16,10 @@ Exactness. An API returns log-probs of the top-k next tokens, not of arbitrary t
   the local tokenizer (`tokenizer`), so the server sees exactly the hf backend's tokens.
 
 Retries: 429, 5xx, timeouts and connection errors are retried with exponential backoff and
-jitter (tenacity); other HTTP errors fail at once with the server's message. The API key is
-read from the environment variable named in the spec and is never stored or logged.
+jitter (tenacity); other HTTP errors fail at once with the server's message. When the retries
+are used up, `EndpointUnavailable` names the endpoint, the attempts and the last failure. The API
+key is given by the caller (the flow reads a Prefect Secret block) or read from the environment
+variable named in the spec; it lives only in the client's Authorization header, never logged.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ CANDIDATE_TEXT = {"base": (" True", " False"), "chat": ("True", "False")}
 
 class NoLogprobsError(RuntimeError):
     """The endpoint answered without log-probs (the server or model does not support them)."""
+
+
+class EndpointUnavailable(RuntimeError):
+    """Every attempt at a request failed with a retryable error (429, 5xx, timeout, connection)."""
 
 
 class CandidateNotReturned(RuntimeError):
@@ -63,6 +69,7 @@ class OpenAIScorer(CallLog):
         base_url: str,
         model: str,
         api_key_env: str | None = "OPENAI_API_KEY",
+        api_key: str | None = None,
         mode: Literal["top_logprobs", "allowed_token_ids"] = "top_logprobs",
         top_logprobs: int = 20,
         tokenizer=None,
@@ -73,11 +80,12 @@ class OpenAIScorer(CallLog):
     ):
         super().__init__()
         headers = {}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
+        if api_key is None and api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
                 raise ValueError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
-            headers["Authorization"] = f"Bearer {key}"
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self.model = model
         self.mode = mode
         self.top_logprobs = top_logprobs
@@ -86,8 +94,11 @@ class OpenAIScorer(CallLog):
         self.tokenizer = tokenizer
         if mode == "allowed_token_ids" and tokenizer is None:
             raise ValueError("mode 'allowed_token_ids' sends token ids and needs the model's tokenizer")
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_seconds)
-        self._post = retry(
+        self.base_url = base_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self.max_attempts = max_attempts
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_seconds)
+        self._post_retried = retry(
             retry=retry_if_exception(_retryable),
             wait=_backoff(backoff_seconds),
             stop=stop_after_attempt(max_attempts),
@@ -112,6 +123,22 @@ class OpenAIScorer(CallLog):
         return [r[0] for r in results]
 
     # -- one request ------------------------------------------------------------------------
+    def _post(self, path: str, body: dict) -> dict:
+        try:
+            return self._post_retried(path, body)
+        except httpx.HTTPError as err:
+            if not _retryable(err):
+                raise
+            what = (
+                f"no answer within {self.timeout_seconds:g} s" if isinstance(err, httpx.TimeoutException)
+                else f"HTTP {err.response.status_code}" if isinstance(err, httpx.HTTPStatusError)
+                else f"{type(err).__name__}: {err}"
+            )  # fmt: skip
+            raise EndpointUnavailable(
+                f"{self.base_url}{path} failed {self.max_attempts} attempts ({what}); check the server, or raise "
+                "openai.timeout_seconds / openai.max_attempts"
+            ) from err
+
     def _post_once(self, path: str, body: dict) -> dict:
         response = self.client.post(path, json=body)
         if response.status_code >= 400:

@@ -1,0 +1,201 @@
+"""Check a run's inputs before anything is written or any model loads.
+
+`check_run(config)` reads the GOQA file, builds the claims and splits in memory (the same code
+the flow runs later), checks that every model can be found without a download when offline,
+and that the longest prompt of the run fits each country's base model window. Any problem
+raises `InputError` with one line naming the input, what is wrong and what to change.
+The flow calls it first (a task without retries: waiting does not fix bad input), and so does
+`persona-icm run` before it starts Prefect, so a bad input never leaves a row or a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from persona_icm import claims, goqa
+from persona_icm.claims import Claim, CountrySplit
+from persona_icm.config import ModelSpec, RunConfig, build_config
+
+
+class InputError(ValueError):
+    """A run input (file, config value, model) that cannot work; the message is one line."""
+
+
+class InputWarning(UserWarning):
+    """An input that works but is not what it says (e.g. a cap larger than the data)."""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks found: the splits the run will use and each country's longest prompt."""
+
+    dataset_id: str
+    splits: dict[str, CountrySplit]
+    longest_prompt: dict[str, int] = field(default_factory=dict)  # country -> tokens (local base models)
+    window: int | None = None  # base model's prompt limit in tokens, when known
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def config_error_line(error: ValidationError) -> str:
+    """A pydantic ValidationError as one line: `icm.alpha: Input should be >= 0 (got -1); ...`."""
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        parts.append(f"{where}: {e['msg']}{got}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def build_checked_config(preset: str, overrides: dict | None) -> RunConfig:
+    """`build_config`, with a bad preset or value reported as one InputError line."""
+    try:
+        return build_config(preset, overrides)
+    except ValidationError as error:
+        raise InputError(config_error_line(error)) from None
+    except ValueError as error:  # unknown preset
+        raise InputError(str(error)) from None
+
+
+def check_data(config: RunConfig) -> tuple[str, dict[str, CountrySplit]]:
+    """GOQA file -> claims and splits, in memory; (dataset_id, country -> split)."""
+    data = config.data
+    try:
+        path = goqa.resolve_goqa_path(data.goqa_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", goqa.GoqaWarning)  # the ingest task reports them
+            table = goqa.read_goqa(path)
+            dataset = claims.build_dataset(table.questions, table.selections, data, table.source_sha256)
+    except (FileNotFoundError, goqa.GoqaFormatError, goqa.GoqaUnavailable, claims.DataError) as error:
+        raise InputError(one_line(str(error))) from None
+    splits = {
+        c: claims.country_split_from_frames(dataset.dataset_id, dataset.claims, dataset.splits, dataset.questions, c)
+        for c in data.countries
+    }
+    for country, split in splits.items():
+        if len(split.train) < config.icm.num_seed:
+            raise InputError(
+                f"{country}: icm.num_seed={config.icm.num_seed} but only {len(split.train)} train claims; "
+                f"lower icm.num_seed to <= {len(split.train)} or raise data.train_cap"
+            )
+        for side, cap, claims_ in (("train", data.train_cap, split.train), ("test", data.test_cap, split.test)):
+            if cap // 2 * 2 > len(claims_):  # a cap is a maximum (ICM_SPEC: min(75%, 125)), not an error
+                warnings.warn(
+                    f"{country}: data.{side}_cap={cap} is larger than the data; using its {len(claims_)} {side} claims",
+                    InputWarning,
+                    stacklevel=2,
+                )
+    return dataset.dataset_id, splits
+
+
+def model_folder(spec: ModelSpec) -> str:
+    """The local folder (or cached hub snapshot) of a hf/vllm model; InputError when there is none
+    and the hub cannot be asked (HF_HUB_OFFLINE) or does not know it."""
+    from persona_icm.scoring.models import DEMO_MODELS, resolve
+
+    try:
+        location = resolve(spec.name)
+    except (FileNotFoundError, ModuleNotFoundError) as error:
+        raise InputError(f"model {spec.name!r}: {error}") from None
+    if Path(location).is_dir():
+        return location
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(location, "config.json")
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    hint = f"use a demo model ({', '.join(DEMO_MODELS)}) or a local folder"
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(
+            f"model {spec.name!r} is not a demo model, not a local folder and not in the Hugging Face cache, "
+            f"and HF_HUB_OFFLINE is set; {hint}"
+        )
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(location)
+    except OSError as error:
+        raise InputError(f"model {spec.name!r} cannot be found locally or on the hub ({str(error).splitlines()[0]}); {hint}") from None
+    return location
+
+
+def prompt_window(spec: ModelSpec, folder: str) -> int | None:
+    """The longest prompt (tokens) the backend will accept for `spec`, when it can be known here."""
+    from transformers import AutoConfig
+
+    limits = [spec.max_prompt_tokens]
+    model_limit = getattr(AutoConfig.from_pretrained(folder).get_text_config(), "max_position_embeddings", None)
+    if spec.backend == "vllm":
+        engine_len = spec.vllm.max_model_len or model_limit
+        limits.append(engine_len - 1 if engine_len else None)
+    else:
+        limits.append(model_limit)
+    known = [x for x in limits if x]
+    return min(known) if known else None
+
+
+def longest_prompt_tokens(encoder, split: CountrySplit) -> int:
+    """Tokens of the longest base prompt the run builds for this country: every train claim as a
+    demo (the full ICM pool, also the largest evaluation demo set), then the longest query."""
+    def piece_len(text: str) -> int:
+        return len(encoder._piece(text))
+
+    from persona_icm.prompts import SEPARATOR, header_text, query_text, row_text
+
+    def row(c: Claim) -> int:
+        return max(piece_len(row_text(c.question, c.option, c.country, y)) for y in (0, 1))
+
+    query = max(piece_len(query_text(c.question, c.option, c.country)) for c in split.train + split.test)
+    demos = sum(row(c) for c in split.train)
+    return len(encoder.bos_ids) + piece_len(header_text(split.country)) + demos + piece_len(SEPARATOR + "\n") + query
+
+
+def check_models(config: RunConfig, splits: dict[str, CountrySplit]) -> tuple[dict[str, int], int | None]:
+    """Every local model is findable; the base model's longest prompt per country fits its window."""
+    for role, spec in (("chat_model", config.chat_model), ("base_model", config.base_model)):
+        if spec is None:
+            continue
+        if spec.backend == "openai":
+            api = spec.openai
+            if api.api_key_env and not getattr(api, "api_key_secret", None) and not os.environ.get(api.api_key_env):
+                raise InputError(f"{role}: environment variable {api.api_key_env} (the API key for {api.base_url}) is not set")
+            continue
+        if spec.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise InputError(f"{role}: backend 'vllm' needs the vllm package in this environment (pip install 'persona-icm[gpu]')")
+        folder = model_folder(spec)
+        if role == "chat_model":
+            continue
+        window = prompt_window(spec, folder)
+        if window is None:
+            return {}, None
+        from transformers import AutoTokenizer
+
+        from persona_icm.prompts import PromptEncoder
+
+        encoder = PromptEncoder(AutoTokenizer.from_pretrained(folder), "base")
+        longest = {country: longest_prompt_tokens(encoder, split) for country, split in splits.items()}
+        for country, tokens in longest.items():
+            if tokens > window:
+                pool = len(splits[country].train)
+                fits = max(0, int(pool * window / tokens) // 2 * 2)
+                raise InputError(
+                    f"{country}: the longest prompt (ICM pool of {pool} train claims as demos) is {tokens} tokens, "
+                    f"more than base_model {spec.name!r} accepts ({window}); lower data.train_cap to about {fits} or use a model with a longer window"
+                )
+        return longest, window
+    return {}, None
+
+
+def check_run(config: RunConfig) -> Preflight:
+    """All checks, cheapest first; InputError on the first problem."""
+    dataset_id, splits = check_data(config)
+    longest, window = check_models(config, splits)
+    return Preflight(dataset_id, splits, longest, window)

@@ -1,0 +1,210 @@
+"""Bad input end to end: `persona-icm run` and the flow stop with one clear line, before a model
+loads or the warehouse is written (persona_icm/preflight.py, flows/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from persona_icm.config import build_config
+from persona_icm.preflight import InputError, InputWarning, check_run
+from tests.goqa_fixtures import make_rows, write_goqa
+
+ROOT = Path(__file__).resolve().parent.parent
+COUNTRIES = ["United States", "France"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from tests.tiny_model import write_tiny_model
+
+    work = tmp_path_factory.mktemp("bad_input")
+    goqa = write_goqa(work / "goqa.csv", make_rows(24, 4, COUNTRIES))
+    rows = make_rows(6, 0, COUNTRIES)
+    rows[3]["selections"] = "defaultdict(<class 'list'>, {'France': [0.5, 'lots']})"
+    malformed = write_goqa(work / "malformed.csv", rows)
+    not_goqa = work / "people.csv"
+    not_goqa.write_text("name,age\nAda,36\n")
+    questions = work / "questions.txt"
+    questions.write_text("Is there life on Mars?\nDo cats dream?\n")
+    model = str(write_tiny_model(work / "tiny"))
+    return {"work": work, "goqa": goqa, "malformed": malformed, "not_goqa": not_goqa, "questions": questions, "model": model}
+
+
+def good_args(inputs, warehouse: Path) -> list[str]:
+    return [
+        "--warehouse", str(warehouse), "run", "--preset", "smoke", "--goqa-path", str(inputs["goqa"]),
+        "--set", f"data.countries={json.dumps(COUNTRIES)}", "--set", "data.train_cap=12", "--set", "data.test_cap=8",
+        "--set", f"base_model.name={inputs['model']}", "--set", "icm.num_seed=4",
+    ]  # fmt: skip
+
+
+# (extra CLI arguments, the error line must match all of these)
+BAD = {
+    "goqa_missing": (["--goqa-path", "{work}/nope.csv"], ["GOQA file", "nope.csv", "does not exist"]),
+    "not_goqa": (["--goqa-path", "{not_goqa}"], ["people.csv is not a GOQA file", "missing column"]),
+    "malformed_row": (["--goqa-path", "{malformed}"], ["malformed.csv", "row", "France"]),
+    "unknown_country": (["--set", 'data.countries=["France", "Atlantis"]'], ["unknown country", "Atlantis"]),
+    "question_list_matches_nothing": (["--set", "data.question_list={questions}"], ["question list", "matches"]),
+    "alpha_negative": (["--set", "icm.alpha=-1"], ["icm.alpha", "greater than or equal to 0", "got -1"]),
+    "k_zero": (["--set", "icm.iterations=0"], ["icm.iterations", "greater than or equal to 1"]),
+    "cap_below_minimum": (["--set", "data.test_cap=1"], ["data.test_cap"]),
+    "num_seed_above_pool": (["--set", "icm.num_seed=40"], ["icm.num_seed=40", "train claims", "lower icm.num_seed"]),
+    "model_not_local_offline": (["--set", "base_model.name=no-org/no-such-model"], ["no-org/no-such-model", "HF_HUB_OFFLINE"]),
+    "model_folder_missing": (["--set", "base_model.name=./no/such/folder"], ["./no/such/folder", "does not exist"]),
+    "vllm_not_installed": (["--set", "base_model.backend=vllm"], ["base_model: backend 'vllm' needs the vllm package"]),
+    "context_too_long": (
+        ["--set", "base_model.max_prompt_tokens=200"],
+        ["United States: the longest prompt", "pool of 12 train claims", "200", "lower data.train_cap to about"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_on_stderr_exit_1_and_nothing_written(case, inputs, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    warehouse = tmp_path / "wh" / "persona_icm.duckdb"
+    extra, expected = BAD[case]
+    fields = {k: str(v) for k, v in inputs.items()}
+    argv = good_args(inputs, warehouse) + [a.format(**fields) for a in extra]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert all(line.startswith(("error: ", "warning: ")) for line in lines), lines  # no traceback
+    (err,) = [line for line in lines if line.startswith("error: ")]
+    for part in expected:
+        assert part in err, (part, err)
+    assert not warehouse.parent.exists()
+
+
+def test_good_input_passes_preflight_and_a_cap_above_the_data_only_warns(inputs):
+    overrides = {
+        "data": {"goqa_path": str(inputs["goqa"]), "countries": COUNTRIES, "train_cap": 12, "test_cap": 8},
+        "base_model": {"name": inputs["model"]},
+    }
+    checked = check_run(build_config("smoke", overrides))
+    assert {c: len(s.train) for c, s in checked.splits.items()} == {c: 12 for c in COUNTRIES}
+    assert checked.window == 4096 and 0 < max(checked.longest_prompt.values()) < 4096
+    # The spec's caps are maxima (train min(75%, 125)): above the data they warn, never fail.
+    with pytest.warns(InputWarning, match="data.train_cap=400 is larger than the data"):
+        check_run(build_config("smoke", {**overrides, "data": {**overrides["data"], "train_cap": 400}}))
+
+
+def test_longest_prompt_bound_is_the_real_pool_prompt(inputs):
+    """The preflight's token count equals the encoded prompt with every train claim as a demo."""
+    from transformers import AutoTokenizer
+
+    from persona_icm.preflight import longest_prompt_tokens
+    from persona_icm.prompts import PromptEncoder
+    from persona_icm.scoring.base import ScoreRequest
+
+    overrides = {"data": {"goqa_path": str(inputs["goqa"]), "countries": COUNTRIES, "train_cap": 12, "test_cap": 8}}
+    split = check_run(build_config("smoke", overrides)).splits["France"]
+    encoder = PromptEncoder(AutoTokenizer.from_pretrained(inputs["model"]), "base")
+    actual = max(
+        len(encoder.encode(ScoreRequest(tuple((c, y) for c in split.train), query)))
+        for query in split.train + split.test for y in (0, 1)
+    )  # fmt: skip
+    assert actual <= longest_prompt_tokens(encoder, split) <= actual + len(split.train)
+
+
+def test_cli_subprocess_bad_input_exits_before_prefect_is_imported(inputs, tmp_path):
+    """The real entry point in a fresh interpreter: exit 1, one stderr line, Prefect never imported."""
+    warehouse = tmp_path / "persona_icm.duckdb"
+    argv = good_args(inputs, warehouse) + ["--set", 'data.countries=["Atlantis"]']
+    probe = (
+        "import sys\nfrom flows.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+        "    print('prefect imported:', 'prefect' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: unknown country") and "\n" not in done.stderr.strip(), done.stderr
+    assert "prefect imported: False" in done.stdout
+    assert not warehouse.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unknown_country", "alpha_negative", "context_too_long"])
+def test_flow_fails_at_once_without_retries_and_writes_nothing(case, harness, inputs, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.persona_icm import persona_icm
+
+    warehouse = tmp_path / "wh" / "persona_icm.duckdb"
+    overrides = {
+        "data": {"goqa_path": str(inputs["goqa"]), "countries": COUNTRIES, "train_cap": 12, "test_cap": 8},
+        "base_model": {"name": inputs["model"]},
+        "warehouse_path": str(warehouse),
+    }
+    expected = {
+        "unknown_country": ({"data": {**overrides["data"], "countries": ["Atlantis"]}}, "unknown country"),
+        "alpha_negative": ({"icm": {"alpha": -1}}, "icm.alpha"),
+        "vllm_not_installed": (["--set", "base_model.backend=vllm"], ["base_model: backend 'vllm' needs the vllm package"]),
+    "context_too_long": ({"base_model": {"name": inputs["model"], "max_prompt_tokens": 200}}, "longest prompt"),
+    }
+    change, message = expected[case]
+    state = persona_icm(preset="smoke", overrides={**overrides, **change}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match=message):
+        state.result()
+    assert not warehouse.parent.exists()
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    # check-inputs failed on its only attempt; nothing after it ran (alpha fails before any task)
+    assert [(t.name.rsplit("-", 1)[0], t.run_count, t.state.name) for t in tasks] == (
+        [] if case == "alpha_negative" else [("check-inputs", 1, "Failed")]
+    )
+
+
+def test_search_retries_only_failures_that_waiting_can_fix():
+    """icm-search's retry condition: no retry for bad input or a backend without log-probs."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from persona_icm.scoring.openai import (
+        CandidateNotReturned,
+        EndpointUnavailable,
+        NoLogprobsError,
+    )
+    from tasks.common import retry_helps
+    from tasks.search import icm_search
+
+    def failed_with(error):
+        def result():
+            raise error
+
+        return SimpleNamespace(result=result)
+
+    no_retry = [InputError("x"), NoLogprobsError("x"), CandidateNotReturned("x"), FileNotFoundError("x"), ModuleNotFoundError("x")]
+    retry = [EndpointUnavailable("x"), RuntimeError("CUDA error: out of memory"), httpx.ConnectError("x"), OSError("x")]
+    assert [retry_helps(None, None, failed_with(e)) for e in no_retry] == [False] * len(no_retry)
+    assert [retry_helps(None, None, failed_with(e)) for e in retry] == [True] * len(retry)
+    assert icm_search.retry_condition_fn is retry_helps and icm_search.retries == 1
+
+
+def test_a_run_that_fails_after_the_checks_is_one_line_and_exit_1(inputs, tmp_path, capsys, monkeypatch):
+    """The flow replaced by a STUB that fails as a backend outage would (no Prefect run here)."""
+    import flows.persona_icm
+
+    def outage(**kwargs):
+        raise RuntimeError("http://gpu-box:8000/v1/completions failed 6 attempts (HTTP 503)\nmore detail")
+
+    monkeypatch.setattr(flows.persona_icm, "persona_icm", outage)
+    with pytest.raises(SystemExit) as exit_:
+        main(good_args(inputs, tmp_path / "persona_icm.duckdb"))
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: run failed: RuntimeError: http://gpu-box:8000/v1/completions failed 6 attempts (HTTP 503)"
+    )
