@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from persona_icm.charts import write_report
-from persona_icm.warehouse import DEFAULT_PATH, open_warehouse
+from persona_icm.run_status import RunInProgress, runs_with_live_status
+from persona_icm.warehouse import DEFAULT_PATH, WarehouseLocked, open_warehouse
 
 # Piped output (not a terminal) gets whole columns instead of rich's 80-column wrapping.
 console = Console() if sys.stdout.isatty() else Console(width=1000)
@@ -72,10 +73,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_runs(args: argparse.Namespace) -> None:
     with open_warehouse(args.warehouse, read_only=True) as wh:
         print_frame(
-            wh.sql(
+            runs_with_live_status(
+                wh,
                 "SELECT run_id, status, preset, base_model, chat_model, countries, started_at, finished_at,"
-                " code_version FROM runs ORDER BY started_at DESC"
-            ),
+                " code_version, host, pid, pid_started FROM runs ORDER BY started_at DESC",
+            ).drop("pid_started"),
             "runs",
         )
 
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         args.warehouse = None
     try:
         args.func(args)
-    except (FileNotFoundError, LookupError, ValueError) as exc:
+    except (FileNotFoundError, LookupError, ValueError, WarehouseLocked, RunInProgress) as exc:
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
 

@@ -1,4 +1,4 @@
--- schema_version: 2
+-- schema_version: 3
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -109,7 +109,7 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at    TIMESTAMPTZ NOT NULL,
     finished_at   TIMESTAMPTZ,
     timings       JSON,                      -- seconds per phase
-    status        VARCHAR NOT NULL           -- running | completed | failed
+    status        VARCHAR NOT NULL           -- running | completed | failed | interrupted (owner process gone)
 );
 
 -- persona_icm/icm.py LABELS_SCHEMA: the final labelling of one search.
@@ -306,3 +306,12 @@ CREATE OR REPLACE VIEW accuracy_vs_examples AS
 SELECT run_id, country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high
 FROM results_by_country
 WHERE method IN ('golden', 'icm', 'random_matched') AND n_demos > 0;
+
+-- ---------------------------------------------------------------- run ownership (run_status.py)
+
+-- The process that runs (ran) the run: a `running` row whose owner is gone is `interrupted`
+-- (killed, preempted). interrupted_attempts: earlier attempts of this run_id that died unfinished.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_started DOUBLE;  -- the owner's start time (epoch s): PIDs get reused
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS interrupted_attempts INTEGER DEFAULT 0;
