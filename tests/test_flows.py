@@ -17,23 +17,6 @@ TABLES = ["runs", "icm_labels", "icm_trace", "predictions", "demos", "metrics", 
 
 
 @pytest.fixture(scope="session")
-def harness(tmp_path_factory):
-    """A Prefect test server with its own PREFECT_HOME and result storage (no leaks between runs)."""
-    home = tmp_path_factory.mktemp("prefect_home")
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ["PERSONA_ICM_RESULTS"] = str(home / "results")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    sys.modules.pop("tasks.common", None)  # RESULTS_DIR is read at import
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        from prefect.settings import PREFECT_API_URL
-
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="session")
 def smoke_inputs(tmp_path_factory):
     from tests.goqa_fixtures import make_rows, write_goqa
     from tests.tiny_model import write_tiny_model
