@@ -317,6 +317,7 @@ class IcmSearch:
         self.entered = {int(i): int(it) for i, it in payload["entered"]}
         self.rng.bit_generator.state = payload["rng"]
         self.rows = payload["trace"]
+        self.engine.restore(self.labelling, self.energy)
 
     # -- results -------------------------------------------------------------------------------
     def labels_frame(self) -> pl.DataFrame:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from persona_icm.icm import TRAJECTORY_COLUMNS
 from persona_icm.run_status import runs_with_live_status
@@ -134,11 +135,18 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
         run = wh.sql("SELECT * FROM runs").row(0, named=True)
     assert (run["status"], run["interrupted_attempts"]) == ("completed", 1)
     resumed, reference = tables(warehouse), tables(reference_wh)
+    identical = []
     for table, frame in without_run_id(resumed).items():
         expected = without_run_id(reference)[table]
-        assert frame.height > 0 and frame.equals(expected), table
+        assert frame.height > 0
+        # Labels, decisions and every non-float column exactly; floats to 1e-5: the resumed process
+        # rescoring a prompt the killed one had remembered may batch it differently, and the real
+        # model's float32 result can then differ in the last bits (the synthetic scorer, batch
+        # invariant, resumes bit for bit: test_icm.py). Bit-identity is reported, not required.
+        assert_frame_equal(frame, expected, check_exact=False, rtol=0, atol=1e-5)
+        identical.append(f"{table} {'bit-identical' if frame.equals(expected) else 'within 1e-5'}")
     print(f"\n[fault] SIGKILL at checkpoint iteration {saved}/{ITERATIONS}: uninterrupted run {reference_seconds:.1f} s, "
-          f"rerun to completion {resumed_seconds:.1f} s (kill to rerun start {clock - killed_at:.1f} s)")  # fmt: skip
+          f"rerun to completion {resumed_seconds:.1f} s (kill to rerun start {clock - killed_at:.1f} s); {', '.join(identical)}")  # fmt: skip
 
     # idempotence: re-running the finished run id changes no result row
     clock = time.perf_counter()
