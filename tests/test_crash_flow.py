@@ -2,8 +2,9 @@
 a generated GOQA file) against the session's Prefect test server.
 
 - SIGKILL during the ICM search, then the same command again: it resumes from the checkpoint
-  and ends with exactly the results of an uninterrupted run; the killed attempt left no result
-  rows and its runs row reads `interrupted` (shown at once, written by the next run).
+  (killed again, its latest checkpoint truncated: from the one before, with a warning) and ends
+  with the results of an uninterrupted run; the killed attempts left no result rows and the
+  runs row reads `interrupted` (shown at once, written by the next run).
 - Re-running a finished run id changes no result row.
 - Two runs writing one warehouse at once, while a third process holds the file: both wait
   for the lock and complete with all their rows.
@@ -102,7 +103,21 @@ def without_run_id(frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     return out
 
 
+def kill_during_search(proc: subprocess.Popen, log: Path, warehouse: Path, at_least: int) -> tuple[int, float]:
+    """SIGKILL `proc` once its search checkpoint reaches iteration `at_least`; (saved iteration, when)."""
+    while (done := checkpoint_iteration(warehouse)) is None or done < at_least:
+        assert proc.poll() is None, log.read_text()[-4000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    killed_at = time.perf_counter()
+    assert proc.wait() == -signal.SIGKILL
+    saved = checkpoint_iteration(warehouse)
+    assert at_least <= saved < ITERATIONS
+    return saved, killed_at
+
+
 def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harness, inputs, tmp_path):
+    """Killed twice during the search, the second time with its latest checkpoint then truncated."""
     # the reference: the same parameters, uninterrupted, in its own warehouse and result storage
     reference_wh = tmp_path / "reference" / "persona_icm.duckdb"
     clock = time.perf_counter()
@@ -110,15 +125,8 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
     reference_seconds = time.perf_counter() - clock
 
     warehouse, results = tmp_path / "crash" / "persona_icm.duckdb", tmp_path / "crash" / "results"
-    killed = start_run(harness, warehouse, results, inputs, tmp_path / "killed.log")
-    while (done := checkpoint_iteration(warehouse)) is None or done < 4:
-        assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed_at = time.perf_counter()
-    assert killed.wait() == -signal.SIGKILL
-    saved = checkpoint_iteration(warehouse)
-    assert 4 <= saved < ITERATIONS
+    logs = [tmp_path / f"attempt{i}.log" for i in range(4)]
+    first, _ = kill_during_search(start_run(harness, warehouse, results, inputs, logs[0]), logs[0], warehouse, 4)
 
     # what the killed attempt left: its runs row, no result rows
     with open_warehouse(warehouse, read_only=True) as wh:
@@ -126,14 +134,25 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
         assert runs_with_live_status(wh)["status"].to_list() == ["interrupted"]
         assert {t: wh.scalar(f"SELECT count(*) FROM {t}") for t in [*RESULT_TABLES, "model_calls"]} == dict.fromkeys([*RESULT_TABLES, "model_calls"], 0)
 
+    # the same command again resumes from the last checkpoint; killed again further on
+    second, killed_at = kill_during_search(start_run(harness, warehouse, results, inputs, logs[1]), logs[1], warehouse, first + 4)
+    assert f"from iteration {first}" in logs[1].read_text()  # persona_icm.icm: "resuming ICM run ... from iteration N"
+    with open_warehouse(warehouse, read_only=True) as wh:
+        assert wh.sql("SELECT status, interrupted_attempts FROM runs").rows() == [("running", 1)]
+
+    # damage the latest checkpoint: the rerun warns and resumes from the one before it
+    checkpoint = next((warehouse.parent / "checkpoints").glob("*.ckpt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     clock = time.perf_counter()
-    log = finish(start_run(harness, warehouse, results, inputs, tmp_path / "resumed.log"), tmp_path / "resumed.log")
+    log = finish(start_run(harness, warehouse, results, inputs, logs[2]), logs[2])
     resumed_seconds = time.perf_counter() - clock
-    assert f"(resumed from {saved})" in log  # the search task's log line
+    previous = second - 2  # checkpoint_every
+    assert "damaged ICM checkpoint" in log and f"resuming from the previous one (iteration {previous})" in log
+    assert f"(resumed from {previous})" in log  # the search task's summary line
 
     with open_warehouse(warehouse, read_only=True) as wh:
         run = wh.sql("SELECT * FROM runs").row(0, named=True)
-    assert (run["status"], run["interrupted_attempts"]) == ("completed", 1)
+    assert (run["status"], run["interrupted_attempts"]) == ("completed", 2)
     resumed, reference = tables(warehouse), tables(reference_wh)
     identical = []
     for table, frame in without_run_id(resumed).items():
@@ -145,18 +164,19 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
         # invariant, resumes bit for bit: test_icm.py). Bit-identity is reported, not required.
         assert_frame_equal(frame, expected, check_exact=False, rtol=0, atol=1e-5)
         identical.append(f"{table} {'bit-identical' if frame.equals(expected) else 'within 1e-5'}")
-    print(f"\n[fault] SIGKILL at checkpoint iteration {saved}/{ITERATIONS}: uninterrupted run {reference_seconds:.1f} s, "
-          f"rerun to completion {resumed_seconds:.1f} s (kill to rerun start {clock - killed_at:.1f} s); {', '.join(identical)}")  # fmt: skip
+    print(f"\n[fault] SIGKILL at checkpoint iterations {first} and {second} of {ITERATIONS}, then truncated checkpoint: "
+          f"uninterrupted run {reference_seconds:.1f} s, last rerun to completion {resumed_seconds:.1f} s "
+          f"(from kill to rerun start {clock - killed_at:.1f} s); {', '.join(identical)}")  # fmt: skip
 
     # idempotence: re-running the finished run id changes no result row
     clock = time.perf_counter()
-    finish(start_run(harness, warehouse, results, inputs, tmp_path / "again.log"), tmp_path / "again.log")
+    finish(start_run(harness, warehouse, results, inputs, logs[3]), logs[3])
     again_seconds = time.perf_counter() - clock
     after = tables(warehouse)
     for table in RESULT_TABLES:
         assert after[table].equals(resumed[table]), table
     with open_warehouse(warehouse, read_only=True) as wh:
-        assert wh.sql("SELECT run_id, status, interrupted_attempts FROM runs").rows() == [(run["run_id"], "completed", 1)]
+        assert wh.sql("SELECT run_id, status, interrupted_attempts FROM runs").rows() == [(run["run_id"], "completed", 2)]
     print(f"[fault] re-run of finished run {run['run_id']}: {again_seconds:.1f} s, result rows unchanged")
 
 
@@ -168,7 +188,8 @@ def test_two_runs_write_one_warehouse_at_once_while_a_third_process_holds_it(har
     holder = hold(warehouse, 120)
     runs = []
     for seed in (1, 2):
-        overrides = {**inputs, "icm": {**inputs["icm"], "seed": seed, "iterations": 6}}
+        overrides = {**inputs, "icm": {**inputs["icm"], "seed": seed, "iterations": 4},
+                     "eval": {**inputs["eval"], "methods": ["icm", "zero_shot_base"]}}
         runs.append((start_run(harness, warehouse, results, overrides, tmp_path / f"run{seed}.log"), tmp_path / f"run{seed}.log"))
     clock = time.perf_counter()
     while not all("locked by another process" in log.read_text() for _, log in runs):  # both reached the warehouse
@@ -188,7 +209,7 @@ def test_two_runs_write_one_warehouse_at_once_while_a_third_process_holds_it(har
         for run_id in runs_rows["run_id"]:
             frames = tables(warehouse, run_id)
             assert frames["icm_labels"].height == train
-            assert frames["icm_trace"].height == 7
+            assert frames["icm_trace"].height == 5
             assert frames["predictions"].height > 0 and frames["metrics"].height > 0
         seeds = wh.sql("SELECT DISTINCT run_id, icm_seed FROM icm_labels")
         assert seeds.height == 2 and set(seeds["icm_seed"]) == {1, 2}
