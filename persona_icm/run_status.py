@@ -49,16 +49,16 @@ def _dead(row: dict[str, Any]) -> bool:
     return row["status"] == RUNNING and owner_alive(row["host"], row["pid"], row["pid_started"]) is False
 
 
-def claim_run(wh: Warehouse, row: dict[str, Any]) -> list[str]:
+def claim_run(wh: Warehouse, row: dict[str, Any]) -> dict[str, str | None]:
     """Write `row` (status running, owned by this process) after marking dead runs interrupted.
 
     Raises RunInProgress when another live process on this host is running the same run_id.
-    Returns the run_ids marked interrupted.
+    Returns run_id -> flow_run_id of the runs marked interrupted.
     """
     row = {**row, **this_process(), "status": RUNNING}
     with wh.transaction():
-        running = wh.sql("SELECT run_id, status, host, pid, pid_started FROM runs WHERE status = ?", [RUNNING])
-        dead = [r["run_id"] for r in running.iter_rows(named=True) if _dead(r)]
+        running = wh.sql("SELECT run_id, flow_run_id, status, host, pid, pid_started FROM runs WHERE status = ?", [RUNNING])
+        dead = {r["run_id"]: r["flow_run_id"] for r in running.iter_rows(named=True) if _dead(r)}
         for r in running.iter_rows(named=True):
             if r["run_id"] == row["run_id"] and r["run_id"] not in dead and owner_alive(r["host"], r["pid"], r["pid_started"]):
                 if r["pid"] != row["pid"]:
@@ -69,7 +69,7 @@ def claim_run(wh: Warehouse, row: dict[str, Any]) -> list[str]:
         if dead:
             wh.con.execute(
                 "UPDATE runs SET status = ?, interrupted_attempts = coalesce(interrupted_attempts, 0) + 1 "
-                "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [INTERRUPTED, dead],
+                "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [INTERRUPTED, list(dead)],
             )  # fmt: skip
         before = wh.scalar("SELECT coalesce(interrupted_attempts, 0) FROM runs WHERE run_id = ?", [row["run_id"]])
         write_run(wh, {**row, "interrupted_attempts": before or 0})

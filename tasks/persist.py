@@ -16,6 +16,9 @@ from typing import Any
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.states import Crashed
 
 from persona_icm import metrics
 from persona_icm.config import RunConfig
@@ -65,10 +68,28 @@ def record_run(warehouse_path: Path, row: dict[str, Any]) -> None:
     with open_warehouse(warehouse_path) as wh:
         if row["status"] == RUNNING:
             interrupted = claim_run(wh, row)
-            if interrupted:
-                get_run_logger().warning("runs whose process is gone, marked interrupted: %s", ", ".join(interrupted))
         else:
             finish_run(wh, row)
+            interrupted = {}
+    if interrupted:
+        get_run_logger().warning("runs whose process is gone, marked interrupted: %s", ", ".join(interrupted))
+        mark_crashed([f for f in interrupted.values() if f is not None], f"its process died; seen by run {row['run_id']}")
+
+
+def mark_crashed(flow_run_ids: list[str], message: str) -> None:
+    """Put the flow runs (and their subflows) of dead processes in Prefect's Crashed state, as a
+    worker would for a process it started; best effort: the API being unreachable is only logged."""
+    try:
+        with get_client(sync_client=True) as client:
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=flow_run_ids))
+            )
+            runs = [client.read_flow_run(f) for f in flow_run_ids] + list(children)
+            for run in runs:
+                if run.state is not None and not run.state.is_final():
+                    client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping of other runs must not fail this one
+        get_run_logger().warning("could not mark the dead flow runs %s Crashed in Prefect: %s", flow_run_ids, exc)
 
 
 @task(name="persist-country", cache_policy=NO_CACHE)

@@ -103,6 +103,15 @@ def without_run_id(frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     return out
 
 
+def flow_run_states(flow_run_id: str) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        return {"parent": client.read_flow_run(flow_run_id).state.name, "subflows": [c.state.name for c in children]}
+
+
 def kill_during_search(proc: subprocess.Popen, log: Path, warehouse: Path, at_least: int) -> tuple[int, float]:
     """SIGKILL `proc` once its search checkpoint reaches iteration `at_least`; (saved iteration, when)."""
     while (done := checkpoint_iteration(warehouse)) is None or done < at_least:
@@ -132,6 +141,7 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
     with open_warehouse(warehouse, read_only=True) as wh:
         assert wh.sql("SELECT status FROM runs")["status"].to_list() == ["running"]
         assert runs_with_live_status(wh)["status"].to_list() == ["interrupted"]
+        killed_flow_run = wh.scalar("SELECT flow_run_id FROM runs")
         assert {t: wh.scalar(f"SELECT count(*) FROM {t}") for t in [*RESULT_TABLES, "model_calls"]} == dict.fromkeys([*RESULT_TABLES, "model_calls"], 0)
 
     # the same command again resumes from the last checkpoint; killed again further on
@@ -139,6 +149,7 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
     assert f"from iteration {first}" in logs[1].read_text()  # persona_icm.icm: "resuming ICM run ... from iteration N"
     with open_warehouse(warehouse, read_only=True) as wh:
         assert wh.sql("SELECT status, interrupted_attempts FROM runs").rows() == [("running", 1)]
+    assert flow_run_states(killed_flow_run) == {"parent": "Crashed", "subflows": ["Crashed"]}  # was Running, marked by the rerun
 
     # damage the latest checkpoint: the rerun warns and resumes from the one before it
     checkpoint = next((warehouse.parent / "checkpoints").glob("*.ckpt"))

@@ -65,7 +65,7 @@ def test_a_killed_run_shows_interrupted_and_the_next_run_marks_it(tmp_path, kill
         assert shown == {"dead": "interrupted", "alive": "running", "elsewhere": "running", "done": "completed"}
         assert statuses(wh)["dead"] == "running"
         # the next run started on this host writes it down
-        assert claim_run(wh, run_row("new")) == ["dead"]
+        assert claim_run(wh, run_row("new")) == {"dead": None}
         assert statuses(wh) == {"dead": "interrupted", "alive": "running", "elsewhere": "running", "done": "completed", "new": "running"}
         new = wh.sql("SELECT * FROM runs WHERE run_id = 'new'").row(0, named=True)
         assert (new["host"], new["pid"]) == (this_process()["host"], this_process()["pid"])
@@ -80,8 +80,8 @@ def test_a_recycled_pid_is_not_the_owner(tmp_path, sleeper):
 
 def test_rerunning_an_interrupted_run_counts_the_attempt_and_finishing_keeps_it(tmp_path, killed_owner):
     with open_warehouse(tmp_path / "w.duckdb") as wh:
-        write_run(wh, run_row("r", **killed_owner))
-        assert claim_run(wh, run_row("r")) == ["r"]
+        write_run(wh, run_row("r", flow_run_id="f1", **killed_owner))
+        assert claim_run(wh, run_row("r")) == {"r": "f1"}
         row = wh.sql("SELECT * FROM runs").row(0, named=True)
         assert (row["status"], row["interrupted_attempts"], row["pid"]) == ("running", 1, this_process()["pid"])
         finish_run(wh, run_row("r", "completed", finished_at=datetime.now(UTC)))
