@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from persona_icm.charts import write_report
-from persona_icm.warehouse import DEFAULT_PATH, open_warehouse
+from persona_icm.run_status import RunInProgress, runs_with_live_status
+from persona_icm.warehouse import DEFAULT_PATH, WarehouseLocked, open_warehouse
 
 # Piped output (not a terminal) gets whole columns instead of rich's 80-column wrapping.
 console = Console() if sys.stdout.isatty() else Console(width=1000)
@@ -63,10 +64,11 @@ def print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
 def cmd_runs(args: argparse.Namespace) -> None:
     with open_warehouse(args.warehouse, read_only=True) as wh:
         print_frame(
-            wh.sql(
+            runs_with_live_status(
+                wh,
                 "SELECT run_id, status, preset, base_model, chat_model, countries, started_at, finished_at,"
-                " code_version FROM runs ORDER BY started_at DESC"
-            ),
+                " code_version, host, pid, pid_started FROM runs ORDER BY started_at DESC",
+            ).drop("pid_started"),
             "runs",
         )
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None, add_commands: Callable[[argparse._SubPar
     warnings.showwarning = _one_line_warning
     try:
         args.func(args)
-    except (FileNotFoundError, LookupError, ValueError) as exc:
+    except (FileNotFoundError, LookupError, ValueError, WarehouseLocked, RunInProgress) as exc:
         errors.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
 

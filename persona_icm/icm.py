@@ -37,7 +37,12 @@ from tqdm.auto import tqdm
 
 from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig
-from persona_icm.icm_checkpoint import CorruptCheckpoint, load_checkpoint, save_checkpoint
+from persona_icm.icm_checkpoint import (
+    CorruptCheckpoint,
+    load_checkpoint,
+    previous_path,
+    save_checkpoint,
+)
 from persona_icm.icm_energy import Energy
 from persona_icm.icm_engine import make_engine
 from persona_icm.icm_state import UNLABELLED, Labelling, Pool
@@ -320,6 +325,7 @@ class IcmSearch:
         self.entered = {int(i): int(it) for i, it in payload["entered"]}
         self.rng.bit_generator.state = payload["rng"]
         self.rows = payload["trace"]
+        self.engine.restore(self.labelling, self.energy)
 
     # -- results -------------------------------------------------------------------------------
     def labels_frame(self) -> pl.DataFrame:
@@ -362,7 +368,7 @@ def run_icm(
     there atomically every `config.checkpoint_every` iterations, after seeding and at the end.
     If the file exists for the same run key the search resumes from it (a finished run returns
     at once); another run key raises CheckpointMismatch; a damaged file is logged and ignored
-    (the search starts from scratch and overwrites it).
+    (the search resumes from the checkpoint before it, kept as `<name>.prev`, or from scratch).
     run_key: identifies the run; default `default_run_key(claims, config)` (callers should pass
     one that also covers the model, e.g. `default_run_key(claims, config, model_spec_json)`).
     on_progress: called after every iteration with an IcmProgress.
@@ -411,13 +417,24 @@ def run_icm(
 
 
 def _load_or_none(path: Path | None, run_key: str) -> dict[str, Any] | None:
+    """The latest good checkpoint: `path`, else the one before it, else None (start from scratch)."""
     if path is None:
         return None
     try:
         return load_checkpoint(path, run_key)
     except CorruptCheckpoint as exc:
-        log.warning("ignoring damaged ICM checkpoint, starting from scratch: %s", exc)
+        damage = exc
+    try:
+        payload = load_checkpoint(previous_path(path), run_key)
+    except CorruptCheckpoint as exc:
+        log.warning("ignoring damaged ICM checkpoint %s and its predecessor (%s), starting from scratch", damage, exc)
         return None
+    if payload is None:
+        log.warning("ignoring damaged ICM checkpoint, starting from scratch: %s", damage)
+    else:
+        log.warning("ignoring damaged ICM checkpoint, resuming from the previous one (iteration %d): %s",
+                    payload["iteration"], damage)
+    return payload
 
 
 def _iterate(search: IcmSearch, path: Path | None, run_key: str, on_progress, show_progress: bool) -> None:

@@ -3,6 +3,8 @@
 File layout: {"format": 1, "run_key": str, "sha256": hex of `payload`, "payload": JSON text}.
 The payload is kept as text so the checksum covers exactly the bytes that are parsed.
 Floats survive the round trip exactly (JSON uses the shortest repr that reads back the same).
+Each save keeps the checkpoint it replaces as `<name>.prev`, so a damaged file still leaves the
+state one checkpoint earlier to resume from.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,15 @@ class CheckpointMismatch(ValueError):
     """A valid checkpoint that belongs to another run."""
 
 
+def previous_path(path: Path) -> Path:
+    """Where save_checkpoint keeps the checkpoint before the latest one."""
+    return Path(path).with_name(Path(path).name + ".prev")
+
+
 def save_checkpoint(path: Path, run_key: str, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same directory, fsync, then os.replace: never half-written."""
+    """Write to a temporary file in the same directory, fsync, then os.replace: never half-written.
+
+    The file it replaces becomes previous_path(path) first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -37,10 +47,23 @@ def save_checkpoint(path: Path, run_key: str, payload: dict[str, Any]) -> None:
             json.dump(document, f)
             f.flush()
             os.fsync(f.fileno())
+        with suppress(FileNotFoundError):  # first save, or a concurrent saver moved it already
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the renames durable (a crash right after a save keeps the new file)."""
+    with suppress(OSError):  # some filesystems / platforms do not allow opening a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_checkpoint(path: Path, run_key: str) -> dict[str, Any] | None:

@@ -69,6 +69,9 @@ class ReferenceEngine:
         self.stats.prompts_needed += len(items)
         return [self._checked(self.scorer.score([self.request(item)]), 1)[0] for item in items]
 
+    def restore(self, labelling: Labelling, state: Energy) -> None:
+        """A resumed search's current state (nothing to remember here)."""
+
     def proposal_score(self, labelling: Labelling, index: int) -> float:
         """s(x | D \\ {x}) with D's canonical context."""
         return self.score([(index, leave_one_out(labelling.context(self.pool), index))])[0]
@@ -102,6 +105,15 @@ class FastEngine(ReferenceEngine):
     def score(self, items: list[Item]) -> list[float]:
         self.stats.prompts_needed += len(items)
         return self._fetch(items)
+
+    def restore(self, labelling: Labelling, state: Energy) -> None:
+        """Remember the resumed state's energy and leave-one-out scores (from the checkpoint), as
+        the uninterrupted run has them in memory: proposals for labelled claims then reuse them.
+        Rescoring instead would put those prompts in other batches, and a real model's float32
+        result can differ in the last bits with the batch."""
+        self.energy_memo[labelling.key(self.pool)] = state
+        for (query, context), s in zip(self._energy_items(labelling), state.scores, strict=True):
+            self._remember((query, context_key(context)), s)
 
     def _fetch(self, items: list[Item]) -> list[float]:
         keys = [(q, context_key(ctx)) for q, ctx in items]

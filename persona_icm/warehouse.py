@@ -4,12 +4,19 @@
 `warehouse/schema.sql`. Writes go through `Warehouse.replace` (delete the rows of one key, insert
 a polars frame) inside `Warehouse.transaction()`, so re-running a step replaces its rows and a
 failure leaves nothing half-written.
+
+DuckDB lets one process at a time open a file for writing (and no reader while it does). An
+open that meets another process's lock retries with exponential backoff for `lock_timeout`
+seconds, then raises WarehouseLocked naming the file and the holder's PID.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -17,11 +24,19 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import tenacity
 
 DEFAULT_PATH = Path("warehouse/persona_icm.duckdb")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "warehouse" / "schema.sql"
 _VERSION_LINE = re.compile(r"^--\s*schema_version:\s*(\d+)\s*$", re.M)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+# Seconds an open waits for another process's lock: writers wait out another run's persist or
+# report; readers (the CLI) give up sooner. PERSONA_ICM_WAREHOUSE_LOCK_TIMEOUT overrides both.
+WRITER_LOCK_TIMEOUT = 300.0
+READER_LOCK_TIMEOUT = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class SchemaError(RuntimeError):
@@ -35,6 +50,18 @@ def schema_text(path: Path = SCHEMA_PATH) -> tuple[int, str]:
     if match is None:
         raise SchemaError(f"{path}: no '-- schema_version: N' line")
     return int(match.group(1)), sql
+
+
+class WarehouseLocked(RuntimeError):
+    """Another process holds the DuckDB file's lock and did not release it in time."""
+
+    def __init__(self, path: str, waited: float, holder_pid: int | None, holder_program: str | None):
+        self.path, self.waited, self.holder_pid = path, waited, holder_pid
+        holder = "another process" if holder_pid is None else f"another process (PID {holder_pid}, {holder_program})"
+        super().__init__(
+            f"warehouse {path} is held by {holder}; gave up after waiting {waited:.0f} s. DuckDB lets one "
+            "process write a file at a time: wait for that run to finish (or stop it), or use another warehouse path"
+        )
 
 
 class Warehouse:
@@ -155,12 +182,57 @@ def apply_schema(con: duckdb.DuckDBPyConnection, schema_path: Path = SCHEMA_PATH
     return version
 
 
+def _is_lock_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) and "Could not set lock" in str(exc)
+
+
+def _connect(target: str, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried with exponential backoff while another process holds the lock."""
+
+    def waiting(state: tenacity.RetryCallState) -> None:
+        if state.attempt_number == 1:
+            log.warning("warehouse %s is locked by another process; retrying for up to %.0f s: %s",
+                        target, lock_timeout, state.outcome.exception())
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_is_lock_conflict),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=5.0) + tenacity.wait_random(0, 0.05),
+        stop=tenacity.stop_after_delay(lock_timeout),
+        before_sleep=waiting,
+        reraise=True,
+    )
+    start = time.monotonic()
+    try:
+        return retrying(duckdb.connect, target, read_only=read_only)
+    except duckdb.IOException as exc:
+        if not _is_lock_conflict(exc):
+            raise
+        holder = _LOCK_HOLDER.search(str(exc))
+        raise WarehouseLocked(
+            target, time.monotonic() - start,
+            int(holder["pid"]) if holder else None, holder["program"] if holder else None,
+        ) from None  # fmt: skip
+
+
+def lock_timeout_default(read_only: bool) -> float:
+    env = os.environ.get("PERSONA_ICM_WAREHOUSE_LOCK_TIMEOUT")
+    if env:
+        return float(env)
+    return READER_LOCK_TIMEOUT if read_only else WRITER_LOCK_TIMEOUT
+
+
 def open_warehouse(
-    path: str | Path | None = None, *, read_only: bool = False, schema_path: Path = SCHEMA_PATH
+    path: str | Path | None = None,
+    *,
+    read_only: bool = False,
+    schema_path: Path = SCHEMA_PATH,
+    lock_timeout: float | None = None,
 ) -> Warehouse:
     """Open the warehouse file (default warehouse/persona_icm.duckdb; ":memory:" for tests).
 
-    Read-write opens create the file and apply the schema; read-only opens must find it.
+    Read-write opens create the file and apply the schema; read-only opens must find it. While
+    another process holds the file, retries for `lock_timeout` seconds (default
+    lock_timeout_default), then raises WarehouseLocked.
     """
     target = str(DEFAULT_PATH if path is None else path)
     if target != ":memory:":
@@ -168,7 +240,8 @@ def open_warehouse(
         if read_only and not file.exists():
             raise FileNotFoundError(f"no warehouse at {file}; run ingestion first")
         file.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(target, read_only=read_only)
+    timeout = lock_timeout_default(read_only) if lock_timeout is None else lock_timeout
+    con = _connect(target, read_only, timeout)
     if not read_only:
         try:
             apply_schema(con, schema_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Persisted task results (the cached ICM searches); PERSONA_ICM_RESULTS moves them (tests do).
 RESULTS_DIR = Path(os.environ.get("PERSONA_ICM_RESULTS", ROOT / "warehouse" / "results"))
 GPU = "gpu"  # tag of every task that runs a model
+# The library's own notices (a resumed search, a damaged checkpoint, a locked warehouse) reach the
+# flow run logs through pyproject's [tool.prefect.logging] extra_loggers; INFO included.
+logging.getLogger("persona_icm").setLevel(logging.INFO)
 
 
 def retry_helps(task: Any, task_run: Any, state: Any) -> bool:

@@ -1,8 +1,8 @@
 """Warehouse writes of a run. Only the flow process that owns the warehouse runs these.
 
 Every write is one transaction per (run, country, step) that replaces that key's rows, so a
-retried or re-run flow never duplicates. Retries cover DuckDB lock contention (another process
-holding the file), the one failure here that waiting can fix.
+retried or re-run flow never duplicates. Lock contention (another process holding the file) is
+waited out, with backoff, by open_warehouse itself.
 """
 
 from __future__ import annotations
@@ -13,27 +13,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.states import Crashed
 
 from persona_icm import metrics
 from persona_icm.config import RunConfig
-from persona_icm.warehouse import open_warehouse, write_results, write_run
+from persona_icm.run_status import RUNNING, claim_run, finish_run
+from persona_icm.warehouse import open_warehouse, write_results
 from tasks.common import ROOT, model_name
 from tasks.evaluation import MethodResult
 from tasks.search import SearchResult
-
-
-def _lock_contention(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except duckdb.IOException as exc:
-        return "lock" in str(exc).lower()
-    except Exception:
-        return False
-    return False
 
 
 def code_version() -> str:
@@ -63,17 +56,43 @@ def run_row(run_id: str, config: RunConfig, dataset_id: str, flow_run_id: str | 
     }
 
 
-@task(name="record-run", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+@task(name="record-run", cache_policy=NO_CACHE)
 def record_run(warehouse_path: Path, row: dict[str, Any]) -> None:
-    """Insert or replace the run's row in `runs` (status, timings, finish time)."""
+    """Insert or replace the run's row in `runs` (status, timings, finish time).
+
+    A `running` row claims the run for this process (run_status.claim_run: runs whose process
+    died are marked interrupted; a run_id a live process is running is refused)."""
     row = dict(row)
     if isinstance(row.get("timings"), dict):
         row["timings"] = json.dumps(row["timings"])
     with open_warehouse(warehouse_path) as wh:
-        write_run(wh, row)
+        if row["status"] == RUNNING:
+            interrupted = claim_run(wh, row)
+        else:
+            finish_run(wh, row)
+            interrupted = {}
+    if interrupted:
+        get_run_logger().warning("runs whose process is gone, marked interrupted: %s", ", ".join(interrupted))
+        mark_crashed([f for f in interrupted.values() if f is not None], f"its process died; seen by run {row['run_id']}")
 
 
-@task(name="persist-country", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+def mark_crashed(flow_run_ids: list[str], message: str) -> None:
+    """Put the flow runs (and their subflows) of dead processes in Prefect's Crashed state, as a
+    worker would for a process it started; best effort: the API being unreachable is only logged."""
+    try:
+        with get_client(sync_client=True) as client:
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=flow_run_ids))
+            )
+            runs = [client.read_flow_run(f) for f in flow_run_ids] + list(children)
+            for run in runs:
+                if run.state is not None and not run.state.is_final():
+                    client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping of other runs must not fail this one
+        get_run_logger().warning("could not mark the dead flow runs %s Crashed in Prefect: %s", flow_run_ids, exc)
+
+
+@task(name="persist-country", cache_policy=NO_CACHE)
 def persist_country(
     warehouse_path: Path, run_id: str, country: str, icm_seed: int, search: SearchResult,
     evaluations: list[MethodResult], bootstrap_samples: int, seed: int,
@@ -101,7 +120,7 @@ def persist_country(
     return written
 
 
-@task(name="aggregate-countries", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_lock_contention)
+@task(name="aggregate-countries", cache_policy=NO_CACHE)
 def aggregate_countries(warehouse_path: Path, run_id: str, bootstrap_samples: int, seed: int) -> int:
     """The countries-pooled metrics (country 'ALL') from the run's predictions in the warehouse."""
     with open_warehouse(warehouse_path) as wh:

@@ -21,7 +21,7 @@ from persona_icm.icm import (
     run_icm,
     temperature,
 )
-from persona_icm.icm_checkpoint import CheckpointMismatch
+from persona_icm.icm_checkpoint import CheckpointMismatch, previous_path
 from persona_icm.icm_engine import prefix_order
 from persona_icm.icm_state import Labelling, Pool
 from persona_icm.scoring.base import ScoreRequest
@@ -264,20 +264,31 @@ def test_checkpoint_for_another_run_is_refused(tmp_path):
                 checkpoint_path=path, show_progress=False)
 
 
+def _damage(path, how):
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2] if how == "truncate" else text.replace('\\"accepted\\":', '\\"accepted\\": ', 1))
+
+
 @pytest.mark.parametrize("damage", ["truncate", "tamper"])
-def test_damaged_checkpoint_is_logged_and_the_run_restarts_cleanly(tmp_path, caplog, damage):
+@pytest.mark.parametrize("previous_too", [False, True])
+def test_damaged_checkpoint_is_logged_and_the_run_resumes_from_the_last_good_one(tmp_path, caplog, damage, previous_too):
+    """A damaged checkpoint falls back to the one before it (<name>.prev); both damaged: from scratch."""
     claims = make_claims(8)
     config = icm_config("smoke", iterations=20, checkpoint_every=5)
     fresh = run_icm(claims, SyntheticScorer(truth_of(claims)), config, show_progress=False)
     path = tmp_path / "icm.json"
     with pytest.raises(RuntimeError):
         run_icm(claims, FailingScorer(truth_of(claims), fail_after=20), config, checkpoint_path=path, show_progress=False)
-    text = path.read_text()
-    path.write_text(text[: len(text) // 2] if damage == "truncate" else text.replace('\\"accepted\\":', '\\"accepted\\": ', 1))
+    latest = json.loads(json.loads(path.read_text())["payload"])["iteration"]
+    previous = json.loads(json.loads(previous_path(path).read_text())["payload"])["iteration"]
+    assert previous == latest - 5 > 0
+    _damage(path, damage)
+    if previous_too:
+        _damage(previous_path(path), damage)
     with caplog.at_level(logging.WARNING, logger="persona_icm.icm"):
         restarted = run_icm(claims, SyntheticScorer(truth_of(claims)), config, checkpoint_path=path, show_progress=False)
     assert "damaged ICM checkpoint" in caplog.text
-    assert restarted.counters.resumed_from is None
+    assert restarted.counters.resumed_from == (None if previous_too else previous)
     assert restarted.trace.equals(fresh.trace)
     assert json.loads(path.read_text())["sha256"]  # rewritten, valid again
 

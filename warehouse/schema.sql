@@ -1,4 +1,4 @@
--- schema_version: 2
+-- schema_version: 3
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -109,7 +109,7 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at    TIMESTAMPTZ NOT NULL,
     finished_at   TIMESTAMPTZ,
     timings       JSON,                      -- seconds per phase
-    status        VARCHAR NOT NULL           -- running | completed | failed
+    status        VARCHAR NOT NULL           -- running | completed | failed | interrupted (owner process gone)
 );
 
 -- persona_icm/icm.py LABELS_SCHEMA: the final labelling of one search.
@@ -331,3 +331,12 @@ SELECT dataset, country, method, accuracy_pct::DOUBLE AS accuracy_pct FROM (VALU
     ('all', 'United States', 'zero_shot_base', 74.0), ('all', 'France', 'zero_shot_base', 76.0), ('all', 'Japan', 'zero_shot_base', 72.0),
     ('all', 'ALL', 'icm', 81.9), ('all', 'ALL', 'golden', 84.9), ('all', 'ALL', 'zero_shot_chat', 81.6), ('all', 'ALL', 'zero_shot_base', 74.0)
 ) AS t(dataset, country, method, accuracy_pct);
+
+-- ---------------------------------------------------------------- run ownership (run_status.py)
+
+-- The process that runs (ran) the run: a `running` row whose owner is gone is `interrupted`
+-- (killed, preempted). interrupted_attempts: earlier attempts of this run_id that died unfinished.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_started DOUBLE;  -- the owner's start time (epoch s): PIDs get reused
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS interrupted_attempts INTEGER DEFAULT 0;
