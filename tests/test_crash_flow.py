@@ -67,7 +67,7 @@ def start_run(harness: str, warehouse: Path, results: Path, overrides: dict, log
         **os.environ, "PREFECT_API_URL": harness, "PERSONA_ICM_RESULTS": str(results), "PYTHONPATH": str(ROOT),
         "PREFECT_LOGGING_EXTRA_LOGGERS": "persona_icm", "TQDM_DISABLE": "1",
     }  # fmt: skip
-    command = [sys.executable, "-m", "persona_icm.cli", "--warehouse", str(warehouse), "run", "--preset", "smoke"]
+    command = [sys.executable, "-m", "flows.cli", "--warehouse", str(warehouse), "run", "--preset", "smoke"]
     for item in sets:
         command += ["--set", item]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -173,7 +173,7 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
         # rescoring a prompt the killed one had remembered may batch it differently, and the real
         # model's float32 result can then differ in the last bits (the synthetic scorer, batch
         # invariant, resumes bit for bit: test_icm.py). Bit-identity is reported, not required.
-        assert_frame_equal(frame, expected, check_exact=False, rtol=0, atol=1e-5)
+        assert_frame_equal(frame, expected, check_exact=False, rel_tol=0, abs_tol=1e-5)
         identical.append(f"{table} {'bit-identical' if frame.equals(expected) else 'within 1e-5'}")
     print(f"\n[fault] SIGKILL at checkpoint iterations {first} and {second} of {ITERATIONS}, then truncated checkpoint: "
           f"uninterrupted run {reference_seconds:.1f} s, last rerun to completion {resumed_seconds:.1f} s "
