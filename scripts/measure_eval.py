@@ -132,6 +132,10 @@ def main() -> None:
             predictions.append(result.predictions)
             demos.append(result.demos)
             print(json.dumps({k: v for k, v in timings.items() if k.startswith(country)}), flush=True)
+            partial = args.out / model / "partial"
+            partial.mkdir(parents=True, exist_ok=True)
+            result.predictions.write_parquet(partial / f"predictions-{country}.parquet")
+            result.demos.write_parquet(partial / f"demos-{country}.parquet")
         preds, dem = pl.concat(predictions), pl.concat(demos)
         n_boot = cfg.eval.bootstrap_samples
         metrics = pl.concat(
