@@ -154,7 +154,7 @@ def main() -> None:
         )
         print(table(metrics))
         curve = metrics.filter(
-            experiment="curve", method=pl.col("method").is_in(["icm", "golden", "random_matched"])
+            pl.col("experiment") == "curve", pl.col("method").is_in(["icm", "golden", "random_matched"])
         )
         print(
             curve.select(

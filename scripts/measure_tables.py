@@ -28,7 +28,7 @@ def main() -> None:
     pl.Config.set_fmt_str_lengths(40)
     print(f"countries: {sorted(preds['country'].unique())}, bootstrap samples {n_boot}")
     print(table(metrics))
-    curve = metrics.filter(experiment="curve", method=pl.col("method").is_in(["icm", "golden", "random_matched"]))
+    curve = metrics.filter(pl.col("experiment") == "curve", pl.col("method").is_in(["icm", "golden", "random_matched"]))
     print(curve.select("country", "method", "n_demos", "claim_acc", "claim_acc_std", "demo_label_acc").sort("method", "n_demos"))
 
 
