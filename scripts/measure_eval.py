@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from tqdm import tqdm
 
 from persona_icm.config import DEFAULT_COUNTRIES, build_config
 from persona_icm.evaluate import evaluate_country
@@ -61,7 +62,7 @@ def country_splits(cfg):
 def run_icm_labels(train, scorer, cfg) -> tuple[dict[str, int], float]:
     from persona_icm.icm import run_icm
 
-    result = run_icm(train, scorer, cfg.icm, show_progress=False)
+    result = run_icm(train, scorer, cfg.icm, show_progress=True)
     gold = {c.claim_id: c.gold for c in train}
     labels = result.label_of()
     acc = np.mean([labels[k] == gold[k] for k in labels]) if labels else float("nan")
@@ -113,10 +114,15 @@ def main() -> None:
             timings[f"{country}: icm_s"] = round(time.perf_counter() - t, 1)
             t = time.perf_counter()
             rng = np.random.default_rng([cfg.eval.seed, len(timings)])
-            result = evaluate_country(
-                base, split.train, split.test, cfg.eval,
-                icm_labels=labels, chat_scorer=chat, rng=rng, run_id=run_id,
-            )  # fmt: skip
+            with tqdm(desc=f"eval {country}", unit="prompt set") as bar:
+                def advance(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                result = evaluate_country(
+                    base, split.train, split.test, cfg.eval,
+                    icm_labels=labels, chat_scorer=chat, rng=rng, run_id=run_id, progress=advance,
+                )  # fmt: skip
             timings[f"{country}: eval_s"] = round(time.perf_counter() - t, 1)
             timings[f"{country}: n_train/n_pool/n_test/icm_label_acc"] = (
                 f"{len(split.train)}/{len(labels)}/{len(split.test)}/{label_acc:.3f}"
@@ -125,6 +131,11 @@ def main() -> None:
                 timings[f"{country}: skipped"] = result.skipped
             predictions.append(result.predictions)
             demos.append(result.demos)
+            print(json.dumps({k: v for k, v in timings.items() if k.startswith(country)}), flush=True)
+            partial = args.out / model / "partial"
+            partial.mkdir(parents=True, exist_ok=True)
+            result.predictions.write_parquet(partial / f"predictions-{country}.parquet")
+            result.demos.write_parquet(partial / f"demos-{country}.parquet")
         preds, dem = pl.concat(predictions), pl.concat(demos)
         n_boot = cfg.eval.bootstrap_samples
         metrics = pl.concat(
@@ -143,7 +154,7 @@ def main() -> None:
         )
         print(table(metrics))
         curve = metrics.filter(
-            experiment="curve", method=pl.col("method").is_in(["icm", "golden", "random_matched"])
+            pl.col("experiment") == "curve", pl.col("method").is_in(["icm", "golden", "random_matched"])
         )
         print(
             curve.select(
