@@ -1,7 +1,7 @@
 """`persona-icm` query commands: list runs, query the warehouse, rebuild a report.
 
     persona-icm runs
-    persona-icm sql "select * from results_by_country"
+    persona-icm sql "select * from results_by_country order by all"
     persona-icm sql warehouse/queries/latest_run_summary.sql
     persona-icm report RUN_ID
 

@@ -82,7 +82,7 @@ run() {
     local run_id
     run_id=$("$BIN/persona-icm" sql "SELECT run_id FROM runs ORDER BY coalesce(finished_at, started_at) DESC LIMIT 1" 2>/dev/null | grep -oE '(seed|paper|smoke)-[0-9a-f]{12}' | head -1 || true)
     echo
-    echo "warehouse: $ROOT/warehouse/persona_icm.duckdb   (persona-icm sql \"select * from results_by_country\")"
+    echo "warehouse: $ROOT/warehouse/persona_icm.duckdb   (persona-icm sql \"select * from results_by_country order by all\")"
     [ -n "$run_id" ] && echo "report:    $ROOT/warehouse/reports/$run_id/report.html"
     echo "Prefect UI: http://127.0.0.1:$PORT   (stop server and workers: make stop)"
 }

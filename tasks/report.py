@@ -42,7 +42,7 @@ def report(warehouse_path: Path, run_id: str) -> Path:
     create_markdown_artifact(
         f"# persona-icm run `{run_id}`\n\nReport: [{files.html.resolve()}]({files.html.resolve().as_uri()})\n\n"
         f"Charts:\n{links}\n\nWarehouse: `{Path(warehouse_path).resolve()}`; try "
-        f"`persona-icm sql \"select * from results_by_country where run_id = '{run_id}'\"`.\n",
+        f"`persona-icm sql \"select * from results_by_country where run_id = '{run_id}' order by all\"`.\n",
         key=artifact_key("report", run_id),
         description=f"Report of run {run_id}",
     )
