@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from persona_icm import claims, goqa
-from persona_icm.claims import Claim, CountrySplit
+from persona_icm.claims import CountrySplit
 from persona_icm.config import ModelSpec, RunConfig, build_config
 
 
@@ -144,18 +144,13 @@ def prompt_window(spec: ModelSpec, folder: str) -> int | None:
 
 def longest_prompt_tokens(encoder, split: CountrySplit) -> int:
     """Tokens of the longest base prompt the run builds for this country: every train claim as a
-    demo (the full ICM pool, also the largest evaluation demo set), then the longest query."""
-    def piece_len(text: str) -> int:
-        return len(encoder._piece(text))
+    demo (the full ICM pool, also the largest evaluation demo set) with its longer label, then the
+    longest query."""
+    from persona_icm.scoring.base import ScoreRequest
 
-    from persona_icm.prompts import SEPARATOR, header_text, query_text, row_text
-
-    def row(c: Claim) -> int:
-        return max(piece_len(row_text(c.question, c.option, c.country, y)) for y in (0, 1))
-
-    query = max(piece_len(query_text(c.question, c.option, c.country)) for c in split.train + split.test)
-    demos = sum(row(c) for c in split.train)
-    return len(encoder.bos_ids) + piece_len(header_text(split.country)) + demos + piece_len(SEPARATOR + "\n") + query
+    query = max(split.train + split.test, key=lambda c: len(encoder.pieces(ScoreRequest((), c))[-1]))
+    by_label = (encoder.pieces(ScoreRequest(tuple((c, y) for c in split.train), query)) for y in (0, 1))
+    return sum(max(len(a), len(b)) for a, b in zip(*by_label, strict=True))
 
 
 def check_models(config: RunConfig, splits: dict[str, CountrySplit]) -> tuple[dict[str, int], int | None]:
