@@ -1,6 +1,6 @@
 """Execution engines: how the search's scores and energies are obtained from a ClaimScorer.
 
-Both engines compute exactly the same numbers; only the model work differs.
+Both engines follow the same algorithm; only the model work differs (exactness: see Contract below).
 
 - `ReferenceEngine`: the straightforward path. Every prompt the algorithm needs is sent on its
   own, one backend call per prompt, nothing remembered.
