@@ -217,3 +217,89 @@ def test_allowed_token_ids_mode_sends_token_ids_and_reads_each_candidate(server,
     bodies = [b for _, b, _ in server.requests]
     assert [b["allowed_token_ids"] for b in bodies] == [[enc.true_id], [enc.false_id]]
     assert all(b["prompt"] == enc.encode(request) for b in bodies)
+
+
+def forced_reply(values: dict[int, float]):
+    """Stub reply of a vLLM server for one allowed_token_ids request: the forced token's log-prob."""
+
+    def reply(body):
+        (candidate,) = body["allowed_token_ids"]
+        out = completion_reply({"x": values[candidate]})
+        out["choices"][0]["logprobs"]["token_logprobs"] = [values[candidate]]
+        return (200, out)
+
+    return reply
+
+
+def test_allowed_token_ids_mode_scores_chat_prompts_as_template_tokens_on_completions(server, claims):
+    """The `full` deployment's chat baseline: a chat prompt in allowed_token_ids mode goes to
+    /completions as the chat template's token ids, with exactly one BOS (the template's)."""
+    tokenizer = build_tokenizer(add_bos=True)
+    chat = PromptEncoder(tokenizer, "chat")
+    server.default = forced_reply({chat.true_id: -0.25, chat.false_id: -2.0})
+    request = ScoreRequest((), claims[2], "chat")
+    scorer = scorer_for(server, mode="allowed_token_ids", tokenizer=tokenizer)
+    assert scorer.score([request]) == pytest.approx([1.75])
+    paths = [p for p, _, _ in server.requests]
+    bodies = [b for _, b, _ in server.requests]
+    assert paths == ["/v1/completions", "/v1/completions"]
+    assert [b["allowed_token_ids"] for b in bodies] == [[chat.true_id], [chat.false_id]]
+    ids = bodies[0]["prompt"]
+    assert ids == chat.encode(request) and ids[0] == tokenizer.bos_token_id
+    assert ids.count(tokenizer.bos_token_id) == 1
+
+
+@pytest.mark.parametrize("mode", ["allowed_token_ids", "top_logprobs"])
+def test_both_candidates_exactly_zero_is_an_error_not_a_score(server, claims, mode):
+    """A server that reports processed log-probs gives 0.0 for each forced token."""
+    from persona_icm.scoring.base import ProcessedLogprobs
+
+    tokenizer = build_tokenizer(add_bos=True)
+    enc = PromptEncoder(tokenizer)
+    if mode == "allowed_token_ids":
+        server.default = forced_reply({enc.true_id: 0.0, enc.false_id: 0.0})
+    else:
+        server.default = (200, completion_reply({" True": 0.0, " False": 0.0}))
+    scorer = scorer_for(server, mode=mode, tokenizer=tokenizer)
+    with pytest.raises(ProcessedLogprobs, match="exactly 0.0"):
+        scorer.score([ScoreRequest((), claims[0])])
+
+
+class ModelListingStub(StubServer):
+    """The stub plus GET /v1/models listing `served`."""
+
+    def __init__(self, served: list[str]):
+        super().__init__()
+        served_json = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in served]}).encode()
+
+        def do_GET(handler):  # noqa: N802
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(served_json)))
+            handler.end_headers()
+            handler.wfile.write(served_json)
+
+        self.httpd.RequestHandlerClass.do_GET = do_GET
+
+
+def test_probe_checks_model_listing_and_both_candidates(claims):
+    from persona_icm.scoring.openai import ModelNotServed
+
+    listing = ModelListingStub(["other-model"])
+    try:
+        listing.default = GOOD
+        with pytest.raises(ModelNotServed, match="'stub-model'.*other-model"):
+            scorer_for(listing).probe(ScoreRequest((), claims[0]))
+    finally:
+        listing.close()
+    served = ModelListingStub(["stub-model"])
+    try:
+        served.default = GOOD
+        scorer = scorer_for(served)
+        assert scorer.probe(ScoreRequest((), claims[0])) == pytest.approx(1.1)
+        assert scorer.calls == []  # the probe is not part of a run's accounting
+        served.default = (200, completion_reply({" True": -0.4, " Yes": -1.0}))
+        with pytest.raises(CandidateNotReturned):
+            scorer.probe(ScoreRequest((), claims[0]))
+    finally:
+        served.close()

@@ -133,3 +133,65 @@ def test_engine_start_failure_names_the_model_and_engine_args(monkeypatch):
     with pytest.raises(RuntimeError, match=r"failed to start for model '/m'.*'max_model_len': 999999.*exceeds"):
         load_engine("/m", VllmEngineArgs(max_model_len=999999))
     load_engine.cache_clear()
+
+
+def test_processed_logprobs_are_an_error_on_both_paths():
+    from persona_icm.scoring.base import ProcessedLogprobs
+
+    with pytest.raises(ProcessedLogprobs, match="exactly 0.0"):
+        log_odds("allowed_token_ids", [stub_output({7: 0.0}), stub_output({9: 0.0})], 7, 9)
+    with pytest.raises(ProcessedLogprobs):
+        log_odds("token_ids", [stub_output({7: 0.0, 9: 0.0})], 7, 9)
+    assert log_odds("allowed_token_ids", [stub_output({7: 0.0}), stub_output({9: -3.0})], 7, 9) == 3.0
+
+
+def test_an_engine_that_died_is_dropped_and_the_retry_builds_a_new_one(monkeypatch, tmp_path):
+    """vLLM is replaced by a stub module (no vLLM in this venv): LLM() counts the engines built;
+    the first engine's generate() dies like an engine core that crashed (EngineDeadError)."""
+    from persona_icm.config import ModelSpec
+    from persona_icm.scoring import make_scorer
+    from tests.tiny_model import write_tiny_model
+
+    built, shut_down = [], []
+
+    class EngineDead(RuntimeError):
+        pass
+
+    class StubLLM:
+        def __init__(self, **kwargs):
+            built.append(self)
+            core = SimpleNamespace(shutdown=lambda: shut_down.append(self))
+            self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=512), engine_core=core)
+
+        def generate(self, prompts, params, use_tqdm=False):
+            if self is built[0]:
+                raise EngineDead("EngineCore encountered an issue")
+            return [stub_output({p["logprob_token_ids"][0]: -1.0, p["logprob_token_ids"][1]: -2.0}) for p in params]
+
+    class StubSamplingParams(dict):
+        __struct_fields__ = NewSamplingParams.__struct_fields__
+
+    stub = types.ModuleType("vllm")
+    stub.LLM, stub.SamplingParams = StubLLM, StubSamplingParams
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = dict
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = SimpleNamespace(is_cpu=lambda: True)
+    for name, module in (("vllm", stub), ("vllm.inputs", inputs), ("vllm.platforms", platforms)):
+        monkeypatch.setitem(sys.modules, name, module)
+    load_engine.cache_clear()
+    spec = ModelSpec(backend="vllm", name=str(write_tiny_model(tmp_path / "tiny", head_dim=64)))
+    request = [ScoreRequest((), make_claims(2)[0])]
+    try:
+        first = make_scorer(spec)
+        with pytest.raises(EngineDead):
+            first.score(request)
+        assert shut_down == [built[0]] and first.closed
+        retry = make_scorer(spec)
+        assert retry is not first and retry.llm is built[1]
+        assert retry.score(request) == [pytest.approx(1.0)]
+    finally:
+        from persona_icm.scoring import release_local_models
+
+        release_local_models()
+        load_engine.cache_clear()

@@ -7,7 +7,7 @@ import threading
 from persona_icm.config import ModelSpec
 from persona_icm.scoring.base import CallRecord, ClaimScorer, PromptKind, ScoreRequest
 
-__all__ = ["CallRecord", "ClaimScorer", "PromptKind", "ScoreRequest", "make_scorer"]
+__all__ = ["CallRecord", "ClaimScorer", "PromptKind", "ScoreRequest", "make_scorer", "release_local_models"]
 
 _SCORERS: dict[ModelSpec, ClaimScorer] = {}
 
@@ -20,8 +20,9 @@ def make_scorer(spec: ModelSpec, api_key: str | None = None) -> ClaimScorer:
     `api_key` (openai backend) overrides the spec's environment variable; the flow passes the
     value of the spec's Prefect Secret block here.
     """
-    if spec in _SCORERS:
-        return _SCORERS[spec]
+    cached = _SCORERS.get(spec)
+    if cached is not None and not getattr(cached, "closed", False):
+        return cached
     if spec.backend in ("hf", "vllm") and threading.current_thread() is not threading.main_thread():
         raise RuntimeError("make_scorer must build local models on the main thread")
     if spec.backend == "hf":
@@ -76,3 +77,25 @@ def _make_openai(spec: ModelSpec, api_key: str | None = None) -> ClaimScorer:
         max_concurrency=api.max_concurrency,
     )
 
+
+
+def release_local_models() -> None:
+    """Free every hf/vllm model this process built (vLLM engines are shut down, so their GPU
+    memory goes back), so that the next model can use the same devices. The chat baseline calls
+    this when it runs in the process that held the base model."""
+    import gc
+
+    for spec, scorer in list(_SCORERS.items()):
+        if spec.backend in ("hf", "vllm"):
+            close = getattr(scorer, "close", None)
+            if close is not None:
+                close()
+            del _SCORERS[spec]
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

@@ -52,3 +52,17 @@ class CallLog:
 
     def record(self, n_prompts: int, prompt_tokens: int, cached_tokens: int | None, wall: float) -> None:
         self.calls.append(CallRecord(n_prompts, prompt_tokens, cached_tokens, wall, self.phase))
+
+
+class ProcessedLogprobs(RuntimeError):
+    """A backend returned processed (post-restriction) log-probs instead of raw ones."""
+
+
+def check_raw_pair(logprob_true: float, logprob_false: float, source: str) -> None:
+    """Both candidates at exactly 0.0 cannot both be raw log-probs (their probabilities would sum
+    to 2): the backend reported processed log-probs of a restricted vocabulary."""
+    if logprob_true == 0.0 and logprob_false == 0.0:
+        raise ProcessedLogprobs(
+            f"{source}: both candidates came back with log-prob exactly 0.0, so the server reports processed "
+            "log-probs, not raw ones; start vLLM with --logprobs-mode raw_logprobs (its default)"
+        )

@@ -9,11 +9,17 @@ Exactness. An API returns log-probs of the top-k next tokens, not of arbitrary t
   `CandidateNotReturned` instead of guessing (the fork silently scored it as "False").
   Candidates are matched by their decoded text, so a server whose tokenizer splits " True"
   into several tokens will also raise.
-- `allowed_token_ids` (vLLM's server, base prompts): per prompt, two requests restricted to one
-  candidate id each (`allowed_token_ids=[id]`, `logprobs=1`); the sampled token is then the
-  candidate and its reported log-prob is vLLM's raw full-vocabulary log-softmax (default
+- `allowed_token_ids` (vLLM's server): per prompt, two requests restricted to one candidate id
+  each (`allowed_token_ids=[id]`, `logprobs=1`); the sampled token is then the candidate and its
+  reported log-prob is vLLM's raw full-vocabulary log-softmax (default
   `logprobs_mode=raw_logprobs`), exact for every candidate. Prompts are sent as token ids from
-  the local tokenizer (`tokenizer`), so the server sees exactly the hf backend's tokens.
+  the local tokenizer (`tokenizer`) to /completions, so the server sees exactly the hf backend's
+  tokens; a chat prompt goes there too, as the chat template's tokens (its own BOS, once).
+  A server started with processed log-probs reports 0.0 for a forced token: both candidates at
+  exactly 0.0 raise `ProcessedLogprobs` (base.check_raw_pair), never a score of 0.
+
+Before a run, `probe()` asks the server once: it answers, serves the model, and returns both
+candidates (preflight calls it for every OpenAI-compatible model).
 
 Retries: 429, 5xx, timeouts and connection errors are retried with exponential backoff and
 jitter (tenacity); other HTTP errors fail at once with the server's message. When the retries
@@ -34,7 +40,7 @@ import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from persona_icm.prompts import chat_messages, prompt_text
-from persona_icm.scoring.base import CallLog, ScoreRequest
+from persona_icm.scoring.base import CallLog, PromptKind, ScoreRequest, check_raw_pair
 
 CANDIDATE_TEXT = {"base": (" True", " False"), "chat": ("True", "False")}
 
@@ -45,6 +51,10 @@ class NoLogprobsError(RuntimeError):
 
 class EndpointUnavailable(RuntimeError):
     """Every attempt at a request failed with a retryable error (429, 5xx, timeout, connection)."""
+
+
+class ModelNotServed(RuntimeError):
+    """The endpoint answers but does not list the configured model."""
 
 
 class CandidateNotReturned(RuntimeError):
@@ -181,14 +191,18 @@ class OpenAIScorer(CallLog):
                 f"mode='allowed_token_ids' on a vLLM server"
             )
         prompt_tokens, cached = _usage(reply)
+        check_raw_pair(top[true_text], top[false_text], f"{self.base_url} ({self.model}), query {request.query.claim_id}")
         return top[true_text] - top[false_text], prompt_tokens, cached
 
-    def _score_allowed(self, request: ScoreRequest) -> tuple[float, int, int | None]:
-        if request.kind != "base":
-            raise ValueError("mode 'allowed_token_ids' scores base prompts (completions endpoint) only")
+    def encoder(self, kind: PromptKind):
         from persona_icm.prompts import PromptEncoder
 
-        enc = self._encoders.get("base") or self._encoders.setdefault("base", PromptEncoder(self.tokenizer, "base"))
+        if kind not in self._encoders:
+            self._encoders[kind] = PromptEncoder(self.tokenizer, kind)
+        return self._encoders[kind]
+
+    def _score_allowed(self, request: ScoreRequest) -> tuple[float, int, int | None]:
+        enc = self.encoder(request.kind)
         ids = enc.encode(request)
         values, prompt_tokens, cached = [], 0, []
         for candidate in (enc.true_id, enc.false_id):
@@ -205,7 +219,29 @@ class OpenAIScorer(CallLog):
             n, c = _usage(reply)
             prompt_tokens += n
             cached.append(c)
+        check_raw_pair(values[0], values[1], f"{self.base_url} ({self.model}), query {request.query.claim_id}")
         return values[0] - values[1], prompt_tokens, None if None in cached else sum(cached)
+
+    # -- preflight ----------------------------------------------------------------------------
+    def probe(self, request: ScoreRequest) -> float:
+        """One check before a run: the server answers, lists `self.model` under /models, and
+        returns both candidates for `request` (raises with what is wrong otherwise)."""
+        try:
+            listing = self.client.get("/models")
+        except httpx.HTTPError as err:
+            raise EndpointUnavailable(f"{self.base_url}/models: no answer ({type(err).__name__}: {err})") from err
+        if listing.status_code == 200:
+            served = [m.get("id") for m in (listing.json().get("data") or [])]
+            if served and self.model not in served:
+                raise ModelNotServed(f"{self.base_url} does not serve model {self.model!r} (it serves {served})")
+        elif listing.status_code in (401, 403):
+            raise httpx.HTTPStatusError(
+                f"{self.base_url}/models returned HTTP {listing.status_code}: check the API key",
+                request=listing.request, response=listing,
+            )  # fmt: skip
+        (value,) = self.score([request])
+        self.calls.pop()  # the probe is not part of the run's accounting
+        return value
 
 
 def _first_choice(reply: dict) -> dict:

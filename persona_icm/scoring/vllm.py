@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from persona_icm.config import VllmEngineArgs
-from persona_icm.scoring.base import CallLog, PromptKind, ScoreRequest
+from persona_icm.scoring.base import CallLog, PromptKind, ScoreRequest, check_raw_pair
 
 LogprobPath = Literal["token_ids", "allowed_token_ids"]
 
@@ -84,10 +84,12 @@ def candidate_logprob(output, token_id: int) -> float:
 def log_odds(path: LogprobPath, outputs: Sequence, true_id: int, false_id: int) -> float:
     """s = log P(true) - log P(false) from the RequestOutputs of one prompt (see `sampling_kwargs`)."""
     if path == "token_ids":
-        (out,) = outputs
-        return candidate_logprob(out, true_id) - candidate_logprob(out, false_id)
-    out_true, out_false = outputs
-    return candidate_logprob(out_true, true_id) - candidate_logprob(out_false, false_id)
+        (out_true,) = (out_false,) = outputs
+    else:
+        out_true, out_false = outputs
+    lp_true, lp_false = candidate_logprob(out_true, true_id), candidate_logprob(out_false, false_id)
+    check_raw_pair(lp_true, lp_false, "vLLM engine")
+    return lp_true - lp_false
 
 
 def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu: bool = False) -> dict[str, Any]:
@@ -156,6 +158,7 @@ class VllmScorer(CallLog):
         super().__init__()
         from vllm import SamplingParams
 
+        self.closed = False
         self.model = model
         self.engine_args = engine_args or VllmEngineArgs()
         self.logprob_path = choose_logprob_path(SamplingParams, logprob_path)
@@ -163,6 +166,19 @@ class VllmScorer(CallLog):
         engine_limit = self.llm.llm_engine.model_config.max_model_len - 1
         self.max_prompt_tokens = min(max_prompt_tokens or engine_limit, engine_limit)
         self._encoders: dict[PromptKind, Any] = {}
+
+    def close(self) -> None:
+        """Shut the engine down (its engine-core and GPU worker processes exit, freeing their
+        memory) and forget it, so the next scorer for this model builds a fresh one."""
+        self.closed = True
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        load_engine.cache_clear()
+        if core is not None:
+            try:
+                core.shutdown()
+            except Exception as err:  # already dead: nothing left to free
+                warnings.warn(f"vLLM engine shutdown for {self.model!r}: {err}", stacklevel=2)
+        self.llm = None
 
     def encoder(self, kind: PromptKind):
         if kind not in self._encoders:
@@ -191,7 +207,13 @@ class VllmScorer(CallLog):
             for kwargs in kwargs_list:
                 engine_prompts.append(TokensPrompt(prompt_token_ids=prompts[i]))
                 engine_params.append(SamplingParams(**kwargs))
-        outputs = self.llm.generate(engine_prompts, engine_params, use_tqdm=len(engine_prompts) >= 64)
+        try:
+            outputs = self.llm.generate(engine_prompts, engine_params, use_tqdm=len(engine_prompts) >= 64)
+        except (ValueError, TypeError):  # a request vLLM refused; the engine is fine
+            raise
+        except Exception:
+            self.close()  # a dead engine core must not serve the retry: make_scorer builds a new one
+            raise
         scores, pos = [], 0
         for i, kwargs_list in zip(order, per_prompt, strict=True):
             n = len(kwargs_list)
