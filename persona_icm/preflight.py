@@ -153,18 +153,73 @@ def longest_prompt_tokens(encoder, split: CountrySplit) -> int:
     return sum(max(len(a), len(b)) for a, b in zip(*by_label, strict=True))
 
 
-def check_models(config: RunConfig, splits: dict[str, CountrySplit]) -> tuple[dict[str, int], int | None]:
-    """Every local model is findable; the base model's longest prompt per country fits its window."""
+def visible_gpus() -> int:
+    """CUDA devices this process may use (after CUDA_VISIBLE_DEVICES); 0 without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_model_host(config: RunConfig) -> None:
+    """Where a local model will run: vLLM is installed and its tensor-parallel group fits the
+    GPUs this process sees. Runs in the process that loads the model (a gpu worker's flow run)."""
+    for role, spec in (("base_model", config.base_model), ("chat_model", config.chat_model)):
+        if spec is None or spec.backend != "vllm":
+            continue
+        tp, gpus = spec.vllm.tensor_parallel_size, visible_gpus()
+        if tp > 1 and tp > gpus:
+            devices = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+            raise InputError(
+                f"{role}: vllm.tensor_parallel_size={tp} but this process sees {gpus} GPU(s) "
+                f"(CUDA_VISIBLE_DEVICES={devices}); give its worker {tp} GPUs or lower tensor_parallel_size"
+            )
+        if importlib.util.find_spec("vllm") is None:
+            raise InputError(f"{role}: backend 'vllm' needs the vllm package in this environment (pip install 'persona-icm[gpu]')")
+
+
+def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> None:
+    """One request to an OpenAI-compatible model before anything runs: it answers, serves the
+    model and returns both candidates (persona_icm.scoring.openai.OpenAIScorer.probe)."""
+    import httpx
+
+    from persona_icm.scoring import make_scorer
+    from persona_icm.scoring.base import ProcessedLogprobs, ScoreRequest
+    from persona_icm.scoring.openai import CandidateNotReturned, EndpointUnavailable, ModelNotServed, NoLogprobsError
+
+    kind = "chat" if role == "chat_model" else "base"
+    try:
+        make_scorer(spec, api_key=api_key).probe(ScoreRequest((), query, kind))
+    except (EndpointUnavailable, ModelNotServed, CandidateNotReturned, NoLogprobsError, ProcessedLogprobs,
+            httpx.HTTPError) as error:  # fmt: skip
+        raise InputError(f"{role} {spec.name!r} at {spec.openai.base_url}: {one_line(str(error))}") from None
+
+
+def check_models(
+    config: RunConfig,
+    splits: dict[str, CountrySplit],
+    models_here: bool = True,
+    api_keys: dict[str, str | None] | None = None,
+) -> tuple[dict[str, int], int | None]:
+    """Every local model is findable; every endpoint answers; the base model's longest prompt per
+    country fits its window. `models_here=False` (a fanned-out run's parent) leaves the checks of
+    the model host (vLLM installed, GPUs for tensor parallelism) to the process that loads the model."""
+    if models_here:
+        check_model_host(config)
+    some_query = next(c for split in splits.values() for c in split.test + split.train)
     for role, spec in (("chat_model", config.chat_model), ("base_model", config.base_model)):
         if spec is None:
             continue
         if spec.backend == "openai":
             api = spec.openai
-            if api.api_key_env and not getattr(api, "api_key_secret", None) and not os.environ.get(api.api_key_env):
+            key = (api_keys or {}).get(role)
+            if key is None and api.api_key_secret:
+                continue  # the flow's check passes the Secret block's value; without it nothing can be asked
+            if key is None and api.api_key_env and not os.environ.get(api.api_key_env):
                 raise InputError(f"{role}: environment variable {api.api_key_env} (the API key for {api.base_url}) is not set")
+            probe_endpoint(role, spec, some_query, key)
             continue
-        if spec.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise InputError(f"{role}: backend 'vllm' needs the vllm package in this environment (pip install 'persona-icm[gpu]')")
         folder = model_folder(spec)
         if role == "chat_model":
             continue
@@ -189,8 +244,8 @@ def check_models(config: RunConfig, splits: dict[str, CountrySplit]) -> tuple[di
     return {}, None
 
 
-def check_run(config: RunConfig) -> Preflight:
-    """All checks, cheapest first; InputError on the first problem."""
+def check_run(config: RunConfig, models_here: bool = True, api_keys: dict[str, str | None] | None = None) -> Preflight:
+    """All checks, cheapest first; InputError on the first problem (see check_models)."""
     dataset_id, splits = check_data(config)
-    longest, window = check_models(config, splits)
+    longest, window = check_models(config, splits, models_here, api_keys)
     return Preflight(dataset_id, splits, longest, window)

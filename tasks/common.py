@@ -27,11 +27,13 @@ def retry_helps(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry_condition_fn: retry unless the failure is one that waiting cannot fix (a bad
     input, an endpoint that returns no log-probs, a candidate outside the returned top-k)."""
     from persona_icm.preflight import InputError
-    from persona_icm.scoring.openai import CandidateNotReturned, NoLogprobsError
+    from persona_icm.scoring.base import ProcessedLogprobs
+    from persona_icm.scoring.openai import CandidateNotReturned, ModelNotServed, NoLogprobsError
 
     try:
         state.result()
-    except (InputError, NoLogprobsError, CandidateNotReturned, FileNotFoundError, ModuleNotFoundError):
+    except (InputError, NoLogprobsError, CandidateNotReturned, ProcessedLogprobs, ModelNotServed, FileNotFoundError,
+            ModuleNotFoundError):  # fmt: skip
         return False
     except Exception:
         return True

@@ -59,6 +59,15 @@ BAD = {
     "model_not_local_offline": (["--set", "base_model.name=no-org/no-such-model"], ["no-org/no-such-model", "HF_HUB_OFFLINE"]),
     "model_folder_missing": (["--set", "base_model.name=./no/such/folder"], ["./no/such/folder", "does not exist"]),
     "vllm_not_installed": (["--set", "base_model.backend=vllm"], ["base_model: backend 'vllm' needs the vllm package"]),
+    "tensor_parallel_above_visible_gpus": (
+        ["--set", "base_model.backend=vllm", "--set", "base_model.vllm.tensor_parallel_size=4"],
+        ["base_model: vllm.tensor_parallel_size=4 but this process sees 0 GPU(s)", "lower tensor_parallel_size"],
+    ),
+    "chat_endpoint_down": (
+        ["--set", "chat_model.backend=openai", "--set", "chat_model.name=m", "--set", "chat_model.openai.api_key_env=null",
+         "--set", "chat_model.openai.base_url=http://127.0.0.1:9/v1", "--set", "chat_model.openai.max_attempts=1"],
+        ["chat_model 'm' at http://127.0.0.1:9/v1", "no answer"],
+    ),
     "context_too_long": (
         ["--set", "base_model.max_prompt_tokens=200"],
         ["United States: the longest prompt", "pool of 12 train claims", "200", "lower data.train_cap to about"],
@@ -151,6 +160,15 @@ def test_flow_fails_at_once_without_retries_and_writes_nothing(case, harness, in
         "unknown_country": ({"data": {**overrides["data"], "countries": ["Atlantis"]}}, "unknown country"),
         "alpha_negative": ({"icm": {"alpha": -1}}, "icm.alpha"),
         "vllm_not_installed": (["--set", "base_model.backend=vllm"], ["base_model: backend 'vllm' needs the vllm package"]),
+    "tensor_parallel_above_visible_gpus": (
+        ["--set", "base_model.backend=vllm", "--set", "base_model.vllm.tensor_parallel_size=4"],
+        ["base_model: vllm.tensor_parallel_size=4 but this process sees 0 GPU(s)", "lower tensor_parallel_size"],
+    ),
+    "chat_endpoint_down": (
+        ["--set", "chat_model.backend=openai", "--set", "chat_model.name=m", "--set", "chat_model.openai.api_key_env=null",
+         "--set", "chat_model.openai.base_url=http://127.0.0.1:9/v1", "--set", "chat_model.openai.max_attempts=1"],
+        ["chat_model 'm' at http://127.0.0.1:9/v1", "no answer"],
+    ),
     "context_too_long": ({"base_model": {"name": inputs["model"], "max_prompt_tokens": 200}}, "longest prompt"),
     }
     change, message = expected[case]
@@ -208,3 +226,36 @@ def test_a_run_that_fails_after_the_checks_is_one_line_and_exit_1(inputs, tmp_pa
     assert capsys.readouterr().err.strip() == (
         "error: run failed: RuntimeError: http://gpu-box:8000/v1/completions failed 6 attempts (HTTP 503)"
     )
+
+
+@pytest.mark.parametrize(
+    ("served", "reply", "expected"),
+    [
+        (["another-model"], None, "does not serve model 'stub-model'"),
+        (["stub-model"], {"True": 0.0, "False": 0.0}, "log-prob exactly 0.0"),
+        (["stub-model"], {"True": -0.1, "Yes": -2.0}, "['False'] not among the top"),
+    ],
+)
+def test_preflight_probes_each_openai_compatible_model_once(inputs, served, reply, expected):
+    """The chat endpoint of a run is asked once before anything runs (STUB server: no model)."""
+    from tests.test_openai_scorer import ModelListingStub, chat_reply
+
+    stub = ModelListingStub(served)
+    stub.default = (200, chat_reply(reply or {"True": -0.1, "False": -2.0}))
+    overrides = {
+        "data": {"goqa_path": str(inputs["goqa"]), "countries": COUNTRIES, "train_cap": 12, "test_cap": 8},
+        "base_model": {"name": inputs["model"]},
+        "chat_model": {"backend": "openai", "name": "stub-model", "openai": {"base_url": stub.url, "api_key_env": None}},
+    }
+    try:
+        with pytest.raises(InputError, match=f"chat_model 'stub-model' at {stub.url}: .*" + _re_escape(expected)):
+            check_run(build_config("smoke", overrides))
+        assert [path for path, _, _ in stub.requests] == ([] if served == ["another-model"] else ["/v1/chat/completions"])
+    finally:
+        stub.close()
+
+
+def _re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
