@@ -1,22 +1,26 @@
-"""Flow `persona-icm-country`: the ICM search and every evaluation method for one country.
+"""Flow `persona-icm-country`: the ICM search and the base-model evaluations for one country.
 
 Called in process by `persona-icm` (a subflow), or run by a `gpu` pool worker through the
 deployment `persona-icm-country/country` when the parent fans out. It never writes the
-warehouse: its result (frames) goes back to the parent through Prefect result storage.
+warehouse: its result (frames) goes back to the parent through the result storage
+(tasks/storage.py). The zero-shot chat baseline is not here: it runs after the base model's
+engine is gone (flows/chat.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import flow
 
 from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
-from tasks.common import RESULTS_DIR
+from tasks.checks import check_model_host
 from tasks.evaluation import MethodResult, evaluate_method
 from tasks.search import SearchResult, icm_search
+from tasks.storage import checkpoint_dir, result_storage
+
+CHAT_METHOD = "zero_shot_chat"
 
 
 @dataclass(frozen=True)
@@ -26,15 +30,20 @@ class CountryResult:
     evaluations: list[MethodResult]
 
 
-@flow(name="persona-icm-country", flow_run_name="{country}", persist_result=True, result_storage=RESULTS_DIR)
-def country_flow(config: RunConfig, country: str, train: list[Claim], test: list[Claim], run_id: str) -> CountryResult:
-    """Search on `train`, then evaluate each configured method on `test` (tasks called directly:
-    the model runs on this process's main thread, one engine for all of them)."""
-    checkpoint_dir = Path(config.warehouse_path).resolve().parent / "checkpoints"
-    search = icm_search(train, config.icm, config.base_model, checkpoint_dir)
+@flow(name="persona-icm-country", flow_run_name="{country}", persist_result=True, result_storage=result_storage())
+def country_flow(
+    config: RunConfig, country: str, train: list[Claim], test: list[Claim], run_id: str, remote: bool = False
+) -> CountryResult:
+    """Search on `train`, then evaluate each configured base-model method on `test` (tasks called
+    directly: the model runs on this process's main thread, one engine for all of them).
+    `remote`: this is its own flow run on a worker, so the model host is checked here first."""
+    if remote:
+        check_model_host(config, roles=("base_model",))
+    search = icm_search(train, config.icm, config.base_model, checkpoint_dir(config.warehouse_path))
     labels = search.label_of()
     evaluations = [
-        evaluate_method(method, country, train, test, labels, config.eval, config.base_model, config.chat_model, run_id)
+        evaluate_method(method, country, train, test, labels, config.eval, config.base_model, None, run_id)
         for method in config.eval.methods
+        if method != CHAT_METHOD
     ]
     return CountryResult(country, search, evaluations)

@@ -1,12 +1,14 @@
-"""Flow `persona-icm`: data prep, each country (search + evaluation), persist, report.
+"""Flow `persona-icm`: data prep, each country (search + evaluation), the chat baseline, persist, report.
 
 Deploy it by module path (`flows.persona_icm:persona_icm`), never by file path: as a script this
 file would shadow the package `persona_icm`.
 
 Parameters: a preset (seed, paper, smoke) and nested overrides of the run config (editable in
-the Prefect UI); `fan_out=True` sends each country to the deployment
-`persona-icm-country/country` (gpu pool, one worker per GPU) and waits for all of them.
-Only this flow's process writes the warehouse.
+the Prefect UI). `fan_out=True` sends each country to the deployment `persona-icm-country/country`
+(gpu pool, one worker per tensor-parallel group of GPUs) and waits for all of them, each wait
+bounded; then the zero-shot chat baseline runs with the chat model alone (flows/chat.py): as the
+deployment `persona-icm-chat/chat` when fanned out and the chat model is local, else in this
+process after the base model is released. Only this flow's process writes the warehouse.
 """
 
 from __future__ import annotations
@@ -18,20 +20,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.deployments import run_deployment
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.chat import CHAT_METHOD, chat_flow
 from flows.country import CountryResult, country_flow
 from persona_icm.claims import CountrySplit
 from persona_icm.config import RunConfig
-from persona_icm.preflight import Preflight, build_checked_config, check_run
+from persona_icm.preflight import build_checked_config
+from persona_icm.scoring import release_local_models
+from tasks.checks import check_inputs
 from tasks.data import build_claims_and_splits, ingest_goqa, load_country_split
+from tasks.evaluation import MethodResult
+from tasks.fanout import run_remotely
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
 from tasks.report import report
 
 COUNTRY_DEPLOYMENT = "persona-icm-country/country"
+CHAT_DEPLOYMENT = "persona-icm-chat/chat"
+LOCAL_BACKENDS = ("hf", "vllm")
 
 
 def run_id_for(config: RunConfig, dataset_id: str, code: str) -> str:
@@ -40,27 +47,42 @@ def run_id_for(config: RunConfig, dataset_id: str, code: str) -> str:
     return f"{config.preset}-{digest.hexdigest()[:12]}"
 
 
-@task(name="check-inputs", cache_policy=NO_CACHE, retries=0)
-def check_inputs(config: RunConfig) -> Preflight:
-    """GOQA file, selection, config values, models and prompt length, before anything is written
-    (persona_icm.preflight). No retries: waiting does not fix a bad input."""
-    checked = check_run(config)
-    get_run_logger().info("inputs ok: longest prompt %s tokens (window %s)", checked.longest_prompt, checked.window)
-    return checked
+def with_tensor_parallel_size(overrides: dict[str, Any] | None, size: int | None) -> dict[str, Any] | None:
+    """`overrides` with vllm.tensor_parallel_size set on every vLLM model (None: unchanged)."""
+    if size is None:
+        return overrides
+    out = dict(overrides or {})
+    for role in ("base_model", "chat_model"):
+        spec = out.get(role)
+        if isinstance(spec, dict) and spec.get("backend") == "vllm":
+            out[role] = {**spec, "vllm": {**(spec.get("vllm") or {}), "tensor_parallel_size": size}}
+    return out
 
 
-@task(name="run-country-deployment")
-def run_country_remotely(config: RunConfig, split: CountrySplit, run_id: str) -> CountryResult:
-    """Run one country on a gpu worker through the country deployment; wait for its result."""
-    child = run_deployment(
-        COUNTRY_DEPLOYMENT,
-        parameters={"config": config.model_dump(mode="json"), "country": split.country,
-                    "train": split.train, "test": split.test, "run_id": run_id},
-        timeout=None,
-    )  # fmt: skip
-    if not child.state.is_completed():
-        raise RuntimeError(f"country run {child.name} for {split.country} ended {child.state.name}")
-    return child.state.result()
+def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: str, timeout: float) -> list[CountryResult]:
+    """Each country as its own flow run on the gpu pool; every wait bounded."""
+    futures = [
+        run_remotely.submit(
+            COUNTRY_DEPLOYMENT,
+            {"config": config.model_dump(mode="json"), "country": s.country, "train": s.train, "test": s.test,
+             "run_id": run_id, "remote": True},
+            s.country, timeout,
+        )  # fmt: skip
+        for s in splits
+    ]
+    return [f.result() for f in futures]
+
+
+def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float) -> dict[str, MethodResult]:
+    """The zero-shot chat baseline, with no base model alive beside the chat model."""
+    parts = {s.country: (s.train, s.test) for s in splits}
+    local = config.chat_model is not None and config.chat_model.backend in LOCAL_BACKENDS
+    if fan_out and local:
+        parameters = {"config": config.model_dump(mode="json"), "splits": parts, "run_id": run_id, "remote": True}
+        return run_remotely(CHAT_DEPLOYMENT, parameters, "zero-shot chat", timeout)
+    if local:
+        release_local_models()
+    return chat_flow(config, parts, run_id)
 
 
 @flow(name="persona-icm", log_prints=True)
@@ -68,12 +90,19 @@ def persona_icm(
     preset: Literal["seed", "paper", "smoke"] = "smoke",
     overrides: dict[str, Any] | None = None,
     fan_out: bool = False,
+    tensor_parallel_size: int | None = None,
+    country_timeout_hours: float = 48.0,
 ) -> str:
-    """The whole experiment for the configured countries; returns the run_id."""
+    """The whole experiment for the configured countries; returns the run_id.
+
+    tensor_parallel_size: sets vllm.tensor_parallel_size of every vLLM model (`make run` passes
+    the GPUs each gpu worker owns). country_timeout_hours: how long a fanned-out country (or the
+    chat step) may take before it is cancelled and fails."""
     log = get_run_logger()
-    config = build_checked_config(preset, overrides)
-    check_inputs(config)
+    config = build_checked_config(preset, with_tensor_parallel_size(overrides, tensor_parallel_size))
+    check_inputs(config, models_here=not fan_out)
     warehouse = Path(config.warehouse_path).resolve()
+    timeout = country_timeout_hours * 3600
     timings: dict[str, float] = {}
     started_at, clock = datetime.now(UTC), time.perf_counter()
 
@@ -88,14 +117,16 @@ def persona_icm(
 
     try:
         if fan_out:
-            futures = [run_country_remotely.submit(config, split, run_id) for split in splits]
-            results = [f.result() for f in futures]
+            results = countries_remotely(config, splits, run_id, timeout)
         else:
             results = [country_flow(config, s.country, s.train, s.test, run_id) for s in splits]
         timings["countries"] = time.perf_counter() - clock - timings["data"]
+        chat = chat_baseline(config, splits, run_id, fan_out, timeout) if CHAT_METHOD in config.eval.methods else {}
+        timings["chat"] = time.perf_counter() - clock - timings["data"] - timings["countries"]
         for result in results:
+            evaluations = result.evaluations + ([chat[result.country]] if result.country in chat else [])
             persist_country(
-                warehouse, run_id, result.country, config.icm.seed, result.search, result.evaluations,
+                warehouse, run_id, result.country, config.icm.seed, result.search, evaluations,
                 config.eval.bootstrap_samples, config.eval.seed,
             )  # fmt: skip
         aggregate_countries(warehouse, run_id, config.eval.bootstrap_samples, config.eval.seed)

@@ -162,10 +162,11 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_model_host(config: RunConfig) -> None:
+def check_model_host(config: RunConfig, roles: tuple[str, ...] = ("base_model", "chat_model")) -> None:
     """Where a local model will run: vLLM is installed and its tensor-parallel group fits the
     GPUs this process sees. Runs in the process that loads the model (a gpu worker's flow run)."""
-    for role, spec in (("base_model", config.base_model), ("chat_model", config.chat_model)):
+    for role in roles:
+        spec = getattr(config, role)
         if spec is None or spec.backend != "vllm":
             continue
         tp, gpus = spec.vllm.tensor_parallel_size, visible_gpus()
@@ -186,7 +187,12 @@ def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> No
 
     from persona_icm.scoring import make_scorer
     from persona_icm.scoring.base import ProcessedLogprobs, ScoreRequest
-    from persona_icm.scoring.openai import CandidateNotReturned, EndpointUnavailable, ModelNotServed, NoLogprobsError
+    from persona_icm.scoring.openai import (
+        CandidateNotReturned,
+        EndpointUnavailable,
+        ModelNotServed,
+        NoLogprobsError,
+    )
 
     kind = "chat" if role == "chat_model" else "base"
     try:

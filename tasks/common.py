@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,6 @@ from persona_icm.scoring import make_scorer
 from persona_icm.scoring.base import CallRecord, ClaimScorer
 
 ROOT = Path(__file__).resolve().parent.parent
-# Persisted task results (the cached ICM searches); PERSONA_ICM_RESULTS moves them (tests do).
-RESULTS_DIR = Path(os.environ.get("PERSONA_ICM_RESULTS", ROOT / "warehouse" / "results"))
 GPU = "gpu"  # tag of every task that runs a model
 # The library's own notices (a resumed search, a damaged checkpoint, a locked warehouse) reach the
 # flow run logs through pyproject's [tool.prefect.logging] extra_loggers; INFO included.

@@ -39,11 +39,14 @@ def evaluate_method(
     chat_model: ModelSpec | None,
     run_id: str,
 ) -> MethodResult:
-    """Predictions of one method on `country`'s test claims (demos: the ICM pool's claims)."""
-    scorer = scorer_for(base_model)
-    chat = scorer_for(chat_model) if method == "zero_shot_chat" and chat_model is not None else None
+    """Predictions of one method on `country`'s test claims (demos: the ICM pool's claims).
+    zero_shot_chat loads only the chat model (none: the method is skipped)."""
+    if method == "zero_shot_chat":
+        scorer, chat = None, scorer_for(chat_model) if chat_model is not None else None
+    else:
+        scorer, chat = scorer_for(base_model), None
     backend = chat or scorer
-    mark = len(backend.calls)
+    mark = len(backend.calls) if backend is not None else 0
     progress = ProgressArtifact(f"evaluation {method}, {country}: prompt sets scored")
     result = evaluate_country(
         scorer, train, test, config.model_copy(update={"methods": [method]}),
@@ -53,4 +56,5 @@ def evaluate_method(
     if skipped:
         get_run_logger().warning("%s skipped for %s: %s", method, country, skipped)
     model = model_name(chat_model if chat is not None else base_model)
-    return MethodResult(method, result.predictions, result.demos, calls_frame(backend.calls[mark:], model), skipped)
+    calls = backend.calls[mark:] if backend is not None else []
+    return MethodResult(method, result.predictions, result.demos, calls_frame(calls, model), skipped)

@@ -16,13 +16,13 @@ from persona_icm.config import IcmConfig, ModelSpec
 from persona_icm.icm import default_run_key, run_icm
 from tasks.common import (
     GPU,
-    RESULTS_DIR,
     ProgressArtifact,
     calls_frame,
     model_name,
     retry_helps,
     scorer_for,
 )
+from tasks.storage import CheckpointMirror, result_storage
 
 
 @dataclass(frozen=True)
@@ -57,19 +57,27 @@ def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     tags=[GPU],
     cache_key_fn=_cache_key,
     persist_result=True,
-    result_storage=RESULTS_DIR,
+    result_storage=result_storage(),
     cache_expiration=timedelta(days=365),
     retries=1,
     retry_delay_seconds=10,
     retry_condition_fn=retry_helps,
 )
 def icm_search(train: list[Claim], icm: IcmConfig, model: ModelSpec, checkpoint_dir: Path) -> SearchResult:
-    """Run (or resume from checkpoint_dir/<key>.ckpt) the search over one country's train claims."""
+    """Run (or resume from checkpoint_dir/<key>.ckpt) the search over one country's train claims.
+    With a URL storage the checkpoint is fetched from it first and copied back after each save."""
     log = get_run_logger()
     key = search_key(train, icm, model)
     scorer = scorer_for(model)
     country = train[0].country
     progress = ProgressArtifact(f"ICM search, {country}: iterations done")
+    checkpoint = Path(checkpoint_dir) / f"{key}.ckpt"
+    mirror = CheckpointMirror(checkpoint)
+    mirror.fetch()
+
+    def on_progress(p) -> None:
+        progress(p.iteration, p.iterations)
+        mirror.push_if_saved()
     mark = len(scorer.calls)
     previous_phase = getattr(scorer, "phase", None)
     if previous_phase is not None:
@@ -77,10 +85,11 @@ def icm_search(train: list[Claim], icm: IcmConfig, model: ModelSpec, checkpoint_
     try:
         result = run_icm(
             train, scorer, icm,
-            checkpoint_path=Path(checkpoint_dir) / f"{key}.ckpt",
+            checkpoint_path=checkpoint,
             run_key=key,
-            on_progress=lambda p: progress(p.iteration, p.iterations),
+            on_progress=on_progress,
         )  # fmt: skip
+        mirror.push_if_saved()
     finally:
         if previous_phase is not None:
             scorer.phase = previous_phase

@@ -16,7 +16,8 @@ def harness(tmp_path_factory):
     os.environ["PERSONA_ICM_RESULTS"] = str(home / "results")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    sys.modules.pop("tasks.common", None)  # RESULTS_DIR is read at import
+    for name in [m for m in sys.modules if m.split(".")[0] in ("tasks", "flows")]:
+        sys.modules.pop(name)  # result storage is read when tasks and flows are defined (tasks/storage.py)
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):

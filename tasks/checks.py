@@ -1,0 +1,28 @@
+"""Input checks as tasks without retries: waiting does not fix a bad input."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from persona_icm import preflight
+from persona_icm.config import RunConfig
+from persona_icm.preflight import Preflight
+from tasks.common import api_key_from_secret
+
+
+@task(name="check-inputs", cache_policy=NO_CACHE, retries=0)
+def check_inputs(config: RunConfig, models_here: bool = True) -> Preflight:
+    """GOQA file, selection, config values, models, endpoints and prompt length, before anything
+    is written (persona_icm.preflight). `models_here=False`: the models run on other workers,
+    which check their own host (check_model_host)."""
+    keys = {role: api_key_from_secret(spec) for role, spec in (("base_model", config.base_model), ("chat_model", config.chat_model)) if spec}
+    checked = preflight.check_run(config, models_here=models_here, api_keys=keys)
+    get_run_logger().info("inputs ok: longest prompt %s tokens (window %s)", checked.longest_prompt, checked.window)
+    return checked
+
+
+@task(name="check-model-host", cache_policy=NO_CACHE, retries=0)
+def check_model_host(config: RunConfig, roles: tuple[str, ...]) -> None:
+    """On the worker that loads the model: vLLM installed, enough GPUs for tensor parallelism."""
+    preflight.check_model_host(config, roles)
