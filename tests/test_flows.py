@@ -107,7 +107,7 @@ def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
     assert _counts(warehouse) == first
 
 
-@pytest.mark.parametrize("name", ["full", "smoke", "country"])
+@pytest.mark.parametrize("name", ["full", "rehearsal", "smoke", "country", "chat"])
 def test_each_deployment_imports_and_its_run_config_validates(name):
     from prefect.flows import load_flow_from_entrypoint
 
@@ -115,10 +115,13 @@ def test_each_deployment_imports_and_its_run_config_validates(name):
 
     deployment = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}[name]
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
-    assert flow.name == ("persona-icm-country" if name == "country" else "persona-icm")
+    assert flow.name == {"country": "persona-icm-country", "chat": "persona-icm-chat"}.get(name, "persona-icm")
     params = deployment.get("parameters", {})
+    assert set(params) <= set(flow.parameters.properties)
     if "preset" in params:
-        config = build_config(params["preset"], params.get("overrides"))
+        from flows.persona_icm import with_tensor_parallel_size
+
+        config = build_config(params["preset"], with_tensor_parallel_size(params.get("overrides"), params.get("tensor_parallel_size")))
         assert config.preset == params["preset"]
 
 
@@ -133,8 +136,11 @@ def test_prefect_deploy_all_accepts_prefect_yaml(harness):
     done = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     with get_client(sync_client=True) as client:
-        for name, pool in (("persona-icm/full", "gpu"), ("persona-icm/smoke", "cpu"), ("persona-icm-country/country", "gpu")):
+        for name, pool in (("persona-icm/full", "cpu"), ("persona-icm/rehearsal", "cpu"), ("persona-icm/smoke", "cpu"),
+                           ("persona-icm-country/country", "gpu"), ("persona-icm-chat/chat", "gpu")):  # fmt: skip
             deployment = client.read_deployment_by_name(name)
             assert deployment.work_pool_name == pool
+            if pool == "gpu":
+                assert deployment.job_variables["env"]["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
             # {{ $PERSONA_ICM_ROOT }} is filled in at deploy time: workers run from this checkout
             assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)

@@ -1,0 +1,61 @@
+"""The server-side automation that turns a lost flow run into a Crashed one.
+
+A flow run whose worker or machine dies stays Running forever: nobody is left to report its
+end. Flow runs started from the country and chat deployments send a heartbeat event every
+PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (set in prefect.yaml); this automation marks a run
+Crashed when `within` seconds pass without a heartbeat or a final state. The parent's bounded
+wait (tasks/fanout.py) then sees Crashed, retries that country once and otherwise fails it by name.
+
+    python -m flows.automations            # create it on the server of PREFECT_API_URL (idempotent)
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+NAME = "persona-icm: crash flow runs that stopped sending heartbeats"
+
+
+def ensure_crash_lost_runs(within_seconds: int = 120) -> str:
+    """Create the automation unless one of that name exists; returns its id."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        return str(Automation.read(name=NAME).id)
+    except ValueError:  # not found
+        pass
+    automation = Automation(
+        name=NAME,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within_seconds),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {within_seconds} s: its worker or machine was lost",
+            )
+        ],
+    )
+    return str(automation.create().id)
+
+
+if __name__ == "__main__":
+    seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 120
+    print(f"automation {ensure_crash_lost_runs(seconds)}: {NAME} (after {seconds} s)")
