@@ -1,0 +1,103 @@
+"""Waiting for a fanned-out child flow run is bounded (tasks/fanout.py), on a real Prefect test
+server. The children are runs of a deployment on a pool with no worker, so nothing executes
+them: the first test lets the bound expire; in the second a thread plays the server's
+lost-run automation (flows/automations.py) and marks each child Crashed, as it would when the
+child's heartbeats stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prefect import flow
+
+pytestmark = pytest.mark.slow
+
+
+@flow(name="persona-icm-test-idle-child")
+def idle_child() -> str:
+    return "never runs"
+
+
+def idle_deployment(pool: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        except Exception:  # exists from an earlier test
+            pass
+    idle_child.to_deployment(name=pool).apply(work_pool_name=pool)
+    return f"persona-icm-test-idle-child/{pool}"
+
+
+def children_of(deployment: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def test_a_child_that_never_finishes_is_cancelled_at_the_bound_and_its_country_fails(harness):
+    from tasks.fanout import run_remotely
+
+    deployment = idle_deployment("nobody-home")
+
+    @flow
+    def parent() -> object:
+        return run_remotely(deployment, {}, "Atlantis", 4)
+
+    start = time.monotonic()
+    state = parent(return_state=True)
+    waited = time.monotonic() - start
+    assert state.is_failed() and waited < 60
+    with pytest.raises(Exception, match=r"Atlantis: flow run .* had no result within 4 s \(it was (Scheduled|Late|Pending)\); cancelled"):
+        state.result()
+    (child,) = children_of(deployment)
+    assert child.state.name in ("Cancelling", "Cancelled")
+    print(f"bounded wait: failed after {waited:.1f} s for a 4 s bound")
+
+
+def test_a_crashed_child_is_retried_once_then_fails_naming_its_country(harness):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    from tasks.fanout import ChildCrashed, run_remotely
+
+    deployment = idle_deployment("lost-workers")
+    crashed: set = set()
+    stop = threading.Event()
+
+    def lost_run_automation():
+        while not stop.is_set():
+            with get_client(sync_client=True) as client:
+                for run in children_of(deployment):
+                    if run.id not in crashed:
+                        client.set_flow_run_state(run.id, Crashed(message="no heartbeat for 120 s"), force=True)
+                        crashed.add(run.id)
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=lost_run_automation, daemon=True)
+    thread.start()
+
+    @flow
+    def parent() -> object:
+        return run_remotely(deployment, {}, "Atlantis", 600)
+
+    try:
+        start = time.monotonic()
+        state = parent(return_state=True)
+        waited = time.monotonic() - start
+    finally:
+        stop.set()
+        thread.join()
+    assert state.is_failed() and waited < 120
+    with pytest.raises(ChildCrashed, match=r"Atlantis: flow run .* ended Crashed: no heartbeat for 120 s"):
+        state.result()
+    assert len(crashed) == 2  # the first child and the retry's
+    print(f"crashed child: retried once, failed after {waited:.1f} s")
