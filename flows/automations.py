@@ -2,8 +2,9 @@
 
 A flow run whose worker or machine dies stays Running forever: nobody is left to report its
 end. Flow runs started from the country and chat deployments send a heartbeat event every
-PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (set in prefect.yaml); this automation marks a run
-Crashed when `within` seconds pass without a heartbeat or a final state. The parent's bounded
+PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30, set in prefect.yaml); this automation marks such a
+run Crashed when `within` seconds pass without a heartbeat or a final state. It watches only
+those flows: other flow runs beat at Prefect's default pace (every 180 s). The parent's bounded
 wait (tasks/fanout.py) then sees Crashed, retries that country once and otherwise fails it by name.
 
     python -m flows.automations            # create it on the server of PREFECT_API_URL (idempotent)
@@ -14,7 +15,8 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 
-NAME = "persona-icm: crash flow runs that stopped sending heartbeats"
+NAME = "persona-icm: crash country and chat runs that stopped sending heartbeats"
+WATCHED_FLOWS = ("persona-icm-country", "persona-icm-chat")
 
 
 def ensure_crash_lost_runs(within_seconds: int = 120) -> str:
@@ -41,6 +43,8 @@ def ensure_crash_lost_runs(within_seconds: int = 120) -> str:
                 "prefect.flow-run.Crashed",
             },
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            # only runs that beat every 30 s by their deployment's settings; others beat every 180 s
+            match_related=ResourceSpecification({"prefect.resource.role": "flow", "prefect.resource.name": list(WATCHED_FLOWS)}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,

