@@ -94,6 +94,10 @@ def test_vllm_scores_equal_transformers_and_prefix_cache_hits(vllm_python, tmp_p
         (call,) = out[path]["calls"]
         assert call["n_prompts"] == len(requests)
 
+    rebuilt = out["rebuilt"]
+    assert rebuilt["closed"] and rebuilt["new_engine"]
+    assert max(abs(a - b) for a, b in zip(rebuilt["scores"], reference, strict=True)) < 1e-4
+
     first, second = out["cache_probe"]
     print(f"cache probe: {first} then {second}")
     assert first["cached_tokens"] == 0, "a fresh engine cannot have cached anything"

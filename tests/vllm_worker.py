@@ -45,6 +45,16 @@ def main(spec_path: str, out_path: str) -> None:
         assert scorer.llm is auto.llm, "the engine must be built once per process"
         scorer.llm.reset_prefix_cache()  # each path's CallRecord counts only its own reuse
         out[path] = {"scores": scorer.score(requests), "calls": [asdict(c) for c in scorer.calls]}
+
+    # As before the chat baseline in process: the models are released (engine shut down) and the
+    # next scorer for the same spec builds a new engine that scores the same.
+    from persona_icm.scoring import release_local_models
+
+    first_engine = auto.llm
+    release_local_models()
+    rebuilt = make_scorer(ModelSpec(backend="vllm", name=spec["model"], vllm=args))
+    out["rebuilt"] = {"closed": auto.closed and auto.llm is None, "new_engine": rebuilt.llm is not first_engine,
+                      "scores": rebuilt.score(requests)}  # fmt: skip
     open(out_path, "w").write(json.dumps(out, indent=1))
 
 
