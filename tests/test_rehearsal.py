@@ -18,6 +18,7 @@ ends Crashed within a bound and its retry completes. Prints the wall time by pha
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,6 +179,7 @@ def hf_check(warehouse: str, run_id: str) -> tuple[float, int]:
 
 def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -215,6 +217,9 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
         marks["parent final"] = time.monotonic() - t0
         children = {d: flow_runs(client, d) for d in ("persona-icm-country/country", "persona-icm-chat/chat")}
         parent_run = client.read_flow_run(parent.id)
+        retried = [r for r in children["persona-icm-country/country"] if r.name == victim.name and r.id != victim.id]
+        resumed = [log.message for r in retried for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id])))
+                   if re.search(r"ICM .*\(resumed from \d+\)", log.message)]  # fmt: skip
 
     print(f"\nrehearsal {final.name} in {marks['parent final']:.0f} s; lost worker marked Crashed {lost_after:.0f} s after the kill")
     for name, t in marks.items():
@@ -228,6 +233,8 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
     country_runs = children["persona-icm-country/country"]
     assert sorted(r.state_name for r in country_runs) == ["Completed", "Completed", "Crashed"]
     assert [r.state_name for r in children["persona-icm-chat/chat"]] == ["Completed"]
+    print(f"the retry of {victim.name}: {resumed}")
+    assert resumed, "the retried country did not resume its search from the checkpoint in the shared storage"
 
     warehouse = params["overrides"]["warehouse_path"]
     with open_warehouse(warehouse, read_only=True) as wh:
