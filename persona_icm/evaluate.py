@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from persona_icm.claims import Claim
 from persona_icm.config import EvalConfig
-from persona_icm.scoring.base import ClaimScorer, ScoreRequest
+from persona_icm.scoring.base import ClaimScorer, ScoreRequest, record_calls
 
 log = logging.getLogger(__name__)
 
@@ -332,34 +332,19 @@ def _score_prompt_sets(
 ) -> list[tuple[_PromptSet, list[float]]]:
     """Score every test claim after each prompt set's context: one call per set (batched).
 
-    Backends with a `phase` attribute (CallLog) record each call as phase "eval:<method>";
-    their previous phase is restored afterwards.
+    Each call is recorded as phase "eval:<method>" (scoring.base.record_calls).
     """
-    backends = [b for b in (scorer, chat_scorer) if b is not None and hasattr(b, "phase")]
-    phases = [b.phase for b in backends]
     out = []
-    try:
-        for done, p in enumerate(
-            tqdm(prompt_sets, desc=f"evaluate {test[0].country}", unit="call", leave=False), start=1
-        ):
-            backend = chat_scorer if p.kind == "chat" else scorer
-            if backend in backends:
-                backend.phase = f"eval:{p.method}"
-            requests = [ScoreRequest(p.context, query, p.kind) for query in test]
-            if batched:
-                scores = backend.score(requests)
-            else:
-                scores = [s for r in requests for s in backend.score([r])]
-            if len(scores) != len(requests):
-                raise RuntimeError(
-                    f"scorer returned {len(scores)} scores for {len(requests)} requests ({p.method})"
-                )
-            out.append((p, [float(s) for s in scores]))
-            if progress is not None:
-                progress(done, len(prompt_sets))
-    finally:
-        for backend, phase in zip(backends, phases, strict=True):
-            backend.phase = phase
+    for done, p in enumerate(tqdm(prompt_sets, desc=f"evaluate {test[0].country}", unit="call", leave=False), start=1):
+        backend = chat_scorer if p.kind == "chat" else scorer
+        requests = [ScoreRequest(p.context, query, p.kind) for query in test]
+        with record_calls(backend, f"eval:{p.method}"):
+            scores = backend.score(requests) if batched else [s for r in requests for s in backend.score([r])]
+        if len(scores) != len(requests):
+            raise RuntimeError(f"scorer returned {len(scores)} scores for {len(requests)} requests ({p.method})")
+        out.append((p, [float(s) for s in scores]))
+        if progress is not None:
+            progress(done, len(prompt_sets))
     return out
 
 

@@ -46,7 +46,7 @@ from persona_icm.icm_checkpoint import (
 from persona_icm.icm_energy import Energy
 from persona_icm.icm_engine import make_engine
 from persona_icm.icm_state import UNLABELLED, Labelling, Pool
-from persona_icm.scoring.base import ClaimScorer
+from persona_icm.scoring.base import ClaimScorer, record_calls
 
 log = logging.getLogger(__name__)
 
@@ -378,23 +378,17 @@ def run_icm(
     run_key = run_key or default_run_key(claims, config)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     payload = _load_or_none(path, run_key)
-    previous_phase = getattr(scorer, "phase", None)
-    if previous_phase is not None:
-        scorer.phase = "icm"  # backends built on CallLog tag their CallRecords with it
-    try:
+    with record_calls(scorer, "icm"):
         if payload is not None:
             search.restore(payload)
             log.info("resuming ICM run %s from iteration %d", run_key, search.iteration)
         else:
-            mark = len(scorer.calls)
-            search.seed_pool()
-            _attach_costs(search.rows[-1], scorer.calls[mark:])
+            with record_calls(scorer) as calls:
+                search.seed_pool()
+            _attach_costs(search.rows[-1], calls)
             if path is not None:
                 save_checkpoint(path, run_key, search.payload())
         _iterate(search, path, run_key, on_progress, show_progress)
-    finally:
-        if previous_phase is not None:
-            scorer.phase = previous_phase
 
     trace = search.trace_frame()
     stats = search.engine.stats
@@ -443,9 +437,9 @@ def _iterate(search: IcmSearch, path: Path | None, run_key: str, on_progress, sh
     bar = tqdm(total=config.iterations, initial=search.iteration, desc="ICM", unit="it", disable=not show_progress)
     try:
         while search.iteration < config.iterations:
-            mark = len(scorer.calls)
-            search.step()
-            _attach_costs(search.rows[-1], scorer.calls[mark:])
+            with record_calls(scorer) as calls:
+                search.step()
+            _attach_costs(search.rows[-1], calls)
             progress = IcmProgress(
                 search.iteration, config.iterations, search.labelling.size, search.energy.U,
                 search.accepted, search.proposed,

@@ -15,6 +15,7 @@ from prefect import get_run_logger, task
 from persona_icm.claims import Claim
 from persona_icm.config import EvalConfig, ModelSpec
 from persona_icm.evaluate import evaluate_country
+from persona_icm.scoring.base import record_calls
 from tasks.common import GPU, ProgressArtifact, calls_frame, model_name, scorer_for
 
 
@@ -46,15 +47,14 @@ def evaluate_method(
     else:
         scorer, chat = scorer_for(base_model), None
     backend = chat or scorer
-    mark = len(backend.calls) if backend is not None else 0
     progress = ProgressArtifact(f"evaluation {method}, {country}: prompt sets scored")
-    result = evaluate_country(
-        scorer, train, test, config.model_copy(update={"methods": [method]}),
-        icm_labels=icm_labels, chat_scorer=chat, run_id=run_id, progress=progress,
-    )  # fmt: skip
+    with record_calls(backend) as calls:
+        result = evaluate_country(
+            scorer, train, test, config.model_copy(update={"methods": [method]}),
+            icm_labels=icm_labels, chat_scorer=chat, run_id=run_id, progress=progress,
+        )  # fmt: skip
     skipped = result.skipped.get(method)
     if skipped:
         get_run_logger().warning("%s skipped for %s: %s", method, country, skipped)
     model = model_name(chat_model if chat is not None else base_model)
-    calls = backend.calls[mark:] if backend is not None else []
     return MethodResult(method, result.predictions, result.demos, calls_frame(calls, model), skipped)

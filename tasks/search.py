@@ -14,6 +14,7 @@ from prefect.context import TaskRunContext
 from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig, ModelSpec
 from persona_icm.icm import default_run_key, run_icm
+from persona_icm.scoring.base import record_calls
 from tasks.common import (
     GPU,
     ProgressArtifact,
@@ -78,26 +79,19 @@ def icm_search(train: list[Claim], icm: IcmConfig, model: ModelSpec, checkpoint_
     def on_progress(p) -> None:
         progress(p.iteration, p.iterations)
         mirror.push_if_saved()
-    mark = len(scorer.calls)
-    previous_phase = getattr(scorer, "phase", None)
-    if previous_phase is not None:
-        scorer.phase = "icm"
-    try:
+
+    with record_calls(scorer) as calls:
         result = run_icm(
             train, scorer, icm,
             checkpoint_path=checkpoint,
             run_key=key,
             on_progress=on_progress,
         )  # fmt: skip
-        mirror.push_if_saved()
-    finally:
-        if previous_phase is not None:
-            scorer.phase = previous_phase
+    mirror.push_if_saved()
     counters = vars(result.counters).copy()
     log.info(
         "ICM %s: %d iterations, %d accepted, pool %d, %d prompts in %.1f s (resumed from %s)",
         country, counters["iterations"], counters["accepted"], result.labels["label"].is_not_null().sum(),
         counters["prompts"], counters["wall_seconds"], counters["resumed_from"],
     )  # fmt: skip
-    calls = calls_frame(scorer.calls[mark:], model_name(model))
-    return SearchResult(key, result.labels, result.trace, calls, counters)
+    return SearchResult(key, result.labels, result.trace, calls_frame(calls, model_name(model)), counters)

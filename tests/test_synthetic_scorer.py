@@ -16,3 +16,26 @@ def test_synthetic_scorer_follows_context_and_is_deterministic():
     noisy = SyntheticScorer(truth)
     assert noisy.score([ScoreRequest(right, query)]) == noisy.score([ScoreRequest(right, query)])
     assert len(noisy.calls) == 2
+
+
+def test_record_calls_collects_the_blocks_calls_and_restores_the_phase():
+    from persona_icm.scoring.base import CallLog, record_calls
+
+    class Counting(CallLog):
+        def score(self, requests):
+            self.record(len(requests), 10 * len(requests), 0, 0.0)
+            return [0.0] * len(requests)
+
+    scorer = Counting(phase="outer")
+    scorer.score([1])
+    with record_calls(scorer, "icm") as calls:
+        scorer.score([1, 2])
+        with record_calls(scorer, "eval:golden") as inner:
+            scorer.score([1, 2, 3])
+        assert scorer.phase == "icm" and calls == []  # filled when the block ends
+    assert scorer.phase == "outer"
+    assert [(c.n_prompts, c.phase) for c in calls] == [(2, "icm"), (3, "eval:golden")]
+    assert [(c.n_prompts, c.phase) for c in inner] == [(3, "eval:golden")]
+    with record_calls(None, "icm") as nothing:
+        pass
+    assert nothing == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -52,6 +54,29 @@ class CallLog:
 
     def record(self, n_prompts: int, prompt_tokens: int, cached_tokens: int | None, wall: float) -> None:
         self.calls.append(CallRecord(n_prompts, prompt_tokens, cached_tokens, wall, self.phase))
+
+
+@contextmanager
+def record_calls(scorer: ClaimScorer | None, phase: str | None = None) -> Iterator[list[CallRecord]]:
+    """The CallRecords `scorer` makes inside the block, in a list filled when the block ends.
+
+    `phase` tags them (on backends built on CallLog); the scorer's previous phase is restored
+    afterwards. A None scorer records nothing."""
+    calls: list[CallRecord] = []
+    if scorer is None:
+        yield calls
+        return
+    mark = len(scorer.calls)
+    previous = getattr(scorer, "phase", None)
+    tag = phase is not None and previous is not None
+    if tag:
+        scorer.phase = phase
+    try:
+        yield calls
+    finally:
+        if tag:
+            scorer.phase = previous
+        calls.extend(scorer.calls[mark:])
 
 
 class ProcessedLogprobs(RuntimeError):
