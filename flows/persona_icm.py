@@ -130,11 +130,11 @@ def persona_icm(
                 config.eval.bootstrap_samples, config.eval.seed,
             )  # fmt: skip
         aggregate_countries(warehouse, run_id, config.eval.bootstrap_samples, config.eval.seed)
-        html = report(warehouse, run_id)
     except BaseException:
         record_run(warehouse, {**row, "status": "failed", "finished_at": datetime.now(UTC)})
         raise
     timings["total"] = time.perf_counter() - clock
     record_run(warehouse, {**row, "status": "completed", "finished_at": datetime.now(UTC), "timings": timings})
+    html = report(warehouse, run_id)  # after the run is recorded complete: its header shows that
     log.info("run %s completed: report %s, warehouse %s", run_id, html, warehouse)
     return run_id

@@ -196,10 +196,10 @@ figcaption { font-size: 13px; color: #555; } pre { background: #f7f7f7; padding:
 
 def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
     """Query the views for `run_id`, render the three charts and write `out_dir`/report.html."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     run = read("SELECT * FROM runs WHERE run_id = $run_id", {"run_id": run_id})
     if run.height == 0:
         raise ValueError(f"run {run_id!r} is not in the warehouse (see `persona-icm runs`)")
+    out_dir.mkdir(parents=True, exist_ok=True)
     info = run.row(0, named=True)
     headline = read(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
     vs_examples = read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
@@ -233,7 +233,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
 <h1>persona-icm run <code>{html.escape(run_id)}</code></h1>
 <p>preset <b>{html.escape(str(info.get("preset")))}</b> · base model <b>{html.escape(str(info.get("base_model")))}</b>
 · chat model <b>{html.escape(str(info.get("chat_model")))}</b> · status {html.escape(str(info.get("status")))}
-· data {html.escape(str(info.get("data_fingerprint")))} · code {html.escape(str(info.get("code_version")))}</p>
+· data {html.escape(str(info.get("dataset_id")))} · code {html.escape(str(info.get("code_version")))}</p>
 {figures}
 <h2>Headline results</h2>{_table_html(summary)}
 <h2>Run configuration</h2><pre>{html.escape(config)}</pre>

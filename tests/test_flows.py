@@ -95,6 +95,7 @@ def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
 
     report = Path(warehouse).parent / "reports" / run_id
     page = (report / "report.html").read_text()
+    assert "status completed" in page and f"data {run['dataset_id']}" in page
     for chart in ("accuracy_by_method", "accuracy_vs_examples", "icm_trace"):
         assert (report / f"{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert ET.parse(report / f"{chart}.svg").getroot().tag.endswith("svg")

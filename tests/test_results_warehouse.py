@@ -166,8 +166,10 @@ def test_report_has_three_valid_charts_and_references_them(warehouse, tmp_path):
         assert all(spec["datasets"].values()) and spec["datasets"], name
     assert "http://" not in page.replace("http://www.w3.org", "") and "<script" not in page
     assert "Atlantis" in page and "All countries (weighted)" in page
+    assert "data d1" in page and "status completed" in page  # the run's dataset_id and status
     with pytest.raises(ValueError, match="not in the warehouse"):
         write_report(wh.sql, "nope", tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # an unknown run leaves no empty folder
 
 
 @pytest.mark.integration
