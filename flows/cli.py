@@ -26,7 +26,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides["warehouse_path"] = args.warehouse
     check_run(build_checked_config(args.preset, overrides))
 
-    from flows.persona_icm import persona_icm
+    from flows.experiment import persona_icm
 
     try:
         run_id = persona_icm(preset=args.preset, overrides=overrides)

@@ -148,7 +148,7 @@ def test_flow_fails_at_once_without_retries_and_writes_nothing(case, harness, in
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.persona_icm import persona_icm
+    from flows.experiment import persona_icm
 
     warehouse = tmp_path / "wh" / "persona_icm.duckdb"
     overrides = {
@@ -214,12 +214,12 @@ def test_search_retries_only_failures_that_waiting_can_fix():
 
 def test_a_run_that_fails_after_the_checks_is_one_line_and_exit_1(inputs, tmp_path, capsys, monkeypatch):
     """The flow replaced by a STUB that fails as a backend outage would (no Prefect run here)."""
-    import flows.persona_icm
+    import flows.experiment
 
     def outage(**kwargs):
         raise RuntimeError("http://gpu-box:8000/v1/completions failed 6 attempts (HTTP 503)\nmore detail")
 
-    monkeypatch.setattr(flows.persona_icm, "persona_icm", outage)
+    monkeypatch.setattr(flows.experiment, "persona_icm", outage)
     with pytest.raises(SystemExit) as exit_:
         main(good_args(inputs, tmp_path / "persona_icm.duckdb"))
     assert exit_.value.code == 1

@@ -66,7 +66,7 @@ def _icm_task_states(flow_run_id: str) -> list[str]:
 
 @pytest.mark.slow
 def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
-    from flows.persona_icm import persona_icm
+    from flows.experiment import persona_icm
     from persona_icm.warehouse import open_warehouse
 
     warehouse = smoke_inputs["warehouse_path"]
@@ -120,7 +120,7 @@ def test_each_deployment_imports_and_its_run_config_validates(name):
     params = deployment.get("parameters", {})
     assert set(params) <= set(flow.parameters.properties)
     if "preset" in params:
-        from flows.persona_icm import with_tensor_parallel_size
+        from flows.experiment import with_tensor_parallel_size
 
         config = build_config(params["preset"], with_tensor_parallel_size(params.get("overrides"), params.get("tensor_parallel_size")))
         assert config.preset == params["preset"]

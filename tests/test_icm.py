@@ -21,9 +21,9 @@ from persona_icm.icm import (
     run_icm,
     temperature,
 )
-from persona_icm.icm_checkpoint import CheckpointMismatch, previous_path
-from persona_icm.icm_engine import prefix_order
-from persona_icm.icm_state import Labelling, Pool
+from persona_icm.icm.checkpoint import CheckpointMismatch, previous_path
+from persona_icm.icm.engine import prefix_order
+from persona_icm.icm.state import Labelling, Pool
 from persona_icm.scoring.base import ScoreRequest
 from tests.synthetic import SyntheticScorer, make_claims
 

@@ -24,7 +24,7 @@ def test_default_local_and_shared_directory(monkeypatch, tmp_path):
 
 def test_checkpoints_are_mirrored_to_a_url_and_fetched_back_elsewhere(monkeypatch, tmp_path):
     """Machine A saves twice and pushes; machine B (another local directory) fetches both files."""
-    from persona_icm.icm_checkpoint import load_checkpoint, previous_path, save_checkpoint
+    from persona_icm.icm.checkpoint import load_checkpoint, previous_path, save_checkpoint
     from tasks.storage import CheckpointMirror
 
     monkeypatch.setenv("PERSONA_ICM_STORAGE", "memory://bucket/persona-icm")

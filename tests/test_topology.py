@@ -84,7 +84,7 @@ def test_full_parent_holds_no_gpu_and_its_children_run_on_gpu_workers():
 def test_full_chat_baseline_runs_in_process_on_vllm_with_the_tensor_parallel_size_given():
     """Blocker: full's chat model was an OpenAI endpoint in allowed_token_ids mode, which refused
     chat prompts. Now it is a local vLLM model of its own step, sized like the base model."""
-    from flows.persona_icm import with_tensor_parallel_size
+    from flows.experiment import with_tensor_parallel_size
     from persona_icm.config import build_config
 
     full = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}["full"]["parameters"]

@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status        VARCHAR NOT NULL           -- running | completed | failed | interrupted (owner process gone)
 );
 
--- persona_icm/icm.py LABELS_SCHEMA: the final labelling of one search.
+-- persona_icm/icm/search.py LABELS_SCHEMA: the final labelling of one search.
 CREATE TABLE IF NOT EXISTS icm_labels (
     run_id             VARCHAR NOT NULL,
     country            VARCHAR NOT NULL,
@@ -127,7 +127,7 @@ CREATE TABLE IF NOT EXISTS icm_labels (
     PRIMARY KEY (run_id, country, icm_seed, claim_id)
 );
 
--- persona_icm/icm.py TRACE_SCHEMA: one row per search iteration.
+-- persona_icm/icm/search.py TRACE_SCHEMA: one row per search iteration.
 CREATE TABLE IF NOT EXISTS icm_trace (
     run_id          VARCHAR NOT NULL,
     country         VARCHAR NOT NULL,

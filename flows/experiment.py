@@ -1,7 +1,6 @@
 """Flow `persona-icm`: data prep, each country (search + evaluation), the chat baseline, persist, report.
 
-Deploy it by module path (`flows.persona_icm:persona_icm`), never by file path: as a script this
-file would shadow the package `persona_icm`.
+Deployed by module path: `flows.experiment:persona_icm`.
 
 Parameters: a preset (seed, paper, smoke) and nested overrides of the run config (editable in
 the Prefect UI). `fan_out=True` sends each country to the deployment `persona-icm-country/country`

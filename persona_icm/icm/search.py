@@ -14,7 +14,7 @@
 
 One numpy Generator seeded with `config.seed` makes every random choice, in this order per
 iteration: the claim draw, the ConsistencyFix permutations, the acceptance uniform (drawn for
-every proposed move, also when dU >= 0). Engines (icm_engine.py) never touch it, so the fast and
+every proposed move, also when dU >= 0). Engines (engine.py) never touch it, so the fast and
 the reference engine follow the identical trajectory. Gold labels are read only for the
 monitoring column `train_accuracy`.
 """
@@ -37,15 +37,15 @@ from tqdm.auto import tqdm
 
 from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig
-from persona_icm.icm_checkpoint import (
+from persona_icm.icm.checkpoint import (
     CorruptCheckpoint,
     load_checkpoint,
     previous_path,
     save_checkpoint,
 )
-from persona_icm.icm_energy import Energy
-from persona_icm.icm_engine import make_engine
-from persona_icm.icm_state import UNLABELLED, Labelling, Pool
+from persona_icm.icm.energy import Energy
+from persona_icm.icm.engine import make_engine
+from persona_icm.icm.state import UNLABELLED, Labelling, Pool
 from persona_icm.scoring.base import ClaimScorer, record_calls
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def default_run_key(claims: list[Claim], config: IcmConfig, scorer_id: str = "")
     """Hash of everything that fixes the result: claims, search config, algorithm version and the
     caller's scorer identity. Gold labels are in it too: they never steer the search, but the
     trace's train_accuracy and the labels' gold column are computed from them. Engine, memo size and checkpoint cadence change only cost
-    (bit for bit with a prompt-deterministic scorer; see icm_engine.py on batched backends)."""
+    (bit for bit with a prompt-deterministic scorer; see engine.py on batched backends)."""
     relevant = config.model_dump(mode="json", exclude={"engine", "score_memo_size", "checkpoint_every"})
     blob = json.dumps(
         {

@@ -31,8 +31,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from persona_icm.config import IcmConfig
-from persona_icm.icm_energy import Energy, energy
-from persona_icm.icm_state import Labelling, Pool, context_key
+from persona_icm.icm.energy import Energy, energy
+from persona_icm.icm.state import Labelling, Pool, context_key
 from persona_icm.scoring.base import ClaimScorer, ScoreRequest
 
 Context = tuple[tuple[int, int], ...]
