@@ -400,6 +400,16 @@ def write_dataset(wh: Warehouse, dataset: Dataset) -> None:
         wh.replace("datasets", row, dataset_id=dataset.dataset_id)
 
 
+def dataset_from_file(cfg: DataConfig, data_dir: Path | None = None) -> Dataset:
+    """GOQA file -> claims and splits for `cfg`, in memory (nothing is written): what preflight
+    checks and what the benchmarks and measurement scripts run on. `dataset.country_split(c)`
+    gives one country's claims."""
+    from persona_icm import goqa
+
+    table = goqa.read_goqa(goqa.resolve_goqa_path(cfg.goqa_path, data_dir or goqa.DATA_DIR))
+    return build_dataset(table.questions, table.selections, cfg, table.source_sha256)
+
+
 def prepare_dataset(wh: Warehouse, cfg: DataConfig, data_dir: Path | None = None) -> Dataset:
     """GOQA file -> warehouse -> claims and splits for `cfg`, written to the warehouse."""
     from persona_icm import goqa

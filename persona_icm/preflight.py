@@ -69,17 +69,12 @@ def check_data(config: RunConfig) -> tuple[str, dict[str, CountrySplit]]:
     """GOQA file -> claims and splits, in memory; (dataset_id, country -> split)."""
     data = config.data
     try:
-        path = goqa.resolve_goqa_path(data.goqa_path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", goqa.GoqaWarning)  # the ingest task reports them
-            table = goqa.read_goqa(path)
-            dataset = claims.build_dataset(table.questions, table.selections, data, table.source_sha256)
+            dataset = claims.dataset_from_file(data)
     except (FileNotFoundError, goqa.GoqaFormatError, goqa.GoqaUnavailable, claims.DataError) as error:
         raise InputError(one_line(str(error))) from None
-    splits = {
-        c: claims.country_split_from_frames(dataset.dataset_id, dataset.claims, dataset.splits, dataset.questions, c)
-        for c in data.countries
-    }
+    splits = {c: dataset.country_split(c) for c in data.countries}
     for country, split in splits.items():
         if len(split.train) < config.icm.num_seed:
             raise InputError(

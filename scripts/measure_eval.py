@@ -51,11 +51,9 @@ def load_scorer(name: str):
 
 
 def country_splits(cfg):
-    from persona_icm.claims import build_dataset
-    from persona_icm.goqa import read_goqa
+    from persona_icm.claims import dataset_from_file
 
-    table = read_goqa(cfg.data.goqa_path)
-    dataset = build_dataset(table.questions, table.selections, cfg.data, table.source_sha256)
+    dataset = dataset_from_file(cfg.data)
     return {country: dataset.country_split(country) for country in cfg.data.countries}
 
 

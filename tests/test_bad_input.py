@@ -238,7 +238,7 @@ def test_a_run_that_fails_after_the_checks_is_one_line_and_exit_1(inputs, tmp_pa
 )
 def test_preflight_probes_each_openai_compatible_model_once(inputs, served, reply, expected):
     """The chat endpoint of a run is asked once before anything runs (STUB server: no model)."""
-    from tests.test_openai_scorer import ModelListingStub, chat_reply
+    from tests.helpers import ModelListingStub, chat_reply
 
     stub = ModelListingStub(served)
     stub.default = (200, chat_reply(reply or {"True": -0.1, "False": -2.0}))

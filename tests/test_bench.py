@@ -1,6 +1,6 @@
 """The benchmark's own machinery: the simulated prefix cache."""
 
-from persona_icm.bench import PrefixCache, block_hashes
+from benchmarks.bench import PrefixCache, block_hashes
 
 
 def admit(cache, ids):

@@ -192,7 +192,7 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
 
 
 def test_two_runs_write_one_warehouse_at_once_while_a_third_process_holds_it(harness, inputs, tmp_path):
-    from tests.test_warehouse_lock import hold
+    from tests.helpers import hold
 
     warehouse, results = tmp_path / "shared" / "persona_icm.duckdb", tmp_path / "results"
     open_warehouse(warehouse).close()

@@ -6,6 +6,7 @@ import torch
 from persona_icm.prompts import PromptEncoder
 from persona_icm.scoring.base import ScoreRequest
 from persona_icm.scoring.hf import HFScorer, trie_order
+from tests.helpers import reference_scores
 from tests.tiny_model import build_model, build_tokenizer, make_claims
 
 
@@ -22,18 +23,6 @@ def model(tokenizer):
 @pytest.fixture(scope="module")
 def claims():
     return make_claims(20)
-
-
-def reference_scores(model, tokenizer, requests):
-    """The straightforward path: one prompt at a time, full forward, log_softmax of the last logits."""
-    out = []
-    for r in requests:
-        enc = PromptEncoder(tokenizer, r.kind)
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([enc.encode(r)])).logits[0, -1]
-        lp = torch.log_softmax(logits.double(), -1)
-        out.append(float(lp[enc.true_id] - lp[enc.false_id]))
-    return out
 
 
 def leave_one_out(claims, n):

@@ -6,7 +6,7 @@ from persona_icm.scoring.base import ClaimScorer, ScoreRequest
 from persona_icm.scoring.hf import HFScorer
 from persona_icm.scoring.models import DEMO_MODELS, resolve
 from persona_icm.scoring.openai import OpenAIScorer
-from tests.test_hf_scorer import reference_scores
+from tests.helpers import reference_scores
 from tests.tiny_model import make_claims, write_tiny_model
 
 

@@ -1,15 +1,9 @@
 """The OpenAI-compatible backend against a local stub server.
 
-`StubServer` is a STUB of an OpenAI-compatible API (no model behind it): a local HTTP server
-that speaks the /v1/completions and /v1/chat/completions wire format and replays scripted
-replies (log-probs, 429/500 errors, slow answers, replies without logprobs). A real hosted API
-cannot be reached from the test machine. tests/test_security.py reuses it.
+`StubServer` (tests/helpers.py) is a STUB of an OpenAI-compatible API (no model behind it): a
+local HTTP server that speaks the /v1/completions and /v1/chat/completions wire format and
+replays scripted replies. A real hosted API cannot be reached from the test machine.
 """
-
-import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -22,68 +16,15 @@ from persona_icm.scoring.openai import (
     NoLogprobsError,
     OpenAIScorer,
 )
+from tests.helpers import (
+    GOOD,
+    ModelListingStub,
+    StubServer,
+    chat_reply,
+    completion_reply,
+    forced_reply,
+)
 from tests.tiny_model import build_tokenizer, make_claims
-
-
-def completion_reply(top: dict[str, float] | None, cached: int | None = 3) -> dict:
-    logprobs = None if top is None else {"tokens": [" True"], "token_logprobs": [-0.1], "top_logprobs": [top]}
-    usage = {"prompt_tokens": 42, "completion_tokens": 1}
-    if cached is not None:
-        usage["prompt_tokens_details"] = {"cached_tokens": cached}
-    return {"object": "text_completion", "choices": [{"index": 0, "text": " True", "logprobs": logprobs}], "usage": usage}
-
-
-def chat_reply(top: dict[str, float]) -> dict:
-    entries = [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top.items()]
-    content = [{"token": entries[0]["token"], "logprob": entries[0]["logprob"], "top_logprobs": entries}]
-    return {
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "True"}, "logprobs": {"content": content}}],
-        "usage": {"prompt_tokens": 30, "completion_tokens": 1},
-    }
-
-
-class StubServer:
-    """Scripted OpenAI-compatible stub. `script` items: (status, json body) or ("sleep", seconds, body)."""
-
-    def __init__(self):
-        self.script: list = []
-        self.default = None
-        self.requests: list[tuple[str, dict, dict]] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append((self.path, body, dict(self.headers)))
-                step = stub.script.pop(0) if stub.script else stub.default
-                if callable(step):
-                    step = step(body)
-                if step[0] == "sleep":
-                    time.sleep(step[1])
-                    step = (200, step[2])
-                status, payload = step
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and hung up: that is the scripted fault
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -102,9 +43,6 @@ def scorer_for(server, **kw):
     kw.setdefault("api_key_env", None)
     kw.setdefault("backoff_seconds", 0.01)
     return OpenAIScorer(server.url, "stub-model", **kw)
-
-
-GOOD = (200, completion_reply({" True": -0.4, " False": -1.5, " Yes": -3.0}))
 
 
 def test_completion_score_and_wire_format(server, claims, monkeypatch):
@@ -219,18 +157,6 @@ def test_allowed_token_ids_mode_sends_token_ids_and_reads_each_candidate(server,
     assert all(b["prompt"] == enc.encode(request) for b in bodies)
 
 
-def forced_reply(values: dict[int, float]):
-    """Stub reply of a vLLM server for one allowed_token_ids request: the forced token's log-prob."""
-
-    def reply(body):
-        (candidate,) = body["allowed_token_ids"]
-        out = completion_reply({"x": values[candidate]})
-        out["choices"][0]["logprobs"]["token_logprobs"] = [values[candidate]]
-        return (200, out)
-
-    return reply
-
-
 def test_allowed_token_ids_mode_scores_chat_prompts_as_template_tokens_on_completions(server, claims):
     """The `full` deployment's chat baseline: a chat prompt in allowed_token_ids mode goes to
     /completions as the chat template's token ids, with exactly one BOS (the template's)."""
@@ -263,23 +189,6 @@ def test_both_candidates_exactly_zero_is_an_error_not_a_score(server, claims, mo
     scorer = scorer_for(server, mode=mode, tokenizer=tokenizer)
     with pytest.raises(ProcessedLogprobs, match="exactly 0.0"):
         scorer.score([ScoreRequest((), claims[0])])
-
-
-class ModelListingStub(StubServer):
-    """The stub plus GET /v1/models listing `served`."""
-
-    def __init__(self, served: list[str]):
-        super().__init__()
-        served_json = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in served]}).encode()
-
-        def do_GET(handler):  # noqa: N802
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(served_json)))
-            handler.end_headers()
-            handler.wfile.write(served_json)
-
-        self.httpd.RequestHandlerClass.do_GET = do_GET
 
 
 def test_probe_checks_model_listing_and_both_candidates(claims):

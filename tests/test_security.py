@@ -117,7 +117,7 @@ def test_api_key_is_sent_but_never_logged_stored_or_in_errors(tmp_path, monkeypa
     from persona_icm.scoring import make_scorer
     from persona_icm.scoring.base import ScoreRequest
     from persona_icm.scoring.openai import EndpointUnavailable
-    from tests.test_openai_scorer import GOOD, StubServer
+    from tests.helpers import GOOD, StubServer
     from tests.tiny_model import make_claims
 
     monkeypatch.setenv("FAKE_PROVIDER_KEY", FAKE_KEY)
@@ -164,7 +164,7 @@ def test_flow_reads_the_key_from_a_prefect_secret_block_and_never_logs_it(harnes
     from persona_icm.config import ModelSpec
     from persona_icm.scoring.base import ScoreRequest
     from tasks.common import scorer_for
-    from tests.test_openai_scorer import GOOD, StubServer
+    from tests.helpers import GOOD, StubServer
     from tests.tiny_model import make_claims
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from persona_icm.scoring.base import ScoreRequest
-from tests.test_hf_scorer import reference_scores
+from tests.helpers import reference_scores
 from tests.tiny_model import make_claims
 
 pytestmark = [

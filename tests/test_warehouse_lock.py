@@ -13,23 +13,9 @@ from pathlib import Path
 import pytest
 
 from persona_icm.warehouse import WarehouseLocked, open_warehouse
+from tests.helpers import hold
 
 ROOT = Path(__file__).resolve().parent.parent
-HOLDER = """
-import sys, time, duckdb
-con = duckdb.connect(sys.argv[1])
-print("held", flush=True)
-time.sleep(float(sys.argv[2]))
-"""
-
-
-def hold(path: Path, seconds: float) -> subprocess.Popen:
-    """A process that opens `path` read-write (taking DuckDB's lock) for `seconds`, then exits."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
 @pytest.fixture
 def warehouse_file(tmp_path):
     path = tmp_path / "w.duckdb"

@@ -1,6 +1,6 @@
 """Benchmark of the hf backend: throughput with and without shared-prefix KV reuse (prints figures).
 
-    python -m persona_icm.bench_scoring [--model smollm2-135m-instruct] [--workload loo shared]
+    python -m benchmarks.bench_scoring [--model smollm2-135m-instruct] [--workload loo shared]
 
 Workloads (synthetic GOQA-like claims of one country, ~35 tokens per demo row):
   loo     ICM's pattern: `--prompts` prompts over a `--demos`-demo pool; the first min(prompts,
@@ -63,7 +63,7 @@ def run(scorer, requests: list[ScoreRequest], reuse: bool) -> tuple[list[float],
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m persona_icm.bench_scoring", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scoring", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--workload", nargs="+", choices=["loo", "shared"], default=["loo", "shared"])

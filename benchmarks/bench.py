@@ -1,10 +1,9 @@
 """Benchmarks that print figures (never timed tests).
 
-    python -m persona_icm.bench icm --preset seed [--country "United States"] [--csv PATH]
+    python -m benchmarks.bench icm --preset seed [--country "United States"] [--csv PATH]
 
 `icm`: model work of one ICM search on a seed-sized workload (about 124 training claims of one
-real GOQA country: its training split, built by goqa.py/claims.py). Scores come from the synthetic scorer of tests/synthetic.py (run from a
-checkout), made order-invariant so every variant follows the SAME trajectory; every prompt is
+real GOQA country: its training split, built by goqa.py/claims.py). Scores come from the synthetic scorer of tests/synthetic.py, made order-invariant so every variant follows the SAME trajectory; every prompt is
 tokenised with the real offline SmolLM2 tokenizer (persona_icm.prompts) and replayed through a
 simulated prefix cache (16-token blocks, chained block hashes, LRU, the vLLM scheme).
 
@@ -22,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import os
 import sys
 import time
 from array import array
@@ -32,7 +32,6 @@ from persona_icm.claims import Claim
 from persona_icm.config import build_config
 from persona_icm.scoring.base import CallRecord, ScoreRequest
 
-DEFAULT_CSV = Path("/work/shared/data/goqa/seed_subset_goqa.csv")
 SMOLLM2 = "smollm2-135m-instruct"
 
 
@@ -41,13 +40,10 @@ SMOLLM2 = "smollm2-135m-instruct"
 def goqa_train_claims(csv_path: Path, country: str, preset: str) -> list[Claim]:
     """The preset's training claims of one country, built by the project's own data pipeline
     (goqa.read_goqa -> claims.build_dataset, dataset "all" as in the fork's main table)."""
-    from persona_icm import goqa
-    from persona_icm.claims import build_dataset
+    from persona_icm.claims import dataset_from_file
 
-    table = goqa.read_goqa(csv_path)
     data = build_config(preset, {"data": {"countries": [country], "dataset": "all", "goqa_path": str(csv_path)}}).data
-    dataset = build_dataset(table.questions, table.selections, data, table.source_sha256)
-    return dataset.country_split(country).train
+    return dataset_from_file(data).country_split(country).train
 
 
 # -- tokenizer and simulated backend --------------------------------------------------------
@@ -147,11 +143,7 @@ class SimulatedBackend:
 def bench_icm(args: argparse.Namespace) -> None:
     from persona_icm.icm import TRAJECTORY_COLUMNS, run_icm
     from persona_icm.prompts import PromptEncoder
-
-    try:
-        from tests.synthetic import SyntheticScorer
-    except ImportError:
-        sys.exit("run the benchmark from a checkout: it uses tests/synthetic.py's SyntheticScorer")
+    from tests.synthetic import SyntheticScorer
 
     claims = goqa_train_claims(args.csv, args.country, args.preset)
     config = build_config(args.preset).icm
@@ -252,13 +244,13 @@ def _capacities(text: str) -> list[int | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m persona_icm.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     icm = sub.add_parser("icm", help="model work of one ICM search: fast vs reference vs lower bound")
     icm.add_argument("--preset", default="seed", choices=["seed", "paper", "smoke"])
     icm.add_argument("--country", default="United States")
-    icm.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    icm.add_argument("--csv", type=Path, default=os.environ.get("GOQA_PATH"), help="GOQA CSV (default: $GOQA_PATH)")
     icm.add_argument("--iterations", type=int, default=None, help="override K")
     icm.add_argument("--block", type=int, default=16)
     icm.add_argument("--cache-tokens", type=_capacities, default=_capacities("131072,524288,none"),
@@ -273,8 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     icm.add_argument("--wall-iterations", type=int, default=None, help="K for --wall (default: smoke preset)")
     args = parser.parse_args(argv)
     if args.bench == "icm":
-        if not args.csv.exists():
-            sys.exit(f"--csv {args.csv}: no such file")
+        if args.csv is None or not Path(args.csv).exists():
+            sys.exit(f"--csv {args.csv}: no such file (give a GOQA CSV with --csv or GOQA_PATH)")
+        args.csv = Path(args.csv)
         bench_icm(args)
 
 

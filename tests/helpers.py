@@ -1,0 +1,145 @@
+"""Helpers shared by several test files and the measurement scripts.
+
+- `StubServer` (and reply builders): a STUB of an OpenAI-compatible API, no model behind it: a
+  local HTTP server speaking the /v1/completions and /v1/chat/completions wire format that replays
+  scripted replies (log-probs, 429/500 errors, slow answers, replies without logprobs). A real
+  hosted API cannot be reached from the test machine.
+- `reference_scores`: the straightforward scoring path (one prompt, full forward, log_softmax).
+- `hold`: a second process holding a DuckDB file's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from persona_icm.prompts import PromptEncoder
+
+
+def completion_reply(top: dict[str, float] | None, cached: int | None = 3) -> dict:
+    logprobs = None if top is None else {"tokens": [" True"], "token_logprobs": [-0.1], "top_logprobs": [top]}
+    usage = {"prompt_tokens": 42, "completion_tokens": 1}
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {"object": "text_completion", "choices": [{"index": 0, "text": " True", "logprobs": logprobs}], "usage": usage}
+
+
+def chat_reply(top: dict[str, float]) -> dict:
+    entries = [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top.items()]
+    content = [{"token": entries[0]["token"], "logprob": entries[0]["logprob"], "top_logprobs": entries}]
+    return {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "True"}, "logprobs": {"content": content}}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 1},
+    }
+
+
+class StubServer:
+    """Scripted OpenAI-compatible stub. `script` items: (status, json body) or ("sleep", seconds, body)."""
+
+    def __init__(self):
+        self.script: list = []
+        self.default = None
+        self.requests: list[tuple[str, dict, dict]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append((self.path, body, dict(self.headers)))
+                step = stub.script.pop(0) if stub.script else stub.default
+                if callable(step):
+                    step = step(body)
+                if step[0] == "sleep":
+                    time.sleep(step[1])
+                    step = (200, step[2])
+                status, payload = step
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and hung up: that is the scripted fault
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+GOOD = (200, completion_reply({" True": -0.4, " False": -1.5, " Yes": -3.0}))
+
+
+def forced_reply(values: dict[int, float]):
+    """Stub reply of a vLLM server for one allowed_token_ids request: the forced token's log-prob."""
+
+    def reply(body):
+        (candidate,) = body["allowed_token_ids"]
+        out = completion_reply({"x": values[candidate]})
+        out["choices"][0]["logprobs"]["token_logprobs"] = [values[candidate]]
+        return (200, out)
+
+    return reply
+
+
+class ModelListingStub(StubServer):
+    """The stub plus GET /v1/models listing `served`."""
+
+    def __init__(self, served: list[str]):
+        super().__init__()
+        served_json = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in served]}).encode()
+
+        def do_GET(handler):  # noqa: N802
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(served_json)))
+            handler.end_headers()
+            handler.wfile.write(served_json)
+
+        self.httpd.RequestHandlerClass.do_GET = do_GET
+
+
+def reference_scores(model, tokenizer, requests):
+    """The straightforward path: one prompt at a time, full forward, log_softmax of the last logits."""
+    import torch
+
+    out = []
+    for r in requests:
+        enc = PromptEncoder(tokenizer, r.kind)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([enc.encode(r)])).logits[0, -1]
+        lp = torch.log_softmax(logits.double(), -1)
+        out.append(float(lp[enc.true_id] - lp[enc.false_id]))
+    return out
+
+
+HOLDER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold(path: Path, seconds: float) -> subprocess.Popen:
+    """A process that opens `path` read-write (taking DuckDB's lock) for `seconds`, then exits."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
