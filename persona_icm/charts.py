@@ -37,12 +37,10 @@ AGGREGATE = "All countries (weighted)"
 
 # The headline evaluation: each method's "main" experiment (whole pool as demos, or zero-shot).
 HEADLINE_SQL = """
-SELECT country, method, n_demos, n_orders, n_test_claims, accuracy, ci_low, ci_high, demo_label_accuracy
-FROM results_by_country WHERE run_id = $run_id AND experiment = 'main'
-UNION ALL BY NAME
-SELECT $aggregate AS country, method, n_demos, n_test_claims, accuracy, ci_low, ci_high
-FROM results_aggregated WHERE run_id = $run_id AND experiment = 'main'
-ORDER BY country, method
+SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
+       method, n_demos, n_orders, n_test_claims, accuracy, ci_low, ci_high, demo_label_accuracy
+FROM headline WHERE run_id = $run_id
+ORDER BY 1, method
 """
 
 VS_EXAMPLES_SQL = """

@@ -1,4 +1,4 @@
--- schema_version: 3
+-- schema_version: 4
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -302,6 +302,18 @@ JOIN n_countries n ON n.run_id = p.run_id AND p.n_countries = n.n
 LEFT JOIN metrics m
   ON m.run_id = p.run_id AND m.country = 'ALL' AND m.method = p.method
  AND m.experiment = p.experiment AND m.n_demos IS NOT DISTINCT FROM p.n_demos;
+
+-- The headline of every run: each method's "main" setting (whole pool as demos, or zero-shot)
+-- per country, and the countries pooled as country 'ALL'. The charts, latest_run_summary.sql and
+-- compare_with_published.sql read this view.
+CREATE OR REPLACE VIEW headline AS
+SELECT run_id, country, method, n_demos, n_orders, n_test_claims, accuracy, accuracy_std, ci_low, ci_high,
+       group_accuracy, group_ci_low, group_ci_high, demo_label_accuracy
+FROM results_by_country WHERE experiment = 'main'
+UNION ALL BY NAME
+SELECT run_id, 'ALL' AS country, method, n_demos, n_orders, n_test_claims, accuracy, accuracy_std, ci_low, ci_high,
+       group_accuracy, group_ci_low, group_ci_high
+FROM results_aggregated WHERE experiment = 'main';
 
 -- Accuracy against the number of demonstrations for the labelled-demo methods, per country
 -- (the largest point is the headline "main" evaluation with the whole pool), and as country
