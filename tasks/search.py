@@ -13,7 +13,7 @@ from prefect.context import TaskRunContext
 
 from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig, ModelSpec
-from persona_icm.icm import default_run_key, run_icm
+from persona_icm.icm import default_run_key, label_of, run_icm
 from persona_icm.scoring.base import record_calls
 from tasks.common import (
     GPU,
@@ -37,8 +37,7 @@ class SearchResult:
     counters: dict[str, Any]
 
     def label_of(self) -> dict[str, int]:
-        rows = self.labels.filter(pl.col("label").is_not_null())
-        return dict(zip(rows["claim_id"], rows["label"], strict=True))
+        return label_of(self.labels)
 
 
 def search_key(train: list[Claim], icm: IcmConfig, model: ModelSpec) -> str:

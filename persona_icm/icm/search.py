@@ -127,9 +127,13 @@ class IcmResult:
     run_key: str
 
     def label_of(self) -> dict[str, int]:
-        """claim_id -> label, labelled claims only (the demos for evaluation)."""
-        rows = self.labels.filter(pl.col("label").is_not_null())
-        return dict(zip(rows["claim_id"], rows["label"], strict=True))
+        return label_of(self.labels)
+
+
+def label_of(labels: pl.DataFrame) -> dict[str, int]:
+    """claim_id -> label of a LABELS_SCHEMA frame, labelled claims only (the demos for evaluation)."""
+    rows = labels.filter(pl.col("label").is_not_null())
+    return dict(zip(rows["claim_id"], rows["label"], strict=True))
 
 
 def default_run_key(claims: list[Claim], config: IcmConfig, scorer_id: str = "") -> str:
