@@ -265,8 +265,9 @@ def write_run(wh: Warehouse, run: dict[str, Any]) -> None:
 def write_results(wh: Warehouse, run_id: str, country: str, step: str, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
     """Replace the rows of (run_id, country) in each table of `frames`, in one transaction.
 
-    Each frame is restricted to its table's columns; model_calls rows are keyed by step too.
-    Returns rows written per table. Running it twice leaves the tables as after the first.
+    Each frame must have exactly its table's columns once run_id and country (and step, for
+    model_calls) are added: a missing or unknown column is an error naming it, nothing is
+    written. Returns rows written per table. Running it twice leaves the tables as after the first.
     """
     unknown = set(frames) - set(RESULT_TABLES)
     if unknown:
@@ -274,10 +275,18 @@ def write_results(wh: Warehouse, run_id: str, country: str, step: str, frames: d
     written = {}
     with wh.transaction():
         for table, frame in frames.items():
-            columns = set(wh.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table])["column_name"])
             frame = frame.with_columns(run_id=pl.lit(run_id), country=pl.lit(country))
             key = {"run_id": run_id, "country": country}
             if table == "model_calls":
                 frame, key = frame.with_columns(step=pl.lit(step)), {**key, "step": step}
-            written[table] = wh.replace(table, frame.select([c for c in frame.columns if c in columns]), **key)
+            columns = table_columns(wh, table)
+            missing, extra = [c for c in columns if c not in frame.columns], [c for c in frame.columns if c not in columns]
+            if missing or extra:
+                raise ValueError(f"write_results: the {table} frame does not match the table: missing {missing}, unknown {extra}")
+            written[table] = wh.replace(table, frame.select(columns), **key)
     return written
+
+
+def table_columns(wh: Warehouse, table: str) -> list[str]:
+    """The table's columns in schema order (warehouse/schema.sql declares every table once)."""
+    return wh.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index", [table])["column_name"].to_list()

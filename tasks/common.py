@@ -6,12 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from persona_icm.config import ModelSpec
 from persona_icm.scoring import make_scorer
-from persona_icm.scoring.base import CallRecord, ClaimScorer
+from persona_icm.scoring.base import ClaimScorer
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU = "gpu"  # tag of every task that runs a model
@@ -57,25 +56,6 @@ def api_key_from_secret(spec: ModelSpec) -> str | None:
         return Secret.load(spec.openai.api_key_secret).get()
     except ValueError as error:  # no such block
         raise ValueError(f"Prefect Secret block {spec.openai.api_key_secret!r} (openai.api_key_secret): {error}") from None
-
-
-def calls_frame(calls: list[CallRecord], model: str) -> pl.DataFrame:
-    """CallRecords as model_calls rows (the caller adds run_id, country, step)."""
-    return pl.DataFrame(
-        {
-            "model": [model] * len(calls),
-            "call_index": list(range(len(calls))),
-            "phase": [c.phase for c in calls],
-            "n_prompts": [c.n_prompts for c in calls],
-            "prompt_tokens": [c.prompt_tokens for c in calls],
-            "cached_tokens": [c.cached_tokens for c in calls],
-            "wall_seconds": [c.wall_seconds for c in calls],
-        },
-        schema={
-            "model": pl.String, "call_index": pl.Int64, "phase": pl.String, "n_prompts": pl.Int64,
-            "prompt_tokens": pl.Int64, "cached_tokens": pl.Int64, "wall_seconds": pl.Float64,
-        },
-    )  # fmt: skip
 
 
 def artifact_key(*parts: str) -> str:

@@ -15,8 +15,8 @@ from prefect import get_run_logger, task
 from persona_icm.claims import Claim
 from persona_icm.config import EvalConfig, ModelSpec
 from persona_icm.evaluate import evaluate_country
-from persona_icm.scoring.base import record_calls
-from tasks.common import GPU, ProgressArtifact, calls_frame, model_name, scorer_for
+from persona_icm.scoring.base import calls_frame, record_calls
+from tasks.common import GPU, ProgressArtifact, model_name, scorer_for
 
 
 @dataclass(frozen=True)

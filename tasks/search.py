@@ -14,11 +14,10 @@ from prefect.context import TaskRunContext
 from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig, ModelSpec
 from persona_icm.icm import default_run_key, label_of, run_icm
-from persona_icm.scoring.base import record_calls
+from persona_icm.scoring.base import calls_frame, record_calls
 from tasks.common import (
     GPU,
     ProgressArtifact,
-    calls_frame,
     model_name,
     retry_helps,
     scorer_for,

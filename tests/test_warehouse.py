@@ -92,3 +92,58 @@ def test_read_only_open_needs_an_existing_file(tmp_path):
     open_warehouse(tmp_path / "w.duckdb").close()
     with open_warehouse(tmp_path / "w.duckdb", read_only=True) as wh:
         assert wh.scalar("SELECT count(*) FROM goqa_questions") == 0
+
+
+def test_every_result_frame_matches_its_table_declared_once_in_schema_sql(tmp_path):
+    """Each producer's frame schema against warehouse/schema.sql: same columns (the writer adds
+    run_id, country, step; persist adds icm_seed) and compatible types."""
+    from persona_icm.evaluate import DEMO_SCHEMA, PREDICTION_SCHEMA
+    from persona_icm.icm import LABELS_SCHEMA, TRACE_SCHEMA
+    from persona_icm.metrics import METRIC_SCHEMA
+    from persona_icm.scoring.base import CALLS_SCHEMA
+    from persona_icm.warehouse import RESULT_TABLES
+
+    frames = {
+        "icm_labels": (LABELS_SCHEMA, {"run_id", "country", "icm_seed"}),
+        "icm_trace": (TRACE_SCHEMA, {"run_id", "country", "icm_seed"}),
+        "predictions": (PREDICTION_SCHEMA, set()),
+        "demos": (DEMO_SCHEMA, set()),
+        "metrics": (METRIC_SCHEMA, set()),
+        "model_calls": (CALLS_SCHEMA, {"run_id", "country", "step"}),
+    }
+    assert set(frames) == set(RESULT_TABLES)
+
+    def family(type_name: str) -> str:
+        name = type_name.upper()
+        if name in ("VARCHAR", "STRING", "UTF8", "JSON"):
+            return "text"
+        if name in ("BOOLEAN",):
+            return "bool"
+        if name in ("DOUBLE", "FLOAT", "FLOAT64", "FLOAT32", "REAL"):
+            return "float"
+        if name.rstrip("0123456789") in ("INT", "UINT", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "INT64", "INT32", "INT16", "INT8"):
+            return "int"
+        return name
+
+    with open_warehouse(tmp_path / "w.duckdb") as wh:
+        for table, (schema, added) in frames.items():
+            declared = dict(wh.sql("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?", [table]).iter_rows())
+            assert set(schema) | added == set(declared), (table, sorted(set(schema) ^ (set(declared) - added)))
+            for column, dtype in schema.items():
+                assert family(str(dtype)) == family(declared[column]), (table, column, dtype, declared[column])
+
+
+def test_a_frame_that_does_not_match_its_table_is_refused_by_name(tmp_path):
+    import polars as pl
+
+    from persona_icm.scoring.base import CallRecord, calls_frame
+    from persona_icm.warehouse import write_results
+
+    calls = calls_frame([CallRecord(1, 10, 0, 0.5, "icm")], "hf:m")
+    with open_warehouse(tmp_path / "w.duckdb") as wh:
+        with pytest.raises(ValueError, match=r"model_calls frame does not match.*missing \[\], unknown \['extra'\]"):
+            write_results(wh, "r", "France", "icm", {"model_calls": calls.with_columns(extra=pl.lit(1))})
+        with pytest.raises(ValueError, match=r"missing \['phase'\]"):
+            write_results(wh, "r", "France", "icm", {"model_calls": calls.drop("phase")})
+        assert wh.scalar("SELECT count(*) FROM model_calls") == 0
+        assert write_results(wh, "r", "France", "icm", {"model_calls": calls}) == {"model_calls": 1}

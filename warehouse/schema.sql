@@ -1,4 +1,4 @@
--- schema_version: 4
+-- schema_version: 5
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -109,7 +109,13 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at    TIMESTAMPTZ NOT NULL,
     finished_at   TIMESTAMPTZ,
     timings       JSON,                      -- seconds per phase
-    status        VARCHAR NOT NULL           -- running | completed | failed | interrupted (owner process gone)
+    status        VARCHAR NOT NULL,          -- running | completed | failed | interrupted (owner process gone)
+    -- the process that runs (ran) the run (run_status.py): a `running` row whose owner is gone is
+    -- `interrupted`; interrupted_attempts counts earlier attempts of this run_id that died unfinished
+    host                  VARCHAR,
+    pid                   INTEGER,
+    pid_started           DOUBLE,            -- the owner's start time (epoch s): PIDs get reused
+    interrupted_attempts  INTEGER DEFAULT 0
 );
 
 -- persona_icm/icm/search.py LABELS_SCHEMA: the final labelling of one search.
@@ -344,10 +350,9 @@ SELECT dataset, country, method, accuracy_pct::DOUBLE AS accuracy_pct FROM (VALU
     ('all', 'ALL', 'icm', 81.9), ('all', 'ALL', 'golden', 84.9), ('all', 'ALL', 'zero_shot_chat', 81.6), ('all', 'ALL', 'zero_shot_base', 74.0)
 ) AS t(dataset, country, method, accuracy_pct);
 
--- ---------------------------------------------------------------- run ownership (run_status.py)
+-- ---------------------------------------------------------------- migrations
 
--- The process that runs (ran) the run: a `running` row whose owner is gone is `interrupted`
--- (killed, preempted). interrupted_attempts: earlier attempts of this run_id that died unfinished.
+-- Warehouses made before schema_version 3 have runs without the ownership columns.
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_started DOUBLE;  -- the owner's start time (epoch s): PIDs get reused

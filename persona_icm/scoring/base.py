@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+import polars as pl
+
 from persona_icm.claims import Claim
 
 PromptKind = Literal["base", "chat"]
@@ -54,6 +56,18 @@ class CallLog:
 
     def record(self, n_prompts: int, prompt_tokens: int, cached_tokens: int | None, wall: float) -> None:
         self.calls.append(CallRecord(n_prompts, prompt_tokens, cached_tokens, wall, self.phase))
+
+
+CALLS_SCHEMA = {
+    "model": pl.String, "call_index": pl.Int64, "phase": pl.String, "n_prompts": pl.Int64,
+    "prompt_tokens": pl.Int64, "cached_tokens": pl.Int64, "wall_seconds": pl.Float64,
+}  # fmt: skip
+
+
+def calls_frame(calls: list[CallRecord], model: str | None) -> pl.DataFrame:
+    """CallRecords as model_calls rows (the writer adds run_id, country, step)."""
+    rows = [(model, i, c.phase, c.n_prompts, c.prompt_tokens, c.cached_tokens, c.wall_seconds) for i, c in enumerate(calls)]
+    return pl.DataFrame(rows, schema=CALLS_SCHEMA, orient="row")
 
 
 @contextmanager
