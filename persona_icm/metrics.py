@@ -1,23 +1,19 @@
-"""Accuracy metrics, computed from the predictions frame only (persona_icm/evaluate.py).
+"""95% bootstrap intervals of the accuracies that the warehouse views define.
 
-- claim accuracy: share of test claims with pred == gold (pred = score > 0).
-- group accuracy: share of test questions whose gold-True option has the highest score; a tie
-  for the highest score earns 1/(number tied) when the gold-True option is among them (the
-  expected accuracy of breaking the tie at random; option-prior scores tie often).
-- mean and std (ddof 1; null for a single order) over orders, and over ICM seeds when several.
-- 95% percentile-bootstrap interval: resample test questions with replacement (within each
-  country when countries are pooled), the demo orders (within each ICM seed) and, with several
-  ICM seeds, the seeds; orders and questions are crossed (every order scores every question), so
-  each is resampled on its own. It covers the order-to-order spread of the reported mean as well
-  as test-set sampling (ICM_SPEC "Metrics").
-- demo_label_acc: share of demos whose label equals gold (from the demos frame): for `icm` this
-  is ICM's label accuracy, for `random_matched` it equals it by construction, golden is 1.
+The point estimates (claim and group accuracy, their mean and std over demo orders, the
+test-size-weighted pooling of countries) are SQL in warehouse/schema.sql and nowhere else. This
+module reads the view `question_outcomes` (per prompt set and test question: claims right,
+claims, group credit with the tie rule) and resamples it:
 
-Metrics frame columns: run_id, country ("ALL" for the cross-country aggregate), method,
-experiment, n_demos (null in an aggregate row whose countries differ in pool size), n_countries,
-n_icm_seeds, n_orders, n_test_claims, n_test_groups, claim_acc, claim_acc_std,
-claim_acc_ci_low, claim_acc_ci_high, group_acc, group_acc_std, group_acc_ci_low,
-group_acc_ci_high, demo_label_acc.
+- 95% percentile bootstrap: resample test questions with replacement (within each country when
+  countries are pooled), the demo orders (within each ICM seed) and, with several ICM seeds, the
+  seeds; orders and questions are crossed (every order scores every question), so each is
+  resampled on its own. It covers the order-to-order spread of the reported mean as well as
+  test-set sampling (docs: the evaluation protocol).
+
+Metrics frame columns (table `metrics`): run_id, country ("ALL" for the pooled countries),
+method, experiment, n_demos (null in a pooled row whose countries differ in pool size),
+n_icm_seeds, claim_acc_ci_low, claim_acc_ci_high, group_acc_ci_low, group_acc_ci_high.
 """
 
 from __future__ import annotations
@@ -28,114 +24,52 @@ import polars as pl
 from persona_icm.evaluate import NO_ICM_SEED
 
 ALL_COUNTRIES = "ALL"
-_ORDER = ["icm_seed", "repeat"]
 METRIC_SCHEMA = {
     "run_id": pl.String,
     "country": pl.String,
     "method": pl.String,
     "experiment": pl.String,
     "n_demos": pl.Int64,
-    "n_countries": pl.Int64,
     "n_icm_seeds": pl.Int64,
-    "n_orders": pl.Int64,
-    "n_test_claims": pl.Int64,
-    "n_test_groups": pl.Int64,
-    "claim_acc": pl.Float64,
-    "claim_acc_std": pl.Float64,
     "claim_acc_ci_low": pl.Float64,
     "claim_acc_ci_high": pl.Float64,
-    "group_acc": pl.Float64,
-    "group_acc_std": pl.Float64,
     "group_acc_ci_low": pl.Float64,
     "group_acc_ci_high": pl.Float64,
-    "demo_label_acc": pl.Float64,
 }
 
 
-def group_outcomes(predictions: pl.DataFrame) -> pl.DataFrame:
-    """One row per (prompt set, test question): claims right, claims, group credit."""
-    is_top = pl.col("score") == pl.col("score").max()
-    keys = [
-        "run_id",
-        "country",
-        "method",
-        "experiment",
-        "n_demos",
-        "icm_seed",
-        "repeat",
-        "group_id",
-    ]
-    return predictions.group_by(keys).agg(
-        claims_correct=(pl.col("pred") == pl.col("gold")).sum().cast(pl.Float64),
-        n_claims=pl.len().cast(pl.Float64),
-        group_correct=(is_top & (pl.col("gold") == 1)).sum() / is_top.sum(),
-    )
-
-
-def order_accuracy(predictions: pl.DataFrame) -> pl.DataFrame:
-    """Claim and group accuracy of every evaluated prompt set (one row per order)."""
-    keys = ["run_id", "country", "method", "experiment", "n_demos", "icm_seed", "repeat"]
-    return (
-        group_outcomes(predictions)
-        .group_by(keys)
-        .agg(
-            claim_acc=pl.col("claims_correct").sum() / pl.col("n_claims").sum(),
-            group_acc=pl.col("group_correct").mean(),
-            n_test_claims=pl.col("n_claims").sum().cast(pl.Int64),
-            n_test_groups=pl.len().cast(pl.Int64),
-        )
-        .sort(keys, nulls_last=True)
-    )
-
-
-def summarize(
-    predictions: pl.DataFrame, demos: pl.DataFrame | None = None, n_boot: int = 1000, seed: int = 0
-) -> pl.DataFrame:
-    """Per country, method and demo count: mean, std and 95% bootstrap interval of both accuracies."""
+def summarize(outcomes: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """Per country, method and demo count: the 95% bootstrap interval of both accuracies.
+    `outcomes`: rows of the view question_outcomes."""
     rng = np.random.default_rng(seed)
-    outcomes = group_outcomes(predictions)
     keys = ["run_id", "country", "method", "experiment", "n_demos"]
-    rows = [
-        _summary_row(dict(zip(keys, key, strict=True)), part, n_boot, rng)
-        for key, part in _parts(outcomes, keys)
-    ]
-    return _with_label_accuracy(pl.DataFrame(rows, schema=METRIC_SCHEMA), demos, by_country=True)
+    rows = [_interval_row(dict(zip(keys, key, strict=True)), part, n_boot, rng) for key, part in _parts(outcomes, keys)]
+    return pl.DataFrame(rows, schema=METRIC_SCHEMA)
 
 
-def aggregate_countries(
-    predictions: pl.DataFrame, demos: pl.DataFrame | None = None, n_boot: int = 1000, seed: int = 0
-) -> pl.DataFrame:
-    """Countries pooled, each weighted by its number of test claims (country = "ALL").
+def aggregate_countries(outcomes: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """The intervals of the pooled countries (country "ALL"), for the cells of results_aggregated.
 
     experiment "main": each method's headline setting (full demo pool, zero-shot) over countries.
     experiment "curve": each demo method per demo count, over main and curve rows, keeping only
     the demo counts evaluated in every country. A method missing in some country is dropped.
     """
     rng = np.random.default_rng(seed)
-    outcomes = group_outcomes(predictions)
     rows = []
     for run_id, run in _parts(outcomes, ["run_id"]):
         n_countries = run["country"].n_unique()
         main = run.filter(pl.col("experiment") == "main")
         curve = run.filter(pl.col("n_demos") > 0, ~pl.col("method").str.starts_with("zero_shot"))
-        for label, frame, keys in (
-            ("main", main, ["method"]),
-            ("curve", curve, ["method", "n_demos"]),
-        ):
+        for label, frame, keys in (("main", main, ["method"]), ("curve", curve, ["method", "n_demos"])):
             for key, part in _parts(frame, keys):
                 if part["country"].n_unique() < n_countries:
                     continue
-                head = {
-                    "run_id": run_id[0],
-                    "country": ALL_COUNTRIES,
-                    "experiment": label,
-                    **dict(zip(keys, key, strict=True)),
-                }
+                head = {"run_id": run_id[0], "country": ALL_COUNTRIES, "experiment": label, **dict(zip(keys, key, strict=True))}
                 if label == "main":
                     sizes = part["n_demos"].unique()
                     head["n_demos"] = sizes[0] if len(sizes) == 1 else None
-                rows.append(_summary_row(head, part, n_boot, rng))
-    return _with_label_accuracy(pl.DataFrame(rows, schema=METRIC_SCHEMA), demos, by_country=False)
+                rows.append(_interval_row(head, part, n_boot, rng))
+    return pl.DataFrame(rows, schema=METRIC_SCHEMA)
 
 
 def bootstrap_interval(
@@ -181,11 +115,7 @@ def _parts(frame: pl.DataFrame, keys: list[str]):
     )
 
 
-def _summary_row(head: dict, outcomes: pl.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
-    orders = outcomes.group_by(_ORDER).agg(
-        claim_acc=pl.col("claims_correct").sum() / pl.col("n_claims").sum(),
-        group_acc=pl.col("group_correct").mean(),
-    )
+def _interval_row(head: dict, outcomes: pl.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
     cells = (
         outcomes.with_columns(unit=pl.concat_str("country", pl.lit("\x1f"), "group_id"))
         .sort("icm_seed", "repeat", "unit", nulls_last=True)
@@ -208,50 +138,9 @@ def _summary_row(head: dict, outcomes: pl.DataFrame, n_boot: int, rng: np.random
     return {
         "n_demos": None,
         **head,
-        "n_countries": int(unit_ids["country"].n_unique()),
         "n_icm_seeds": sum(s != NO_ICM_SEED for s in seeds),
-        "n_orders": orders.height,
-        "n_test_claims": int(n_claims.sum()),
-        "n_test_groups": n_units,
-        "claim_acc": orders["claim_acc"].mean(),
-        "claim_acc_std": orders["claim_acc"].std(),
         "claim_acc_ci_low": claim_ci[0],
         "claim_acc_ci_high": claim_ci[1],
-        "group_acc": orders["group_acc"].mean(),
-        "group_acc_std": orders["group_acc"].std(),
         "group_acc_ci_low": group_ci[0],
         "group_acc_ci_high": group_ci[1],
-        "demo_label_acc": None,
     }
-
-
-def _with_label_accuracy(
-    metrics: pl.DataFrame, demos: pl.DataFrame | None, by_country: bool
-) -> pl.DataFrame:
-    if demos is None or demos.is_empty() or metrics.is_empty():
-        return metrics
-    keys = (
-        ["run_id", "country", "method", "experiment", "n_demos"]
-        if by_country
-        else ["run_id", "method", "n_demos"]
-    )
-    label_acc = demos.group_by(keys).agg(demo_label_acc_=(pl.col("label") == pl.col("gold")).mean())
-    if (
-        not by_country
-    ):  # an aggregate curve point covers both experiments; a main row may mix pool sizes
-        main = (
-            demos.filter(pl.col("experiment") == "main")
-            .group_by("run_id", "method")
-            .agg(main_acc_=(pl.col("label") == pl.col("gold")).mean())
-        )
-        joined = metrics.join(label_acc, on=keys, how="left", nulls_equal=True).join(
-            main, on=["run_id", "method"], how="left"
-        )
-        acc = (
-            pl.when(pl.col("experiment") == "main")
-            .then(pl.col("main_acc_"))
-            .otherwise(pl.col("demo_label_acc_"))
-        )
-        return joined.with_columns(demo_label_acc=acc).select(list(METRIC_SCHEMA))
-    joined = metrics.join(label_acc, on=keys, how="left", nulls_equal=True)
-    return joined.with_columns(demo_label_acc=pl.col("demo_label_acc_")).select(list(METRIC_SCHEMA))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from persona_icm.config import DEFAULT_COUNTRIES, build_config
 from persona_icm.evaluate import evaluate_country
-from persona_icm.metrics import aggregate_countries, summarize
+from persona_icm.warehouse import evaluation_warehouse
 
 
 def parse_args() -> argparse.Namespace:
@@ -67,23 +67,18 @@ def run_icm_labels(train, scorer, cfg) -> tuple[dict[str, int], float]:
     return labels, float(acc)
 
 
-def table(metrics: pl.DataFrame) -> pl.DataFrame:
-    """method x country: claim acc, group acc with 95% CI, n_test (headline rows)."""
-    fmt = lambda m, lo, hi: pl.format("{} [{}, {}]", *(pl.col(c).round(3) for c in (m, lo, hi)))  # noqa: E731
-    return (
-        metrics.filter(experiment="main")
-        .select(
-            "country",
-            "method",
-            "n_demos",
-            claim=fmt("claim_acc", "claim_acc_ci_low", "claim_acc_ci_high"),
-            group=fmt("group_acc", "group_acc_ci_low", "group_acc_ci_high"),
-            std=pl.col("claim_acc_std").round(3),
-            n_test=pl.col("n_test_claims"),
-            label_acc=pl.col("demo_label_acc").round(3),
-        )
-        .sort("method", "country")
-    )
+def print_tables(predictions: pl.DataFrame, demos: pl.DataFrame, n_boot: int, seed: int) -> None:
+    """method x country headline (claim and group accuracy with 95% CI, std over orders, test size,
+    demo label accuracy) and the accuracy-vs-demos curve, from the warehouse views."""
+    with evaluation_warehouse(predictions, demos, n_boot, seed) as wh:
+        fmt = lambda m, lo, hi: pl.format("{} [{}, {}]", *(pl.col(c).round(3) for c in (m, lo, hi)))  # noqa: E731
+        print(wh.sql("SELECT * FROM headline ORDER BY method, country = 'ALL', country").select(
+            "country", "method", "n_demos",
+            claim=fmt("accuracy", "ci_low", "ci_high"), group=fmt("group_accuracy", "group_ci_low", "group_ci_high"),
+            std=pl.col("accuracy_std").round(3), n_test=pl.col("n_test_claims"), label_acc=pl.col("demo_label_accuracy").round(3),
+        ))  # fmt: skip
+        print(wh.sql("SELECT country, method, n_demos, round(accuracy, 3) AS accuracy, round(accuracy_std, 3) AS std "
+                     "FROM accuracy_vs_examples ORDER BY method, n_demos, country"))  # fmt: skip
 
 
 def main() -> None:
@@ -135,30 +130,14 @@ def main() -> None:
             result.predictions.write_parquet(partial / f"predictions-{country}.parquet")
             result.demos.write_parquet(partial / f"demos-{country}.parquet")
         preds, dem = pl.concat(predictions), pl.concat(demos)
-        n_boot = cfg.eval.bootstrap_samples
-        metrics = pl.concat(
-            [
-                summarize(preds, dem, n_boot, cfg.eval.seed),
-                aggregate_countries(preds, dem, n_boot, cfg.eval.seed),
-            ]
-        )
         out = args.out / model
         out.mkdir(parents=True, exist_ok=True)
         preds.write_parquet(out / "predictions.parquet")
         dem.write_parquet(out / "demos.parquet")
-        metrics.write_parquet(out / "metrics.parquet")
         print(
             f"\n## base model {model}, chat model {args.chat_model}, preset {args.preset} + {json.dumps(overrides)}"
         )
-        print(table(metrics))
-        curve = metrics.filter(
-            pl.col("experiment") == "curve", pl.col("method").is_in(["icm", "golden", "random_matched"])
-        )
-        print(
-            curve.select(
-                "country", "method", "n_demos", "claim_acc", "claim_acc_std", "demo_label_acc"
-            ).sort("method", "n_demos")
-        )
+        print_tables(preds, dem, cfg.eval.bootstrap_samples, cfg.eval.seed)
         timings["total_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(timings, indent=1))
 

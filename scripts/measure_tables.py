@@ -13,8 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from persona_icm.metrics import aggregate_countries, summarize
-from scripts.measure_eval import table
+from scripts.measure_eval import print_tables
 
 
 def main() -> None:
@@ -22,14 +21,11 @@ def main() -> None:
     n_boot = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     preds = pl.concat([pl.read_parquet(p) for p in sorted(partial.glob("predictions-*.parquet"))])
     demos = pl.concat([pl.read_parquet(p) for p in sorted(partial.glob("demos-*.parquet"))])
-    metrics = pl.concat([summarize(preds, demos, n_boot, 0), aggregate_countries(preds, demos, n_boot, 0)])
     pl.Config.set_tbl_rows(100)
     pl.Config.set_tbl_width_chars(200)
     pl.Config.set_fmt_str_lengths(40)
     print(f"countries: {sorted(preds['country'].unique())}, bootstrap samples {n_boot}")
-    print(table(metrics))
-    curve = metrics.filter(pl.col("experiment") == "curve", pl.col("method").is_in(["icm", "golden", "random_matched"]))
-    print(curve.select("country", "method", "n_demos", "claim_acc", "claim_acc_std", "demo_label_acc").sort("method", "n_demos"))
+    print_tables(preds, demos, n_boot, 0)
 
 
 if __name__ == "__main__":

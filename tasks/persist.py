@@ -20,10 +20,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from prefect.states import Crashed
 
-from persona_icm import metrics
 from persona_icm.config import RunConfig
 from persona_icm.run_status import RUNNING, claim_run, finish_run
-from persona_icm.warehouse import open_warehouse, write_results
+from persona_icm.warehouse import open_warehouse, write_aggregate, write_evaluation, write_results
 from tasks.common import ROOT, model_name
 from tasks.evaluation import MethodResult
 from tasks.search import SearchResult
@@ -97,10 +96,7 @@ def persist_country(
     warehouse_path: Path, run_id: str, country: str, icm_seed: int, search: SearchResult,
     evaluations: list[MethodResult], bootstrap_samples: int, seed: int,
 ) -> dict[str, dict[str, int]]:
-    """Write one country: the search (step icm), then the evaluation and its metrics (step eval)."""
-    predictions = pl.concat([e.predictions for e in evaluations], how="vertical_relaxed")
-    demos = pl.concat([e.demos for e in evaluations], how="vertical_relaxed")
-    summary = metrics.summarize(predictions, demos, n_boot=bootstrap_samples, seed=seed)
+    """Write one country: the search (step icm), then the evaluation and its intervals (step eval)."""
     seed_column = pl.lit(icm_seed).alias("icm_seed")
     written = {}
     with open_warehouse(warehouse_path) as wh:
@@ -109,22 +105,18 @@ def persist_country(
             "icm_trace": search.trace.with_columns(seed_column),
             "model_calls": search.calls,
         })  # fmt: skip
-        written["eval"] = write_results(wh, run_id, country, "eval", {
-            "predictions": predictions,
-            "demos": demos,
-            "metrics": summary,
+        written["eval"] = write_evaluation(wh, run_id, country, {
+            "predictions": pl.concat([e.predictions for e in evaluations], how="vertical_relaxed"),
+            "demos": pl.concat([e.demos for e in evaluations], how="vertical_relaxed"),
             "model_calls": pl.concat([e.calls for e in evaluations], how="vertical_relaxed")
             .with_columns(call_index=pl.int_range(pl.len())),
-        })  # fmt: skip
+        }, n_boot=bootstrap_samples, seed=seed)  # fmt: skip
     get_run_logger().info("%s persisted: %s", country, written)
     return written
 
 
 @task(name="aggregate-countries", cache_policy=NO_CACHE)
 def aggregate_countries(warehouse_path: Path, run_id: str, bootstrap_samples: int, seed: int) -> int:
-    """The countries-pooled metrics (country 'ALL') from the run's predictions in the warehouse."""
+    """The intervals of the pooled countries (country 'ALL') from the run's rows in the warehouse."""
     with open_warehouse(warehouse_path) as wh:
-        predictions = wh.sql("SELECT * EXCLUDE (icm_seed), coalesce(icm_seed, -1) AS icm_seed FROM predictions WHERE run_id = ?", [run_id])
-        demos = wh.sql("SELECT * FROM demos WHERE run_id = ?", [run_id])
-        pooled = metrics.aggregate_countries(predictions, demos, n_boot=bootstrap_samples, seed=seed)
-        return write_results(wh, run_id, metrics.ALL_COUNTRIES, "aggregate", {"metrics": pooled})["metrics"]
+        return write_aggregate(wh, run_id, n_boot=bootstrap_samples, seed=seed)

@@ -13,7 +13,7 @@ from persona_icm.evaluate import (
     option_prior_scores,
     sample_whole_groups,
 )
-from persona_icm.metrics import summarize
+from persona_icm.warehouse import evaluation_warehouse
 from tests.synthetic import SyntheticScorer, make_claims
 
 
@@ -49,10 +49,16 @@ def config(**eval_overrides):
     ).eval
 
 
+def results(predictions, demos=None):
+    """results_by_country (with metrics.n_icm_seeds) of an evaluation, from the warehouse views."""
+    with evaluation_warehouse(predictions, demos, n_boot=100) as wh:
+        return wh.sql("SELECT r.*, m.n_icm_seeds FROM results_by_country r JOIN metrics m USING (run_id, country, method, experiment, n_demos)")
+
+
 def claim_acc(metrics, method, experiment="main"):
     row = metrics.filter(pl.col("method") == method, pl.col("experiment") == experiment)
     assert row.height == 1, row
-    return row["claim_acc"].item()
+    return row["accuracy"].item()
 
 
 def test_golden_beats_random_matched_beats_inverted_gold():
@@ -61,19 +67,17 @@ def test_golden_beats_random_matched_beats_inverted_gold():
     scorer = SyntheticScorer(truth, signal=1.5, noise=1.0)
     icm = noisy_labels(train, accuracy=0.7)
     result = evaluate_country(scorer, train, test, config(), icm_labels=icm)
-    metrics = summarize(result.predictions, result.demos)
+    metrics = results(result.predictions, result.demos)
     inverted = evaluate_country(
         scorer, train, test, config(), icm_labels={c.claim_id: 1 - c.gold for c in train}
     )
-    inverted_acc = claim_acc(summarize(inverted.predictions), "icm")
+    inverted_acc = claim_acc(results(inverted.predictions), "icm")
 
     golden, matched = claim_acc(metrics, "golden"), claim_acc(metrics, "random_matched")
     assert golden >= matched >= inverted_acc
     assert golden - inverted_acc > 0.3
-    assert metrics.filter(method="golden", experiment="main")["demo_label_acc"].item() == 1.0
-    assert metrics.filter(method="icm", experiment="main")[
-        "demo_label_acc"
-    ].item() == pytest.approx(0.7, abs=0.02)
+    assert metrics.filter(method="golden", experiment="main")["demo_label_accuracy"].item() == 1.0
+    assert metrics.filter(method="icm", experiment="main")["demo_label_accuracy"].item() == pytest.approx(0.7, abs=0.02)
 
 
 def test_random_matched_has_icm_label_accuracy_on_the_same_claims_in_the_same_order():
@@ -276,7 +280,7 @@ def test_icm_pool_is_labelled_claims_only_and_several_seeds_are_kept_apart():
         1: 40,
     }
     assert result.predictions.filter(method="zero_shot_base")["icm_seed"].unique().to_list() == [-1]
-    metrics = summarize(result.predictions)
+    metrics = results(result.predictions)
     assert metrics.filter(method="icm", n_demos=20)["n_icm_seeds"].item() == 2
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from persona_icm.config import EvalConfig
 from persona_icm.evaluate import evaluate_country
-from persona_icm.metrics import aggregate_countries, summarize
 from persona_icm.scoring.hf import HFScorer
+from persona_icm.warehouse import evaluation_warehouse
 from tests.tiny_model import build_model, build_tokenizer, make_claims
 
 
@@ -60,6 +60,6 @@ def test_evaluation_through_hf_backend(tiny):
         preds["score"].to_list(), abs=1e-4
     )
 
-    metrics = summarize(preds, result.demos, n_boot=100)
-    assert set(metrics.filter(experiment="main")["method"]) == set(preds["method"])
-    assert aggregate_countries(preds, result.demos, n_boot=100).height > 0
+    with evaluation_warehouse(preds, result.demos, n_boot=100) as wh:
+        assert set(wh.sql("SELECT method FROM results_by_country WHERE experiment = 'main'")["method"]) == set(preds["method"])
+        assert wh.scalar("SELECT count(*) FROM results_aggregated") > 0

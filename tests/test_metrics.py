@@ -3,7 +3,19 @@ import polars as pl
 import pytest
 
 from persona_icm.evaluate import PREDICTION_SCHEMA
-from persona_icm.metrics import aggregate_countries, bootstrap_interval, order_accuracy, summarize
+from persona_icm.metrics import bootstrap_interval
+from persona_icm.warehouse import evaluation_warehouse
+
+
+def by_country(predictions: pl.DataFrame, n_boot: int = 200, seed: int = 0) -> pl.DataFrame:
+    """results_by_country (the views' accuracies, metrics' intervals) plus metrics.n_icm_seeds."""
+    with evaluation_warehouse(predictions, n_boot=n_boot, seed=seed) as wh:
+        return wh.sql("SELECT r.*, m.n_icm_seeds FROM results_by_country r JOIN metrics m USING (run_id, country, method, experiment, n_demos) ORDER BY ALL")
+
+
+def aggregated(predictions: pl.DataFrame, n_boot: int = 200) -> pl.DataFrame:
+    with evaluation_warehouse(predictions, n_boot=n_boot) as wh:
+        return wh.sql("SELECT * FROM results_aggregated ORDER BY ALL")
 
 
 def predictions(
@@ -52,10 +64,11 @@ def test_claim_and_group_accuracy_with_ties():
         ("r", "X", "m", "main", 0, 0, -1, "c0", "c", -3.0, 0, 1),  # group c: wrong on top, 0/2
         ("r", "X", "m", "main", 0, 0, -1, "c1", "c", -1.0, 0, 0),
     ]
-    acc = order_accuracy(pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row"))
-    assert acc["claim_acc"].item() == pytest.approx(4 / 6)
-    assert acc["group_acc"].item() == pytest.approx(1.5 / 3)
-    assert acc["n_test_groups"].item() == 3
+    with evaluation_warehouse(pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row"), n_boot=100) as wh:
+        acc = wh.sql("SELECT * FROM accuracy")
+    assert acc["claim_accuracy"].item() == pytest.approx(4 / 6)
+    assert acc["group_accuracy"].item() == pytest.approx(1.5 / 3)
+    assert acc["n_groups"].item() == 3
 
 
 def test_aggregation_weights_by_test_size_and_keeps_only_shared_demo_counts():
@@ -69,58 +82,47 @@ def test_aggregation_weights_by_test_size_and_keeps_only_shared_demo_counts():
         exact("A", "zero_shot_base", 0, 10, 5),
         exact("B", "zero_shot_base", 0, 30, 30),
     ]
-    agg = aggregate_countries(pl.concat(frames), n_boot=200)
+    agg = aggregated(pl.concat(frames))
     main = agg.filter(experiment="main").sort("method")
     assert main["method"].to_list() == ["golden", "zero_shot_base"]
-    assert main["country"].unique().to_list() == ["ALL"]
     golden = main.filter(method="golden")
-    assert golden["claim_acc"].item() == pytest.approx((20 * 1.0 + 60 * 0.5) / 80)
+    assert golden["accuracy"].item() == pytest.approx((20 * 1.0 + 60 * 0.5) / 80)
     assert golden["n_demos"].item() is None  # pools of 40 and 50
     assert golden["n_test_claims"].item() == 80 and golden["n_countries"].item() == 2
-    assert main.filter(method="zero_shot_base")["claim_acc"].item() == pytest.approx(
+    assert golden["ci_low"].item() is not None  # the pooled interval (metrics, country 'ALL') is joined
+    assert main.filter(method="zero_shot_base")["accuracy"].item() == pytest.approx(
         (20 * 0.5 + 60 * 1.0) / 80
     )
     assert main.filter(method="zero_shot_base")["n_demos"].item() == 0
     curve = agg.filter(experiment="curve")
     assert curve["n_demos"].to_list() == [10]
-    assert curve["claim_acc"].item() == pytest.approx(0.625)
+    assert curve["accuracy"].item() == pytest.approx(0.625)
 
 
 def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_test_questions():
     widths = []
     for n_groups in (20, 80, 320):
-        metrics = summarize(
-            predictions("X", "golden", 10, n_groups, accuracy=0.7, repeats=3), n_boot=1000, seed=1
-        )
-        row = metrics.row(0, named=True)
-        for name in ("claim_acc", "group_acc"):
-            assert row[f"{name}_ci_low"] <= row[name] <= row[f"{name}_ci_high"]
-            assert row[f"{name}_ci_low"] < row[f"{name}_ci_high"]
+        row = by_country(predictions("X", "golden", 10, n_groups, accuracy=0.7, repeats=3), n_boot=1000, seed=1).row(0, named=True)
+        for name, low, high in (("accuracy", "ci_low", "ci_high"), ("group_accuracy", "group_ci_low", "group_ci_high")):
+            assert row[low] <= row[name] <= row[high]
+            assert row[low] < row[high]
         assert row["n_orders"] == 3 and row["n_test_groups"] == n_groups
-        widths.append(row["claim_acc_ci_high"] - row["claim_acc_ci_low"])
+        widths.append(row["ci_high"] - row["ci_low"])
     assert widths[0] > widths[1] > widths[2]
     # one order: question sampling alone, ~ 1/sqrt(n) (with several orders, their random spread adds)
-    single = [
-        summarize(predictions("X", "golden", 10, n, accuracy=0.7, repeats=1), n_boot=1000, seed=1).row(0, named=True)
-        for n in (20, 320)
-    ]
-    ratio = (single[0]["claim_acc_ci_high"] - single[0]["claim_acc_ci_low"]) / (
-        single[1]["claim_acc_ci_high"] - single[1]["claim_acc_ci_low"]
-    )
+    single = [by_country(predictions("X", "golden", 10, n, accuracy=0.7, repeats=1), n_boot=1000, seed=1).row(0, named=True) for n in (20, 320)]
+    ratio = (single[0]["ci_high"] - single[0]["ci_low"]) / (single[1]["ci_high"] - single[1]["ci_low"])
     assert ratio == pytest.approx(4, rel=0.35)
 
 
 def test_bootstrap_covers_icm_seeds_when_several():
     one = predictions("X", "icm", 10, 50, accuracy=0.7, icm_seed=0)
     two = pl.concat([one, predictions("X", "icm", 10, 50, accuracy=0.9, seed=1, icm_seed=1)])
-    row1, row2 = (summarize(p, n_boot=1000).row(0, named=True) for p in (one, two))
+    row1, row2 = (by_country(p, n_boot=1000).row(0, named=True) for p in (one, two))
     assert row1["n_icm_seeds"] == 1 and row2["n_icm_seeds"] == 2 and row2["n_orders"] == 4
-    assert row2["claim_acc_ci_low"] <= row2["claim_acc"] <= row2["claim_acc_ci_high"]
+    assert row2["ci_low"] <= row2["accuracy"] <= row2["ci_high"]
     # Seeds disagree (0.7 vs 0.9), so resampling them widens the interval beyond question sampling.
-    assert (
-        row2["claim_acc_ci_high"] - row2["claim_acc_ci_low"]
-        > row1["claim_acc_ci_high"] - row1["claim_acc_ci_low"]
-    )
+    assert row2["ci_high"] - row2["ci_low"] > row1["ci_high"] - row1["ci_low"]
 
 
 def test_bootstrap_interval_is_exact_for_a_constant_and_stratified():
@@ -141,15 +143,13 @@ def test_bootstrap_interval_covers_the_spread_between_demo_orders():
     before resampling questions (the earlier code) gave the zero-width interval [0.5, 0.5]."""
     right = exact("X", "icm", 10, n_groups=40, n_right_groups=40)
     wrong = exact("X", "icm", 10, n_groups=40, n_right_groups=0).with_columns(repeat=pl.lit(1, pl.Int64))
-    row = summarize(pl.concat([right, wrong]), n_boot=400).row(0, named=True)
-    assert row["claim_acc"] == 0.5 and row["n_orders"] == 2
-    assert row["claim_acc_ci_low"] == 0.0 and row["claim_acc_ci_high"] == 1.0
-    assert row["group_acc_ci_low"] == 0.0 and row["group_acc_ci_high"] == 1.0
+    row = by_country(pl.concat([right, wrong]), n_boot=400).row(0, named=True)
+    assert row["accuracy"] == 0.5 and row["n_orders"] == 2
+    assert row["ci_low"] == 0.0 and row["ci_high"] == 1.0
+    assert row["group_ci_low"] == 0.0 and row["group_ci_high"] == 1.0
     # orders that agree add nothing: the interval is question sampling alone
     same = exact("X", "icm", 10, n_groups=40, n_right_groups=20)
     twice = pl.concat([same, same.with_columns(repeat=pl.lit(1, pl.Int64))])
-    once_row, twice_row = (summarize(p, n_boot=400, seed=3).row(0, named=True) for p in (same, twice))
-    assert twice_row["claim_acc_ci_low"] < 0.5 < twice_row["claim_acc_ci_high"]
-    assert (twice_row["claim_acc_ci_high"] - twice_row["claim_acc_ci_low"]) == pytest.approx(
-        once_row["claim_acc_ci_high"] - once_row["claim_acc_ci_low"], abs=0.06
-    )
+    once_row, twice_row = (by_country(p, n_boot=400, seed=3).row(0, named=True) for p in (same, twice))
+    assert twice_row["ci_low"] < 0.5 < twice_row["ci_high"]
+    assert (twice_row["ci_high"] - twice_row["ci_low"]) == pytest.approx(once_row["ci_high"] - once_row["ci_low"], abs=0.06)

@@ -9,12 +9,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from persona_icm import metrics
 from persona_icm.charts import write_report
 from persona_icm.config import build_config
 from persona_icm.evaluate import evaluate_country
 from persona_icm.icm import run_icm
-from persona_icm.warehouse import open_warehouse, write_results, write_run
+from persona_icm.warehouse import (
+    open_warehouse,
+    write_aggregate,
+    write_evaluation,
+    write_results,
+    write_run,
+)
 from tests.synthetic import SyntheticScorer, make_claims
 
 QUERIES = Path(__file__).resolve().parent.parent / "warehouse" / "queries"
@@ -46,49 +51,46 @@ def warehouse(tmp_path_factory):
         frames[country] = result
         seed = pl.lit(0).alias("icm_seed")
         write_results(wh, "r1", country, "icm", {"icm_labels": search.labels.with_columns(seed), "icm_trace": search.trace.with_columns(seed)})
-        write_results(wh, "r1", country, "eval", {
-            "predictions": result.predictions, "demos": result.demos,
-            "metrics": metrics.summarize(result.predictions, result.demos, n_boot=200),
-        })  # fmt: skip
+        write_evaluation(wh, "r1", country, {"predictions": result.predictions, "demos": result.demos}, n_boot=200)
     predictions = pl.concat([r.predictions for r in frames.values()])
     demos = pl.concat([r.demos for r in frames.values()])
-    pooled = metrics.aggregate_countries(predictions, demos, n_boot=200)
-    write_results(wh, "r1", "ALL", "aggregate", {"metrics": pooled})
+    write_aggregate(wh, "r1", n_boot=200)
     yield wh, predictions, demos
     wh.close()
 
 
-def test_view_accuracies_equal_the_python_metrics(warehouse):
+def test_every_cell_has_its_interval_and_the_views_define_the_accuracies(warehouse):
     wh, predictions, demos = warehouse
-    python = metrics.summarize(predictions, demos, n_boot=200)
     sql = wh.sql("SELECT * FROM results_by_country WHERE run_id = 'r1'")
-    joined = sql.join(python, on=["country", "method", "experiment", "n_demos"], how="full", coalesce=True)
-    assert joined.height == python.height == sql.height > 0
-    assert (joined["accuracy"] - joined["claim_acc"]).abs().max() < 1e-12
-    assert (joined["group_accuracy"] - joined["group_acc"]).abs().max() < 1e-12
-    assert (joined["n_orders"] == joined["n_orders_right"]).all()
-    assert joined["ci_low"].is_not_null().all() and (joined["ci_low"] <= joined["accuracy"]).all()
+    cells = predictions.select("country", "method", "experiment", "n_demos").unique()
+    assert sql.height == cells.height > 0
+    assert sql["ci_low"].is_not_null().all() and (sql["ci_low"] <= sql["accuracy"]).all() and (sql["accuracy"] <= sql["ci_high"]).all()
+    # one cell by hand: golden's headline claim accuracy is the share of right predictions over its orders
+    golden = predictions.filter(pl.col("country") == "Atlantis", pl.col("method") == "golden", pl.col("experiment") == "main")
+    by_hand = golden.group_by("repeat").agg((pl.col("pred") == pl.col("gold")).mean().alias("acc"))["acc"].mean()
+    got = sql.filter(pl.col("country") == "Atlantis", pl.col("method") == "golden", pl.col("experiment") == "main")
+    assert got["accuracy"].item() == pytest.approx(by_hand)
+    assert got["demo_label_accuracy"].item() == 1.0  # golden demos carry gold labels
+    assert set(wh.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 'metrics'")["column_name"]).isdisjoint(
+        {"claim_acc", "group_acc", "claim_acc_std", "demo_label_acc"}
+    )  # the metrics table holds intervals only
 
 
-def test_aggregate_is_test_size_weighted_and_matches_python(warehouse):
-    wh, predictions, demos = warehouse
-    pooled = metrics.aggregate_countries(predictions, demos, n_boot=200)
-    sql = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r1'")
-    joined = sql.join(pooled, on=["method", "experiment", "n_demos"], how="inner", nulls_equal=True)
-    assert joined.height == pooled.height == sql.height > 0
-    assert (joined["accuracy"] - joined["claim_acc"]).abs().max() < 1e-12
-    assert (joined["group_accuracy"] - joined["group_acc"]).abs().max() < 1e-12
+def test_aggregate_is_test_size_weighted(warehouse):
+    wh, _, _ = warehouse
     golden = wh.sql("SELECT country, accuracy, n_test_claims FROM results_by_country WHERE method = 'golden' AND experiment = 'main'")
     expected = (golden["accuracy"] * golden["n_test_claims"]).sum() / golden["n_test_claims"].sum()
-    got = wh.scalar("SELECT accuracy FROM results_aggregated WHERE method = 'golden' AND experiment = 'main'")
-    assert got == pytest.approx(expected)
+    got = wh.sql("SELECT accuracy, ci_low, ci_high FROM results_aggregated WHERE method = 'golden' AND experiment = 'main'").row(0, named=True)
+    assert got["accuracy"] == pytest.approx(expected)
+    assert got["ci_low"] <= got["accuracy"] <= got["ci_high"]
     assert golden["n_test_claims"].to_list() != [golden["n_test_claims"][0]] * golden.height
 
 
 def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_path):
-    """results_aggregated equals metrics.aggregate_countries for groups of any size: group accuracy
-    is weighted by test questions (the old view weighted it by claims), with the std over orders."""
+    """Group accuracy pooled by test questions (weighting it by claims gives another number), and
+    the std over demo orders of the pooled accuracy."""
     from persona_icm.evaluate import PREDICTION_SCHEMA
+    from persona_icm.warehouse import evaluation_warehouse
 
     rows = []
     for country, n_groups, size in (("A", 6, 2), ("B", 2, 4)):  # A: 12 claims, 6 questions; B: 8 claims, 2
@@ -101,31 +103,24 @@ def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_pat
                     rows.append(("r2", country, "golden", "main", 8, repeat, -1, f"{country}{g}-{k}", f"{country}{g}",
                                  score, int(score > 0), gold))  # fmt: skip
     predictions = pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row")
-    wh = open_warehouse(tmp_path / "w.duckdb")
-    for country in ("A", "B"):
-        mine = predictions.filter(pl.col("country") == country)
-        write_results(wh, "r2", country, "eval", {"predictions": mine, "metrics": metrics.summarize(mine, n_boot=100)})
-    pooled = metrics.aggregate_countries(predictions, n_boot=100)
-    write_results(wh, "r2", "ALL", "aggregate", {"metrics": pooled})
-    sql = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r2'").row(0, named=True)
-    python = pooled.row(0, named=True)
-    wh.close()
-    assert sql["group_accuracy"] == pytest.approx(python["group_acc"], abs=1e-12)
-    assert sql["accuracy"] == pytest.approx(python["claim_acc"], abs=1e-12)
-    assert sql["accuracy_std"] == python["claim_acc_std"] and sql["group_accuracy_std"] == python["group_acc_std"]
+    with evaluation_warehouse(predictions, n_boot=100) as wh:
+        sql = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r2'").row(0, named=True)
+    # A: in every order 4 of 6 questions right (both claims), B: question 0 right (4 claims), question 1 wrong
+    assert sql["group_accuracy"] == pytest.approx((6 * (4 / 6) + 2 * 0.5) / 8, abs=1e-12)
+    assert sql["accuracy"] == pytest.approx((12 * (4 / 6) + 8 * 0.5) / 20, abs=1e-12)
+    assert sql["accuracy_std"] == pytest.approx(0.0, abs=1e-12) and sql["n_orders"] == 3  # every order alike
     by_claims = (12 * (4 / 6) + 8 * 0.5) / 20  # what weighting group accuracy by claims gives
     assert abs(sql["group_accuracy"] - by_claims) > 0.01
 
 
 def test_accuracy_vs_examples_has_the_weighted_aggregate_over_shared_demo_counts(warehouse):
     wh, predictions, demos = warehouse
-    pooled = metrics.aggregate_countries(predictions, demos, n_boot=200).filter(
-        pl.col("experiment") == "curve", pl.col("method").is_in(["golden", "icm", "random_matched"])
-    )
+    pooled = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r1' AND experiment = 'curve' "
+                    "AND method IN ('golden', 'icm', 'random_matched')")  # fmt: skip
     sql = wh.sql("SELECT * FROM accuracy_vs_examples WHERE run_id = 'r1' AND country = 'ALL'")
     joined = sql.join(pooled, on=["method", "n_demos"], how="full", coalesce=True)
     assert joined.height == sql.height == pooled.height > 0
-    assert (joined["accuracy"] - joined["claim_acc"]).abs().max() < 1e-12
+    assert (joined["accuracy"] - joined["accuracy_right"]).abs().max() < 1e-12
     assert (joined["n_orders"] == joined["n_orders_right"]).all() and joined["ci_low"].is_not_null().all()
     per_country = wh.sql("SELECT country, n_demos FROM accuracy_vs_examples WHERE run_id = 'r1' AND country <> 'ALL'")
     shared = set.intersection(*(set(f["n_demos"]) for f in per_country.partition_by("country")))

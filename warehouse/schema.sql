@@ -1,4 +1,4 @@
--- schema_version: 5
+-- schema_version: 6
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -92,9 +92,9 @@ ORDER BY ALL;
 -- ---------------------------------------------------------------- results (tasks/, flows/, charts.py)
 
 -- Written by the flow process only: one transaction per (run, country, phase) that first deletes
--- that key's rows, so re-running replaces. Every row carries run_id. The views compute the point
--- estimates from `predictions` in SQL; the 95% intervals are the bootstrap of
--- persona_icm/metrics.py, stored in `metrics` and joined in (a test checks both agree).
+-- that key's rows, so re-running replaces. Every row carries run_id. The views below are the only
+-- definition of every accuracy number (from `predictions`); the 95% intervals are the bootstrap
+-- of persona_icm/metrics.py over the view question_outcomes, stored in `metrics` and joined in.
 
 CREATE TABLE IF NOT EXISTS runs (
     run_id        VARCHAR PRIMARY KEY,
@@ -192,27 +192,19 @@ CREATE TABLE IF NOT EXISTS demos (
     gold        TINYINT NOT NULL
 );
 
--- persona_icm/metrics.py output: country 'ALL' is the test-size-weighted aggregate.
+-- persona_icm/metrics.py output: the 95% bootstrap intervals of every results_by_country cell
+-- (country 'ALL': of every results_aggregated cell). The point estimates are the views' alone.
 CREATE TABLE IF NOT EXISTS metrics (
     run_id             VARCHAR NOT NULL,
     country            VARCHAR NOT NULL,
     method             VARCHAR NOT NULL,
     experiment         VARCHAR NOT NULL,
     n_demos            INTEGER,
-    n_countries        INTEGER,
     n_icm_seeds        INTEGER,
-    n_orders           INTEGER,
-    n_test_claims      INTEGER,
-    n_test_groups      INTEGER,
-    claim_acc          DOUBLE,
-    claim_acc_std      DOUBLE,
     claim_acc_ci_low   DOUBLE,
     claim_acc_ci_high  DOUBLE,
-    group_acc          DOUBLE,
-    group_acc_std      DOUBLE,
     group_acc_ci_low   DOUBLE,
-    group_acc_ci_high  DOUBLE,
-    demo_label_acc     DOUBLE
+    group_acc_ci_high  DOUBLE
 );
 
 CREATE TABLE IF NOT EXISTS model_calls (
@@ -228,28 +220,36 @@ CREATE TABLE IF NOT EXISTS model_calls (
     wall_seconds   DOUBLE NOT NULL
 );
 
--- One row per evaluated prompt set (a demo order): claim accuracy (pred = gold) and group
--- accuracy (the gold-True option scores highest in its question; a tie at the top earns
--- 1/number tied, as in metrics.py).
-CREATE OR REPLACE VIEW accuracy AS
+-- The one definition of both accuracies, per evaluated prompt set (a demo order) and test
+-- question: claims right (pred = gold) and the group credit: 1 when the gold-True option scores
+-- highest, 1/(number tied) when it ties for the highest (the expected accuracy of breaking the tie
+-- at random; option-prior scores tie often). metrics.py resamples these rows for the intervals.
+CREATE OR REPLACE VIEW question_outcomes AS
 WITH tops AS (
     SELECT *, score = max(score) OVER (
         PARTITION BY run_id, country, method, experiment, n_demos, "repeat", icm_seed, group_id) AS is_top
     FROM predictions
-),
-groups AS (
-    SELECT run_id, country, method, experiment, n_demos, "repeat", icm_seed, group_id,
-           count(*) FILTER (WHERE is_top AND gold = 1) / count(*) FILTER (WHERE is_top) AS group_correct,
-           count(*) FILTER (WHERE pred = gold) AS claims_correct,
-           count(*) AS n_claims
-    FROM tops GROUP BY ALL
 )
+SELECT run_id, country, method, experiment, n_demos, "repeat", icm_seed, group_id,
+       count(*) FILTER (WHERE pred = gold)::DOUBLE AS claims_correct,
+       count(*)::DOUBLE AS n_claims,
+       count(*) FILTER (WHERE is_top AND gold = 1) / count(*) FILTER (WHERE is_top) AS group_correct
+FROM tops GROUP BY ALL;
+
+-- One row per evaluated prompt set: claim accuracy (claims pooled) and group accuracy (mean credit).
+CREATE OR REPLACE VIEW accuracy AS
 SELECT run_id, country, method, experiment, n_demos, "repeat", icm_seed,
        sum(n_claims)::INTEGER AS n_claims,
        count(*)::INTEGER AS n_groups,
        sum(claims_correct) / sum(n_claims) AS claim_accuracy,
        avg(group_correct) AS group_accuracy
-FROM groups GROUP BY ALL;
+FROM question_outcomes GROUP BY ALL;
+
+-- Share of demonstrations whose label equals gold, per prompt setting: for icm, ICM's label
+-- accuracy; random_matched equals it by construction; golden is 1.
+CREATE OR REPLACE VIEW demo_label_accuracy AS
+SELECT run_id, country, method, experiment, n_demos, avg((label = gold)::INTEGER) AS demo_label_accuracy
+FROM demos GROUP BY ALL;
 
 -- Per (run, country, method, experiment, n_demos): mean and std over demo orders (and ICM
 -- seeds), with the 95% bootstrap interval over test questions (and seeds) from `metrics`.
@@ -265,44 +265,54 @@ SELECT a.run_id, a.country, a.method, a.experiment, a.n_demos,
        avg(a.group_accuracy) AS group_accuracy,
        any_value(m.group_acc_ci_low) AS group_ci_low,
        any_value(m.group_acc_ci_high) AS group_ci_high,
-       any_value(m.demo_label_acc) AS demo_label_accuracy
+       any_value(d.demo_label_accuracy) AS demo_label_accuracy
 FROM accuracy a
 LEFT JOIN metrics m
   ON m.run_id = a.run_id AND m.country = a.country AND m.method = a.method
  AND m.experiment = a.experiment AND m.n_demos = a.n_demos
+LEFT JOIN demo_label_accuracy d
+  ON d.run_id = a.run_id AND d.country = a.country AND d.method = a.method
+ AND d.experiment = a.experiment AND d.n_demos = a.n_demos
 GROUP BY a.run_id, a.country, a.method, a.experiment, a.n_demos;
 
 -- Countries pooled, each weighted by its test size (claims for claim accuracy, questions for
--- group accuracy, as metrics.py pools them), over the cells every country of the run has.
--- "main": each method's headline setting (pool sizes may differ by country: n_demos is then
--- NULL). "curve": the demo methods per demo count, main and curve rows together. The std over
--- orders and the 95% interval come from `metrics` (country 'ALL').
+-- group accuracy), over the cells every country of the run has. "main": each method's headline
+-- setting (pool sizes may differ by country: n_demos is then NULL). "curve": the demo methods per
+-- demo count, main and curve rows together. Mean and std over demo orders (each order pooled over
+-- the countries); the 95% interval comes from `metrics` (country 'ALL').
 CREATE OR REPLACE VIEW results_aggregated AS
 WITH n_countries AS (
     SELECT run_id, count(DISTINCT country) AS n FROM predictions GROUP BY run_id
 ),
 cells AS (
-    SELECT run_id, country, method, 'main' AS experiment, n_demos, n_test_claims, n_test_groups, accuracy, group_accuracy
-    FROM results_by_country WHERE experiment = 'main'
+    SELECT *, 'main' AS cell, NULL::INTEGER AS cell_n_demos FROM accuracy WHERE experiment = 'main'
     UNION ALL
-    SELECT run_id, country, method, 'curve', n_demos, n_test_claims, n_test_groups, accuracy, group_accuracy
-    FROM results_by_country WHERE n_demos > 0 AND method NOT LIKE 'zero_shot%'
+    SELECT *, 'curve', n_demos FROM accuracy WHERE n_demos > 0 AND method NOT LIKE 'zero_shot%'
 ),
-pooled AS (
-    SELECT run_id, method, experiment,
-           CASE WHEN experiment = 'main' THEN NULL ELSE n_demos END AS cell_n_demos,
+orders AS (
+    SELECT run_id, method, cell, cell_n_demos, icm_seed, "repeat",
            count(DISTINCT country) AS n_countries,
            CASE WHEN min(n_demos) = max(n_demos) THEN min(n_demos) END AS n_demos,
-           sum(n_test_claims)::INTEGER AS n_test_claims,
-           sum(accuracy * n_test_claims) / sum(n_test_claims) AS accuracy,
-           sum(group_accuracy * n_test_groups) / sum(n_test_groups) AS group_accuracy
-    FROM cells GROUP BY run_id, method, experiment, cell_n_demos
+           sum(n_claims)::INTEGER AS n_test_claims,
+           sum(claim_accuracy * n_claims) / sum(n_claims) AS accuracy,
+           sum(group_accuracy * n_groups) / sum(n_groups) AS group_accuracy
+    FROM cells GROUP BY run_id, method, cell, cell_n_demos, icm_seed, "repeat"
+),
+pooled AS (
+    SELECT run_id, method, cell AS experiment, cell_n_demos,
+           max(n_countries) AS n_countries,
+           CASE WHEN min(n_demos) = max(n_demos) THEN min(n_demos) END AS n_demos,
+           max(n_test_claims) AS n_test_claims,
+           count(*)::INTEGER AS n_orders,
+           avg(accuracy) AS accuracy, stddev_samp(accuracy) AS accuracy_std,
+           avg(group_accuracy) AS group_accuracy, stddev_samp(group_accuracy) AS group_accuracy_std
+    FROM orders GROUP BY run_id, method, cell, cell_n_demos
 )
 SELECT p.run_id, p.method, p.experiment, p.n_demos, p.n_countries::INTEGER AS n_countries,
        p.n_test_claims, p.accuracy,
        m.claim_acc_ci_low AS ci_low, m.claim_acc_ci_high AS ci_high,
        p.group_accuracy, m.group_acc_ci_low AS group_ci_low, m.group_acc_ci_high AS group_ci_high,
-       m.claim_acc_std AS accuracy_std, m.group_acc_std AS group_accuracy_std, m.n_orders
+       p.accuracy_std, p.group_accuracy_std, p.n_orders
 FROM pooled p
 JOIN n_countries n ON n.run_id = p.run_id AND p.n_countries = n.n
 LEFT JOIN metrics m
@@ -357,3 +367,14 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_started DOUBLE;  -- the owner's start time (epoch s): PIDs get reused
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS interrupted_attempts INTEGER DEFAULT 0;
+
+-- Before schema_version 6, metrics also held point estimates; the views own them now.
+ALTER TABLE metrics DROP COLUMN IF EXISTS n_countries;
+ALTER TABLE metrics DROP COLUMN IF EXISTS n_orders;
+ALTER TABLE metrics DROP COLUMN IF EXISTS n_test_claims;
+ALTER TABLE metrics DROP COLUMN IF EXISTS n_test_groups;
+ALTER TABLE metrics DROP COLUMN IF EXISTS claim_acc;
+ALTER TABLE metrics DROP COLUMN IF EXISTS claim_acc_std;
+ALTER TABLE metrics DROP COLUMN IF EXISTS group_acc;
+ALTER TABLE metrics DROP COLUMN IF EXISTS group_acc_std;
+ALTER TABLE metrics DROP COLUMN IF EXISTS demo_label_acc;
