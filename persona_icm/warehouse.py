@@ -147,6 +147,30 @@ def _scalar(con: duckdb.DuckDBPyConnection, query: str, params: Any = None) -> A
     return rows[0][0] if rows else None
 
 
+# Keys that schema.sql declares on these tables; files made before schema_version 7 lack them.
+PRIMARY_KEYS = {
+    "predictions": ("run_id", "country", "method", "experiment", "n_demos", "repeat", "icm_seed", "claim_id"),
+    "demos": ("run_id", "country", "method", "experiment", "n_demos", "repeat", "icm_seed", "position"),
+}
+
+
+def _add_primary_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """Migration: the primary keys of PRIMARY_KEYS on tables created without them (icm_seed NULL,
+    the old way of writing "no ICM run", becomes -1 first)."""
+    for table, key in PRIMARY_KEYS.items():
+        if not _scalar(con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]):
+            continue  # a new file: schema.sql creates it with its key
+        has_key = _scalar(
+            con, "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'", [table]
+        )
+        if has_key:
+            continue
+        con.execute(f"UPDATE {table} SET icm_seed = -1 WHERE icm_seed IS NULL")
+        con.execute(f"ALTER TABLE {table} ALTER COLUMN icm_seed SET NOT NULL")
+        columns = ", ".join(f'"{c}"' for c in key)
+        con.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({columns})")
+
+
 def apply_schema(con: duckdb.DuckDBPyConnection, schema_path: Path = SCHEMA_PATH) -> int:
     """Bring the database up to the schema file, in one transaction; return the version.
 
@@ -171,6 +195,7 @@ def apply_schema(con: duckdb.DuckDBPyConnection, schema_path: Path = SCHEMA_PATH
     )
     if done:
         return version
+    _add_primary_keys(con)  # each statement its own transaction: DuckDB indexes no uncommitted update
     con.begin()
     try:
         con.execute(sql)
@@ -299,8 +324,7 @@ def question_outcomes(wh: Warehouse, run_id: str, country: str | None = None) ->
     where, params = "run_id = ?", [run_id]
     if country is not None:
         where, params = where + " AND country = ?", [*params, country]
-    # rows written before icm_seed was always set hold NULL for "no ICM run"
-    return wh.sql(f"SELECT * REPLACE (coalesce(icm_seed, -1) AS icm_seed) FROM question_outcomes WHERE {where}", params)
+    return wh.sql(f"SELECT * FROM question_outcomes WHERE {where}", params)
 
 
 def write_evaluation(

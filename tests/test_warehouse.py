@@ -147,3 +147,23 @@ def test_a_frame_that_does_not_match_its_table_is_refused_by_name(tmp_path):
             write_results(wh, "r", "France", "icm", {"model_calls": calls.drop("phase")})
         assert wh.scalar("SELECT count(*) FROM model_calls") == 0
         assert write_results(wh, "r", "France", "icm", {"model_calls": calls}) == {"model_calls": 1}
+
+
+def test_old_files_get_the_primary_keys_and_duplicates_are_refused(tmp_path):
+    """A warehouse from before schema_version 7: predictions/demos without keys, icm_seed NULL."""
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE predictions (run_id VARCHAR NOT NULL, country VARCHAR NOT NULL, method VARCHAR NOT NULL, "
+                "experiment VARCHAR NOT NULL, n_demos INTEGER NOT NULL, \"repeat\" INTEGER NOT NULL, icm_seed INTEGER, "
+                "claim_id VARCHAR NOT NULL, group_id VARCHAR NOT NULL, score DOUBLE NOT NULL, pred TINYINT NOT NULL, gold TINYINT NOT NULL)")  # fmt: skip
+    con.execute("INSERT INTO predictions VALUES ('r', 'France', 'zero_shot_base', 'main', 0, 0, NULL, 'c1', 'g1', 0.5, 1, 1)")
+    con.close()
+    with open_warehouse(path) as wh:
+        keys = wh.sql("SELECT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' ORDER BY 1")
+        assert {"predictions", "demos"} <= set(keys["table_name"])
+        assert wh.scalar("SELECT icm_seed FROM predictions") == -1
+        assert wh.scalar("SELECT accuracy FROM results_by_country") == 1.0
+        with pytest.raises(Exception, match="violates primary key"):
+            wh.con.execute("INSERT INTO predictions VALUES ('r', 'France', 'zero_shot_base', 'main', 0, 0, -1, 'c1', 'g1', 0.7, 1, 1)")

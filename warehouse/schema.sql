@@ -1,4 +1,4 @@
--- schema_version: 6
+-- schema_version: 7
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -169,12 +169,13 @@ CREATE TABLE IF NOT EXISTS predictions (
     experiment  VARCHAR NOT NULL,            -- main (headline: whole pool / zero-shot) | curve (sub-sampled demos)
     n_demos     INTEGER NOT NULL,
     "repeat"    INTEGER NOT NULL,            -- demo order index
-    icm_seed    INTEGER,                     -- the ICM run whose demo pool was used; -1: none (zero-shot)
+    icm_seed    INTEGER NOT NULL,            -- the ICM run whose demo pool was used; -1: none (zero-shot, golden)
     claim_id    VARCHAR NOT NULL,
     group_id    VARCHAR NOT NULL,
     score       DOUBLE NOT NULL,             -- log P(" True") - log P(" False")
     pred        TINYINT NOT NULL,
-    gold        TINYINT NOT NULL
+    gold        TINYINT NOT NULL,
+    PRIMARY KEY (run_id, country, method, experiment, n_demos, "repeat", icm_seed, claim_id)
 );
 
 -- The exact demonstrations of every prompt, in prompt order.
@@ -185,15 +186,18 @@ CREATE TABLE IF NOT EXISTS demos (
     experiment  VARCHAR NOT NULL,
     n_demos     INTEGER NOT NULL,
     "repeat"    INTEGER NOT NULL,
-    icm_seed    INTEGER,
+    icm_seed    INTEGER NOT NULL,
     position    INTEGER NOT NULL,
     claim_id    VARCHAR NOT NULL,
     label       TINYINT NOT NULL,
-    gold        TINYINT NOT NULL
+    gold        TINYINT NOT NULL,
+    PRIMARY KEY (run_id, country, method, experiment, n_demos, "repeat", icm_seed, position)
 );
 
 -- persona_icm/metrics.py output: the 95% bootstrap intervals of every results_by_country cell
 -- (country 'ALL': of every results_aggregated cell). The point estimates are the views' alone.
+-- No primary key: n_demos is NULL in a pooled row whose countries differ in pool size; the
+-- writer replaces a (run, country) at a time, so a cell is never written twice.
 CREATE TABLE IF NOT EXISTS metrics (
     run_id             VARCHAR NOT NULL,
     country            VARCHAR NOT NULL,
@@ -368,6 +372,8 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_started DOUBLE;  -- the owner's start time (epoch s): PIDs get reused
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS interrupted_attempts INTEGER DEFAULT 0;
 
+-- Before schema_version 7, predictions and demos had no primary key and icm_seed could be NULL:
+-- persona_icm.warehouse adds the keys (PRIMARY_KEYS) after this file runs.
 -- Before schema_version 6, metrics also held point estimates; the views own them now.
 ALTER TABLE metrics DROP COLUMN IF EXISTS n_countries;
 ALTER TABLE metrics DROP COLUMN IF EXISTS n_orders;
