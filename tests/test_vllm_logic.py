@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from persona_icm.config import VllmEngineArgs, build_config
-from persona_icm.scoring.base import ScoreRequest
+from persona_icm.scoring.base import ScoreRequest, check_lengths
 from persona_icm.scoring.vllm import (
-    check_lengths,
     choose_logprob_path,
     engine_kwargs,
     load_engine,
@@ -113,9 +112,9 @@ def test_too_long_prompt_is_refused_naming_its_query():
 
     claims = make_claims(4)
     requests = [ScoreRequest((), claims[0]), ScoreRequest(((claims[0], 1),), claims[2])]
-    check_lengths([[1] * 10, [1] * 11], requests, limit=11)
-    with pytest.raises(ValueError, match=r"query Fr-2 with 1 demos has 12 tokens, more than 11"):
-        check_lengths([[1] * 10, [1] * 12], requests, limit=11)
+    check_lengths([[1] * 10, [1] * 11], requests, 11, "max_model_len - 1")
+    with pytest.raises(ValueError, match=r"query Fr-2 with 1 demos has 12 tokens, more than 11 \(max_model_len - 1\)"):
+        check_lengths([[1] * 10, [1] * 12], requests, 11, "max_model_len - 1")
 
 
 def test_engine_start_failure_names_the_model_and_engine_args(monkeypatch):

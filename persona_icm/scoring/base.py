@@ -49,13 +49,51 @@ class ClaimScorer(Protocol):
 
 @dataclass
 class CallLog:
-    """Mixin-style holder so every backend records its calls the same way."""
+    """What every backend shares: its call records, and one PromptEncoder per prompt kind
+    (built on first use from `self.tokenizer`)."""
 
     calls: list[CallRecord] = field(default_factory=list)
     phase: str = ""
 
     def record(self, n_prompts: int, prompt_tokens: int, cached_tokens: int | None, wall: float) -> None:
         self.calls.append(CallRecord(n_prompts, prompt_tokens, cached_tokens, wall, self.phase))
+
+    def encoder(self, kind: PromptKind):
+        from persona_icm.prompts import PromptEncoder
+
+        encoders = self.__dict__.setdefault("_encoders", {})
+        if kind not in encoders:
+            encoders[kind] = PromptEncoder(self.tokenizer, kind)
+        return encoders[kind]
+
+
+def sum_or_none(values: list[int | None]) -> int | None:
+    """The total, or None when any part is unknown (a backend that does not report cached tokens)."""
+    return None if any(v is None for v in values) else sum(values)
+
+
+def prompt_limit(configured: int | None, model_limit: int | None) -> int | None:
+    """The longest prompt a backend accepts: the smaller of max_prompt_tokens and the model's window."""
+    known = [x for x in (configured, model_limit) if x]
+    return min(known) if known else None
+
+
+def check_lengths(prompts: list[list[int]], requests: list[ScoreRequest], limit: int | None, what: str) -> None:
+    """Refuse a prompt longer than `limit` tokens, naming its query and where the limit comes from."""
+    if limit is None:
+        return
+    for ids, r in zip(prompts, requests, strict=True):
+        if len(ids) > limit:
+            raise ValueError(
+                f"prompt for query {r.query.claim_id} with {len(r.context)} demos has {len(ids)} tokens, more than {limit} ({what})"
+            )
+
+
+def resolve_dtype(dtype: str, on_gpu: bool) -> str:
+    """ModelSpec.dtype "auto": bfloat16 on a GPU, float32 on a CPU (the same for every local backend)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if on_gpu else "float32"
 
 
 CALLS_SCHEMA = {

@@ -32,7 +32,14 @@ from collections.abc import Sequence
 import torch
 
 from persona_icm.prompts import PromptEncoder
-from persona_icm.scoring.base import CallLog, PromptKind, ScoreRequest
+from persona_icm.scoring.base import (
+    CallLog,
+    PromptKind,
+    ScoreRequest,
+    check_lengths,
+    prompt_limit,
+    resolve_dtype,
+)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -87,18 +94,12 @@ class HFScorer(CallLog):
         self.progress = progress
         self.device = next(model.parameters()).device
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-        self.max_prompt_tokens = min(x for x in (max_prompt_tokens, limit) if x) if (max_prompt_tokens or limit) else None
-        self._encoders: dict[PromptKind, PromptEncoder] = {}
+        self.max_prompt_tokens = prompt_limit(max_prompt_tokens, limit)
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.kv_bytes_per_token = _kv_bytes_per_token(model)
 
     # -- public -------------------------------------------------------------------------------
-    def encoder(self, kind: PromptKind) -> PromptEncoder:
-        if kind not in self._encoders:
-            self._encoders[kind] = PromptEncoder(self.tokenizer, kind)
-        return self._encoders[kind]
-
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         start = time.perf_counter()
         scores: list[float] = [0.0] * len(requests)
@@ -110,7 +111,7 @@ class HFScorer(CallLog):
             enc = self.encoder(kind)
             pieces = [enc.pieces(requests[i]) for i in idx]
             ids = [[t for p in ps for t in p] for ps in pieces]
-            self._check_lengths(ids, [requests[i] for i in idx])
+            check_lengths(ids, [requests[i] for i in idx], self.max_prompt_tokens, f"max_prompt_tokens={self.max_prompt_tokens}")
             if self.prefix_reuse:
                 logprobs, n_computed = self.log_probs_prefix_reuse(ids, [tuple(ps) for ps in pieces], enc)
             else:
@@ -241,16 +242,6 @@ class HFScorer(CallLog):
 
         return DynamicCache(config=self.model.config)
 
-    def _check_lengths(self, ids: list[list[int]], requests: list[ScoreRequest]) -> None:
-        if self.max_prompt_tokens is None:
-            return
-        for seq, r in zip(ids, requests, strict=True):
-            if len(seq) > self.max_prompt_tokens:
-                raise ValueError(
-                    f"prompt for query {r.query.claim_id} with {len(r.context)} demos has {len(seq)} tokens, "
-                    f"more than max_prompt_tokens={self.max_prompt_tokens}"
-                )
-
     @property
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
@@ -297,8 +288,7 @@ def load_hf_scorer(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = resolve_dtype(dtype, on_gpu=device.startswith("cuda"))
     path = resolve(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)

@@ -34,13 +34,13 @@ import inspect
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from persona_icm.prompts import chat_messages, prompt_text
-from persona_icm.scoring.base import CallLog, PromptKind, ScoreRequest, check_raw_pair
+from persona_icm.scoring.base import CallLog, ScoreRequest, check_raw_pair, sum_or_none
 
 CANDIDATE_TEXT = {"base": (" True", " False"), "chat": ("True", "False")}
 
@@ -100,7 +100,6 @@ class OpenAIScorer(CallLog):
         self.mode = mode
         self.top_logprobs = top_logprobs
         self.max_concurrency = max_concurrency
-        self._encoders: dict[str, Any] = {}
         self.tokenizer = tokenizer
         if mode == "allowed_token_ids" and tokenizer is None:
             raise ValueError("mode 'allowed_token_ids' sends token ids and needs the model's tokenizer")
@@ -127,7 +126,7 @@ class OpenAIScorer(CallLog):
         self.record(
             len(requests),
             prompt_tokens,
-            None if any(c is None for c in cached) else sum(cached),
+            sum_or_none(cached),
             time.perf_counter() - start,
         )
         return [r[0] for r in results]
@@ -194,13 +193,6 @@ class OpenAIScorer(CallLog):
         check_raw_pair(top[true_text], top[false_text], f"{self.base_url} ({self.model}), query {request.query.claim_id}")
         return top[true_text] - top[false_text], prompt_tokens, cached
 
-    def encoder(self, kind: PromptKind):
-        from persona_icm.prompts import PromptEncoder
-
-        if kind not in self._encoders:
-            self._encoders[kind] = PromptEncoder(self.tokenizer, kind)
-        return self._encoders[kind]
-
     def _score_allowed(self, request: ScoreRequest) -> tuple[float, int, int | None]:
         enc = self.encoder(request.kind)
         ids = enc.encode(request)
@@ -220,7 +212,7 @@ class OpenAIScorer(CallLog):
             prompt_tokens += n
             cached.append(c)
         check_raw_pair(values[0], values[1], f"{self.base_url} ({self.model}), query {request.query.claim_id}")
-        return values[0] - values[1], prompt_tokens, None if None in cached else sum(cached)
+        return values[0] - values[1], prompt_tokens, sum_or_none(cached)
 
     # -- preflight ----------------------------------------------------------------------------
     def probe(self, request: ScoreRequest) -> float:

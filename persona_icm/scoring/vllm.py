@@ -27,7 +27,15 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from persona_icm.config import VllmEngineArgs
-from persona_icm.scoring.base import CallLog, PromptKind, ScoreRequest, check_raw_pair
+from persona_icm.scoring.base import (
+    CallLog,
+    ScoreRequest,
+    check_lengths,
+    check_raw_pair,
+    prompt_limit,
+    resolve_dtype,
+    sum_or_none,
+)
 
 LogprobPath = Literal["token_ids", "allowed_token_ids"]
 
@@ -98,24 +106,13 @@ def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu:
     dtype "auto" means what it means for the hf backend (ModelSpec.dtype): float32 on CPU,
     bfloat16 on GPU, so both backends score the same weights the same way.
     """
-    if dtype == "auto":
-        dtype = "float32" if on_cpu else "bfloat16"
+    dtype = resolve_dtype(dtype, on_gpu=not on_cpu)
     return {
         "model": model,
         **args.model_dump(exclude_none=True),
         "dtype": dtype,
         "logprobs_mode": "raw_logprobs",
     }
-
-
-def check_lengths(prompts: Sequence[Sequence[int]], requests: Sequence[ScoreRequest], limit: int) -> None:
-    """Refuse a prompt longer than `limit` tokens, naming its query."""
-    for ids, r in zip(prompts, requests, strict=True):
-        if len(ids) > limit:
-            raise ValueError(
-                f"prompt for query {r.query.claim_id} with {len(r.context)} demos has {len(ids)} tokens, more than "
-                f"{limit} (max_prompt_tokens, or the vLLM engine's max_model_len - 1)"
-            )
 
 
 @functools.cache
@@ -164,8 +161,8 @@ class VllmScorer(CallLog):
         self.logprob_path = choose_logprob_path(SamplingParams, logprob_path)
         self.llm = load_engine(model, self.engine_args, dtype)
         engine_limit = self.llm.llm_engine.model_config.max_model_len - 1
-        self.max_prompt_tokens = min(max_prompt_tokens or engine_limit, engine_limit)
-        self._encoders: dict[PromptKind, Any] = {}
+        self.max_prompt_tokens = prompt_limit(max_prompt_tokens, engine_limit)
+        self._tokenizer = None
 
     def close(self) -> None:
         """Shut the engine down (its engine-core and GPU worker processes exit, freeing their
@@ -180,15 +177,13 @@ class VllmScorer(CallLog):
                 warnings.warn(f"vLLM engine shutdown for {self.model!r}: {err}", stacklevel=2)
         self.llm = None
 
-    def encoder(self, kind: PromptKind):
-        if kind not in self._encoders:
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from persona_icm.prompts import PromptEncoder
-
-            tokenizer = AutoTokenizer.from_pretrained(self.model)
-            self._encoders[kind] = PromptEncoder(tokenizer, kind)
-        return self._encoders[kind]
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        return self._tokenizer
 
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         from vllm import SamplingParams
@@ -199,7 +194,7 @@ class VllmScorer(CallLog):
         start = time.perf_counter()
         encoders = [self.encoder(r.kind) for r in requests]
         prompts = [enc.encode(r) for enc, r in zip(encoders, requests, strict=True)]
-        check_lengths(prompts, requests, self.max_prompt_tokens)
+        check_lengths(prompts, requests, self.max_prompt_tokens, "max_prompt_tokens, or the vLLM engine's max_model_len - 1")
         order = prefix_order(prompts)
         per_prompt = [sampling_kwargs(self.logprob_path, encoders[i].true_id, encoders[i].false_id) for i in order]
         engine_prompts, engine_params = [], []
@@ -223,7 +218,7 @@ class VllmScorer(CallLog):
         self.record(
             n_prompts=len(requests),
             prompt_tokens=sum(len(p["prompt_token_ids"]) for p in engine_prompts),
-            cached_tokens=None if any(c is None for c in cached) else sum(cached),
+            cached_tokens=sum_or_none(cached),
             wall=time.perf_counter() - start,
         )
         return restore_order(scores, order)
