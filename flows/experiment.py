@@ -66,7 +66,7 @@ def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: st
             {"config": config.model_dump(mode="json"), "country": s.country, "train": s.train, "test": s.test,
              "run_id": run_id, "remote": True},
             s.country, timeout,
-        )  # fmt: skip
+        )
         for s in splits
     ]
     return [f.result() for f in futures]
@@ -127,7 +127,7 @@ def persona_icm(
             persist_country(
                 warehouse, run_id, result.country, config.icm.seed, result.search, evaluations,
                 config.eval.bootstrap_samples, config.eval.seed,
-            )  # fmt: skip
+            )
         aggregate_countries(warehouse, run_id, config.eval.bootstrap_samples, config.eval.seed)
     except BaseException:
         record_run(warehouse, {**row, "status": "failed", "finished_at": datetime.now(UTC)})

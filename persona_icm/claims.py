@@ -271,7 +271,7 @@ def build_claims(
         .select("dataset_id", "claim_id", "question_id", "country", "option_idx", "option", "share",
                 "label", "group_id", "tie")
         .sort("question_id", "country", "option_idx")
-    )  # fmt: skip
+    )
     report["groups_by_country"] = {c: n for c, n in groups.group_by("country").len().sort("country").iter_rows()}
     report["ties_by_country"] = {
         c: n for c, n in groups.group_by("country").agg(pl.col("tie").sum()).sort("country").iter_rows()
@@ -306,7 +306,7 @@ def split_claims(claims: pl.DataFrame, questions: pl.DataFrame, cfg: DataConfig)
         .join(texts, on="question_id")
         .group_by("text", "country").agg(n=pl.len())
         .join(ranks, on="text").sort("rank", "country")
-    )  # fmt: skip
+    )
     f = cfg.train_fraction
     seen: dict[str, int] = {}
     train: dict[str, int] = {}
@@ -328,7 +328,7 @@ def split_claims(claims: pl.DataFrame, questions: pl.DataFrame, cfg: DataConfig)
         .join(side, on="question_id")
         .sort("country", "side", "rank", "question_id")
         .with_columns(k=pl.int_range(pl.len()).over("country", "side"))
-    )  # fmt: skip
+    )
     caps = {"train": cfg.train_cap // 2, "test": cfg.test_cap // 2}
     for country in cfg.countries:
         mine = groups.filter(pl.col("country") == country)
@@ -353,7 +353,7 @@ def split_claims(claims: pl.DataFrame, questions: pl.DataFrame, cfg: DataConfig)
         .with_columns(position=pl.int_range(pl.len()).over("country", "side").cast(pl.Int32))
         .select("dataset_id", pl.lit(cfg.split_seed, pl.Int32).alias("split_seed"), "country", "claim_id",
                 pl.col("side").alias("split"), "position")
-    )  # fmt: skip
+    )
 
 
 def _selection_text(cfg: DataConfig) -> str:
@@ -393,7 +393,7 @@ def write_dataset(wh: Warehouse, dataset: Dataset) -> None:
             "n_claims": dataset.claims.height,
             "report": json.dumps(dataset.report, sort_keys=True),
         }]
-    )  # fmt: skip
+    )
     with wh.transaction():
         wh.replace("claims", dataset.claims, dataset_id=dataset.dataset_id)
         wh.replace("splits", dataset.splits, dataset_id=dataset.dataset_id)

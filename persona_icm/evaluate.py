@@ -356,7 +356,7 @@ def _predictions_frame(
          c.claim_id, c.group_id, s, int(s > 0), c.gold)
         for p, scores in scored
         for c, s in zip(test, scores, strict=True)
-    ]  # fmt: skip
+    ]
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row")
 
 

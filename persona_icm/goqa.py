@@ -288,14 +288,14 @@ def ingest_goqa(wh: Warehouse, path: str | Path) -> IngestReport:
         return IngestReport(
             sha, r["origin"], False, r["n_rows"], r["n_questions"], r["n_selections"],
             r["n_empty_question_rows"], r["n_share_warnings"],
-        )  # fmt: skip
+        )
     table = read_goqa(path)
     if table.source_sha256 != sha:
         raise RuntimeError(f"{path} changed while it was being ingested; try again")
     report = IngestReport(
         sha, table.origin, True, table.n_rows, table.questions.height, table.selections.height,
         table.n_empty_question_rows, table.n_share_warnings,
-    )  # fmt: skip
+    )
     source_row = pl.DataFrame(
         [{
             "source_sha256": sha, "origin": table.origin, "parser_version": PARSER_VERSION,
@@ -303,7 +303,7 @@ def ingest_goqa(wh: Warehouse, path: str | Path) -> IngestReport:
             "n_selections": report.n_selections, "n_empty_question_rows": report.n_empty_question_rows,
             "n_share_warnings": report.n_share_warnings, "ingested_at": datetime.now(),
         }]
-    )  # fmt: skip
+    )
     key = pl.lit(sha).alias("source_sha256")
     with wh.transaction():
         wh.replace("goqa_questions", table.questions.with_columns(key), source_sha256=sha)

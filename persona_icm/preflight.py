@@ -193,7 +193,7 @@ def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> No
     try:
         make_scorer(spec, api_key=api_key).probe(ScoreRequest((), query, kind))
     except (EndpointUnavailable, ModelNotServed, CandidateNotReturned, NoLogprobsError, ProcessedLogprobs,
-            httpx.HTTPError) as error:  # fmt: skip
+            httpx.HTTPError) as error:
         raise InputError(f"{role} {spec.name!r} at {spec.openai.base_url}: {one_line(str(error))}") from None
 
 

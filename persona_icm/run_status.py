@@ -70,7 +70,7 @@ def claim_run(wh: Warehouse, row: dict[str, Any]) -> dict[str, str | None]:
             wh.con.execute(
                 "UPDATE runs SET status = ?, interrupted_attempts = coalesce(interrupted_attempts, 0) + 1 "
                 "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [INTERRUPTED, list(dead)],
-            )  # fmt: skip
+            )
         before = wh.scalar("SELECT coalesce(interrupted_attempts, 0) FROM runs WHERE run_id = ?", [row["run_id"]])
         write_run(wh, {**row, "interrupted_attempts": before or 0})
     return dead

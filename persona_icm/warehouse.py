@@ -236,7 +236,7 @@ def _connect(target: str, read_only: bool, lock_timeout: float) -> duckdb.DuckDB
         raise WarehouseLocked(
             target, time.monotonic() - start,
             int(holder["pid"]) if holder else None, holder["program"] if holder else None,
-        ) from None  # fmt: skip
+        ) from None
 
 
 def lock_timeout_default(read_only: bool) -> float:

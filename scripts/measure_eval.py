@@ -76,9 +76,9 @@ def print_tables(predictions: pl.DataFrame, demos: pl.DataFrame, n_boot: int, se
             "country", "method", "n_demos",
             claim=fmt("accuracy", "ci_low", "ci_high"), group=fmt("group_accuracy", "group_ci_low", "group_ci_high"),
             std=pl.col("accuracy_std").round(3), n_test=pl.col("n_test_claims"), label_acc=pl.col("demo_label_accuracy").round(3),
-        ))  # fmt: skip
+        ))
         print(wh.sql("SELECT country, method, n_demos, round(accuracy, 3) AS accuracy, round(accuracy_std, 3) AS std "
-                     "FROM accuracy_vs_examples ORDER BY method, n_demos, country"))  # fmt: skip
+                     "FROM accuracy_vs_examples ORDER BY method, n_demos, country"))
 
 
 def main() -> None:
@@ -88,7 +88,7 @@ def main() -> None:
                  "train_cap": args.train_cap, "test_cap": args.test_cap},
         "icm": {"iterations": args.icm_iterations},
         "eval": {"eval_repeats": args.eval_repeats, "demo_sizes": args.demo_sizes},
-    }  # fmt: skip
+    }
     cfg = build_config(args.preset, overrides)
     splits = country_splits(cfg)
     chat = load_scorer(args.chat_model) if args.chat_model else None
@@ -115,7 +115,7 @@ def main() -> None:
                 result = evaluate_country(
                     base, split.train, split.test, cfg.eval,
                     icm_labels=labels, chat_scorer=chat, rng=rng, run_id=run_id, progress=advance,
-                )  # fmt: skip
+                )
             timings[f"{country}: eval_s"] = round(time.perf_counter() - t, 1)
             timings[f"{country}: n_train/n_pool/n_test/icm_label_acc"] = (
                 f"{len(split.train)}/{len(labels)}/{len(split.test)}/{label_acc:.3f}"

@@ -100,7 +100,7 @@ def cli_rows(goqa: Path, tmp: Path) -> list[tuple[str, str, float]]:
         done = subprocess.run(
             [sys.executable, "-m", "flows.cli", "--warehouse", str(tmp / "wh.duckdb"), "run", *args],
             capture_output=True, text=True, env=env, cwd=ROOT,
-        )  # fmt: skip
+        )
         written = "warehouse written!" if (tmp / "wh.duckdb").exists() else "nothing written"
         rows.append((name, f"exit {done.returncode}, {written}: {done.stderr.strip()[:110]}", time.perf_counter() - start))
     return rows

@@ -29,7 +29,7 @@ def retry_helps(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except (InputError, NoLogprobsError, CandidateNotReturned, ProcessedLogprobs, ModelNotServed, FileNotFoundError,
-            ModuleNotFoundError):  # fmt: skip
+            ModuleNotFoundError):
         return False
     except Exception:
         return True

@@ -22,7 +22,7 @@ def ingest_goqa(data: DataConfig, warehouse_path: Path) -> str:
     get_run_logger().info(
         "GOQA %s (%s): %d questions, %d selections%s", report.origin, report.source_sha256[:12],
         report.n_questions, report.n_selections, "" if report.loaded else " (already ingested)",
-    )  # fmt: skip
+    )
     return report.source_sha256
 
 

@@ -52,7 +52,7 @@ def evaluate_method(
         result = evaluate_country(
             scorer, train, test, config.model_copy(update={"methods": [method]}),
             icm_labels=icm_labels, chat_scorer=chat, run_id=run_id, progress=progress,
-        )  # fmt: skip
+        )
     skipped = result.skipped.get(method)
     if skipped:
         get_run_logger().warning("%s skipped for %s: %s", method, country, skipped)

@@ -104,13 +104,13 @@ def persist_country(
             "icm_labels": search.labels.with_columns(seed_column),
             "icm_trace": search.trace.with_columns(seed_column),
             "model_calls": search.calls,
-        })  # fmt: skip
+        })
         written["eval"] = write_evaluation(wh, run_id, country, {
             "predictions": pl.concat([e.predictions for e in evaluations], how="vertical_relaxed"),
             "demos": pl.concat([e.demos for e in evaluations], how="vertical_relaxed"),
             "model_calls": pl.concat([e.calls for e in evaluations], how="vertical_relaxed")
             .with_columns(call_index=pl.int_range(pl.len())),
-        }, n_boot=bootstrap_samples, seed=seed)  # fmt: skip
+        }, n_boot=bootstrap_samples, seed=seed)
     get_run_logger().info("%s persisted: %s", country, written)
     return written
 

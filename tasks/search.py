@@ -84,12 +84,12 @@ def icm_search(train: list[Claim], icm: IcmConfig, model: ModelSpec, checkpoint_
             checkpoint_path=checkpoint,
             run_key=key,
             on_progress=on_progress,
-        )  # fmt: skip
+        )
     mirror.push_if_saved()
     counters = vars(result.counters).copy()
     log.info(
         "ICM %s: %d iterations, %d accepted, pool %d, %d prompts in %.1f s (resumed from %s)",
         country, counters["iterations"], counters["accepted"], result.labels["label"].is_not_null().sum(),
         counters["prompts"], counters["wall_seconds"], counters["resumed_from"],
-    )  # fmt: skip
+    )
     return SearchResult(key, result.labels, result.trace, calls_frame(calls, model_name(model)), counters)

@@ -16,7 +16,7 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-dev-shm-usage",
-]  # fmt: skip
+]
 
 
 def available() -> bool:
@@ -36,7 +36,7 @@ class Session:
     def call(self, method: str, path: str, body: dict | None = None):
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.base}/session/{self.id}{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+                                         headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())["value"]
 
@@ -70,9 +70,9 @@ def chromium():
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": binary, "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]},
             "goog:loggingPrefs": {"browser": "ALL"},
-        }}}  # fmt: skip
+        }}}
         request = urllib.request.Request(f"{base}/session", data=json.dumps(capabilities).encode(),
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+                                         headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             session = Session(base, json.loads(response.read())["value"]["sessionId"])
         try:

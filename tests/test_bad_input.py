@@ -42,7 +42,7 @@ def good_args(inputs, warehouse: Path) -> list[str]:
         "--warehouse", str(warehouse), "run", "--preset", "smoke", "--goqa-path", str(inputs["goqa"]),
         "--set", f"data.countries={json.dumps(COUNTRIES)}", "--set", "data.train_cap=12", "--set", "data.test_cap=8",
         "--set", f"base_model.name={inputs['model']}", "--set", "icm.num_seed=4",
-    ]  # fmt: skip
+    ]
 
 
 # (extra CLI arguments, the error line must match all of these)
@@ -122,7 +122,7 @@ def test_longest_prompt_bound_is_the_real_pool_prompt(inputs):
     actual = max(
         len(encoder.encode(ScoreRequest(tuple((c, y) for c in split.train), query)))
         for query in split.train + split.test for y in (0, 1)
-    )  # fmt: skip
+    )
     assert actual <= longest_prompt_tokens(encoder, split) <= actual + len(split.train)
 
 

@@ -75,7 +75,7 @@ def test_binary_keeps_two_option_questions_and_drop_flag_counts_after_dropping(t
 def test_non_substantive_options_are_recognised():
     for option in ["DK/Refused", "Don't know", "Don\u2019t know".replace("\u2019", "'"), "No answer",
                    "No answer/refused", "Missing; Not available", "Other missing; Multiple answers Mail (EVS)",
-                   "Refused", "Don't Know"]:  # fmt: skip
+                   "Refused", "Don't Know"]:
         assert NON_SUBSTANTIVE.match(option), option
     for option in ["Other reasons", "None at all", "Not much", "Disagree", "Dark"]:
         assert not NON_SUBSTANTIVE.match(option), option
@@ -252,7 +252,7 @@ def test_data_config_rejects_bad_values():
     from pydantic import ValidationError
 
     for bad in ({"train_cap": 1}, {"test_cap": 0}, {"train_fraction": 1.0}, {"countries": []},
-                {"countries": ["France", "France"]}, {"question_sources": []}):  # fmt: skip
+                {"countries": ["France", "France"]}, {"question_sources": []}):
         with pytest.raises(ValidationError, match=next(iter(bad))):
             DataConfig(**bad)
 

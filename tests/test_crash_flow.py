@@ -38,7 +38,7 @@ ORDER = {
     "predictions": ["country", "method", "experiment", "n_demos", "repeat", "claim_id"],
     "demos": ["country", "method", "experiment", "n_demos", "repeat", "position"],
     "metrics": ["country", "method", "experiment", "n_demos"],
-}  # fmt: skip
+}
 ITERATIONS = 16
 
 
@@ -55,18 +55,18 @@ def inputs(tmp_path_factory):
         "icm": {"num_seed": 4, "iterations": ITERATIONS, "checkpoint_every": 2},
         "eval": {"eval_repeats": 1, "demo_sizes": [4], "bootstrap_samples": 100,
                  "methods": ["icm", "golden", "zero_shot_base"]},
-    }  # fmt: skip
+    }
 
 
 def start_run(harness: str, warehouse: Path, results: Path, overrides: dict, log: Path) -> subprocess.Popen:
     """`persona-icm run --preset smoke` in a new process (its own Prefect client, this server)."""
     sets = [f"{section}.{key}={json.dumps(value)}" for section, values in overrides.items() if isinstance(values, dict)
-            for key, value in values.items()]  # fmt: skip
+            for key, value in values.items()]
     sets += [f"{key}={json.dumps(value)}" for key, value in overrides.items() if not isinstance(value, dict)]
     env = {
         **os.environ, "PREFECT_API_URL": harness, "PERSONA_ICM_RESULTS": str(results), "PYTHONPATH": str(ROOT),
         "PREFECT_LOGGING_EXTRA_LOGGERS": "persona_icm", "TQDM_DISABLE": "1",
-    }  # fmt: skip
+    }
     command = [sys.executable, "-m", "flows.cli", "--warehouse", str(warehouse), "run", "--preset", "smoke"]
     for item in sets:
         command += ["--set", item]
@@ -177,7 +177,7 @@ def test_sigkill_mid_search_then_rerun_resumes_to_the_uninterrupted_result(harne
         identical.append(f"{table} {'bit-identical' if frame.equals(expected) else 'within 1e-5'}")
     print(f"\n[fault] SIGKILL at checkpoint iterations {first} and {second} of {ITERATIONS}, then truncated checkpoint: "
           f"uninterrupted run {reference_seconds:.1f} s, last rerun to completion {resumed_seconds:.1f} s "
-          f"(from kill to rerun start {clock - killed_at:.1f} s); {', '.join(identical)}")  # fmt: skip
+          f"(from kill to rerun start {clock - killed_at:.1f} s); {', '.join(identical)}")
 
     # idempotence: re-running the finished run id changes no result row
     clock = time.perf_counter()

@@ -54,7 +54,7 @@ def test_evaluation_through_hf_backend(tiny):
         train, test, cfg, icm_labels=icm,
         chat_scorer=HFScorer(model, tokenizer, prefix_reuse=False, batch_size=1, progress=False),
         run_id="tiny", batched=False,
-    )  # fmt: skip
+    )
     assert reference.predictions.drop("score", "pred").equals(preds.drop("score", "pred"))
     assert reference.predictions["score"].to_list() == pytest.approx(
         preds["score"].to_list(), abs=1e-4

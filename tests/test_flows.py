@@ -32,7 +32,7 @@ def smoke_inputs(tmp_path_factory):
         "icm": {"num_seed": 4, "iterations": 6},
         "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 100},
         "warehouse_path": str(work / "warehouse" / "persona_icm.duckdb"),
-    }  # fmt: skip
+    }
     return overrides
 
 
@@ -131,7 +131,7 @@ def test_prefect_deploy_all_accepts_prefect_yaml(harness):
     from prefect.client.orchestration import get_client
 
     env = {**os.environ, "PREFECT_API_URL": harness, "PERSONA_ICM_ROOT": str(ROOT), "PERSONA_ICM_GPU_ROOT": "/opt/persona-icm",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip
+           "PYTHONPATH": str(ROOT)}
     prefect = [sys.executable, "-m", "prefect"]
     for pool in ("cpu", "gpu"):
         subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process"], cwd=ROOT, env=env, capture_output=True)
@@ -139,7 +139,7 @@ def test_prefect_deploy_all_accepts_prefect_yaml(harness):
     assert done.returncode == 0, done.stdout + done.stderr
     with get_client(sync_client=True) as client:
         for name, pool in (("persona-icm/full", "cpu"), ("persona-icm/rehearsal", "cpu"), ("persona-icm/smoke", "cpu"),
-                           ("persona-icm-country/country", "gpu"), ("persona-icm-chat/chat", "gpu")):  # fmt: skip
+                           ("persona-icm-country/country", "gpu"), ("persona-icm-chat/chat", "gpu")):
             deployment = client.read_deployment_by_name(name)
             assert deployment.work_pool_name == pool
             if pool == "gpu":

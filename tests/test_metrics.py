@@ -39,7 +39,7 @@ def predictions(
                 right = rng.random() < accuracy
                 pred = gold if right else 1 - gold
                 rows.append(("r", country, method, experiment, n_demos, repeat, icm_seed, f"{country}{g}-{k}", f"{country}{g}",
-                             1.0 if pred else -1.0, pred, gold))  # fmt: skip
+                             1.0 if pred else -1.0, pred, gold))
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row")
 
 
@@ -51,7 +51,7 @@ def exact(country, method, n_demos, n_groups, n_right_groups, experiment="main")
             gold = int(k == 0)
             pred = gold if g < n_right_groups else 1 - gold
             rows.append(("r", country, method, experiment, n_demos, 0, -1, f"{country}{g}-{k}", f"{country}{g}",
-                         1.0 if pred else -1.0, pred, gold))  # fmt: skip
+                         1.0 if pred else -1.0, pred, gold))
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row")
 
 

@@ -88,7 +88,7 @@ def rehearsal_parameters(work: Path) -> dict:
     params = dict(deployment["parameters"])
     overrides = dict(params["overrides"])
     overrides["data"] = {**overrides["data"], "goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, COUNTRIES))),
-                         "countries": COUNTRIES}  # fmt: skip
+                         "countries": COUNTRIES}
     overrides["warehouse_path"] = str(work / "warehouse" / "persona_icm.duckdb")
     params["overrides"] = overrides
     return params
@@ -161,7 +161,7 @@ def hf_check(warehouse: str, run_id: str) -> tuple[float, int]:
             [run_id],
         )
         demos = wh.sql("SELECT country, position, claim_id, label FROM demos WHERE run_id = ? AND method = 'golden' "
-                       "AND experiment = 'main' AND repeat = 0 ORDER BY country, position", [run_id])  # fmt: skip
+                       "AND experiment = 'main' AND repeat = 0 ORDER BY country, position", [run_id])
         splits = {c: load_country_split(wh, dataset_id, c) for c in COUNTRIES}
     claims = {c.claim_id: c for s in splits.values() for c in s.train + s.test}
     requests, expected = [], []
@@ -209,7 +209,7 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
         print(f"killed the gpu worker running {victim.name} at {killed_at - t0:.0f} s (search {search_progress(client, victim):.0f}%)")
 
         crashed = wait(f"{victim.name} marked Crashed", lambda: client.read_flow_run(victim.id).state.is_crashed() or None,
-                       LOST_AFTER + 240)  # fmt: skip
+                       LOST_AFTER + 240)
         assert crashed
         marks["lost worker detected (Crashed)"] = time.monotonic() - t0
         lost_after = time.monotonic() - killed_at
@@ -219,7 +219,7 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
         parent_run = client.read_flow_run(parent.id)
         retried = [r for r in children["persona-icm-country/country"] if r.name == victim.name and r.id != victim.id]
         resumed = [log.message for r in retried for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id])))
-                   if re.search(r"ICM .*\(resumed from \d+\)", log.message)]  # fmt: skip
+                   if re.search(r"ICM .*\(resumed from \d+\)", log.message)]
 
     print(f"\nrehearsal {final.name} in {marks['parent final']:.0f} s; lost worker marked Crashed {lost_after:.0f} s after the kill")
     for name, t in marks.items():

@@ -44,7 +44,7 @@ def warehouse(tmp_path_factory):
         "run_id": "r1", "preset": "smoke", "config_json": cfg.model_dump_json(), "base_model": "synthetic",
         "countries": list(COUNTRIES), "dataset_id": "d1", "code_version": "test",
         "started_at": datetime.now(UTC), "status": "completed",
-    })  # fmt: skip
+    })
     frames = {}
     for country, n_test in COUNTRIES.items():
         search, result = _country(country, n_test, cfg)
@@ -101,7 +101,7 @@ def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_pat
                     right = (g + repeat) % 3 != 0 if country == "A" else g == 0
                     score = (1.0 if gold else -1.0) * (1 if right else -1) * (1 + k)
                     rows.append(("r2", country, "golden", "main", 8, repeat, -1, f"{country}{g}-{k}", f"{country}{g}",
-                                 score, int(score > 0), gold))  # fmt: skip
+                                 score, int(score > 0), gold))
     predictions = pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row")
     with evaluation_warehouse(predictions, n_boot=100) as wh:
         sql = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r2'").row(0, named=True)
@@ -116,7 +116,7 @@ def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_pat
 def test_accuracy_vs_examples_has_the_weighted_aggregate_over_shared_demo_counts(warehouse):
     wh, predictions, demos = warehouse
     pooled = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r1' AND experiment = 'curve' "
-                    "AND method IN ('golden', 'icm', 'random_matched')")  # fmt: skip
+                    "AND method IN ('golden', 'icm', 'random_matched')")
     sql = wh.sql("SELECT * FROM accuracy_vs_examples WHERE run_id = 'r1' AND country = 'ALL'")
     joined = sql.join(pooled, on=["method", "n_demos"], how="full", coalesce=True)
     assert joined.height == sql.height == pooled.height > 0

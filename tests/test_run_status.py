@@ -24,7 +24,7 @@ def run_row(run_id: str, status: str = "running", **owner) -> dict:
     return {
         "run_id": run_id, "preset": "smoke", "config_json": "{}", "base_model": "hf:tiny", "countries": ["France"],
         "dataset_id": "d1", "code_version": "test", "started_at": datetime.now(UTC), "status": status, **owner,
-    }  # fmt: skip
+    }
 
 
 def owner_of(proc: subprocess.Popen) -> dict:

@@ -126,7 +126,7 @@ def test_api_key_is_sent_but_never_logged_stored_or_in_errors(tmp_path, monkeypa
         config = build_config("smoke", {"base_model": {
             "backend": "openai", "name": "stub-model",
             "openai": {"base_url": server.url, "api_key_env": "FAKE_PROVIDER_KEY", "backoff_seconds": 0.01, "max_attempts": 2},
-        }})  # fmt: skip
+        }})
         caplog.set_level(logging.DEBUG)
         scorer = make_scorer(config.base_model)
         claims = make_claims(3)

@@ -157,7 +157,7 @@ def test_old_files_get_the_primary_keys_and_duplicates_are_refused(tmp_path):
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE predictions (run_id VARCHAR NOT NULL, country VARCHAR NOT NULL, method VARCHAR NOT NULL, "
                 "experiment VARCHAR NOT NULL, n_demos INTEGER NOT NULL, \"repeat\" INTEGER NOT NULL, icm_seed INTEGER, "
-                "claim_id VARCHAR NOT NULL, group_id VARCHAR NOT NULL, score DOUBLE NOT NULL, pred TINYINT NOT NULL, gold TINYINT NOT NULL)")  # fmt: skip
+                "claim_id VARCHAR NOT NULL, group_id VARCHAR NOT NULL, score DOUBLE NOT NULL, pred TINYINT NOT NULL, gold TINYINT NOT NULL)")
     con.execute("INSERT INTO predictions VALUES ('r', 'France', 'zero_shot_base', 'main', 0, 0, NULL, 'c1', 'g1', 0.5, 1, 1)")
     con.close()
     with open_warehouse(path) as wh:

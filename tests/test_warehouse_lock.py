@@ -58,7 +58,7 @@ def test_cli_reports_a_held_warehouse_in_one_line_without_a_traceback(warehouse_
         done = subprocess.run(
             [sys.executable, "-m", "persona_icm.cli", "--warehouse", str(warehouse_file), "runs"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        )
     finally:
         holder.kill()
         holder.wait()

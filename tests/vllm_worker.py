@@ -54,7 +54,7 @@ def main(spec_path: str, out_path: str) -> None:
     release_local_models()
     rebuilt = make_scorer(ModelSpec(backend="vllm", name=spec["model"], vllm=args))
     out["rebuilt"] = {"closed": auto.closed and auto.llm is None, "new_engine": rebuilt.llm is not first_engine,
-                      "scores": rebuilt.score(requests)}  # fmt: skip
+                      "scores": rebuilt.score(requests)}
     open(out_path, "w").write(json.dumps(out, indent=1))
 
 

@@ -27,4 +27,4 @@ from persona_icm.icm.search import (
 __all__ = [
     "ALGORITHM_VERSION", "LABELS_SCHEMA", "TRACE_SCHEMA", "TRAJECTORY_COLUMNS", "IcmCounters", "IcmProgress",
     "IcmResult", "IcmSearch", "acceptance_probability", "default_run_key", "label_of", "metropolis_accept", "run_icm", "temperature",
-]  # fmt: skip
+]

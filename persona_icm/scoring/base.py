@@ -99,7 +99,7 @@ def resolve_dtype(dtype: str, on_gpu: bool) -> str:
 CALLS_SCHEMA = {
     "model": pl.String, "call_index": pl.Int64, "phase": pl.String, "n_prompts": pl.Int64,
     "prompt_tokens": pl.Int64, "cached_tokens": pl.Int64, "wall_seconds": pl.Float64,
-}  # fmt: skip
+}
 
 
 def calls_frame(calls: list[CallRecord], model: str | None) -> pl.DataFrame:

@@ -142,7 +142,7 @@ class OpenAIScorer(CallLog):
                 f"no answer within {self.timeout_seconds:g} s" if isinstance(err, httpx.TimeoutException)
                 else f"HTTP {err.response.status_code}" if isinstance(err, httpx.HTTPStatusError)
                 else f"{type(err).__name__}: {err}"
-            )  # fmt: skip
+            )
             raise EndpointUnavailable(
                 f"{self.base_url}{path} failed {self.max_attempts} attempts ({what}); check the server, or raise "
                 "openai.timeout_seconds / openai.max_attempts"
@@ -230,7 +230,7 @@ class OpenAIScorer(CallLog):
             raise httpx.HTTPStatusError(
                 f"{self.base_url}/models returned HTTP {listing.status_code}: check the API key",
                 request=listing.request, response=listing,
-            )  # fmt: skip
+            )
         (value,) = self.score([request])
         self.calls.pop()  # the probe is not part of the run's accounting
         return value
