@@ -43,7 +43,7 @@ def goqa_train_claims(csv_path: Path, country: str, preset: str) -> list[Claim]:
     from persona_icm.claims import dataset_from_file
 
     data = build_config(preset, {"data": {"countries": [country], "dataset": "all", "goqa_path": str(csv_path)}}).data
-    return dataset_from_file(data).country_split(country).train
+    return dataset_from_file(data)[1].country_split(country).train
 
 
 # -- tokenizer and simulated backend --------------------------------------------------------

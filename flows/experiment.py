@@ -29,7 +29,7 @@ from persona_icm.config import RunConfig
 from persona_icm.preflight import build_checked_config
 from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
-from tasks.data import build_claims_and_splits, ingest_goqa, load_country_split
+from tasks.data import ingest_goqa, write_claims_and_splits
 from tasks.evaluation import MethodResult
 from tasks.fanout import run_remotely
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
@@ -99,16 +99,16 @@ def persona_icm(
     chat step) may take before it is cancelled and fails."""
     log = get_run_logger()
     config = build_checked_config(preset, with_tensor_parallel_size(overrides, tensor_parallel_size))
-    check_inputs(config, models_here=not fan_out)
+    checked = check_inputs(config, models_here=not fan_out)
     warehouse = Path(config.warehouse_path).resolve()
     timeout = country_timeout_hours * 3600
     timings: dict[str, float] = {}
     started_at, clock = datetime.now(UTC), time.perf_counter()
 
-    source = ingest_goqa(config.data, warehouse)
-    dataset_id = build_claims_and_splits(config.data, source, warehouse)
+    ingest_goqa(checked.goqa, warehouse)
+    dataset_id = write_claims_and_splits(checked.dataset, warehouse)
     run_id = run_id_for(config, dataset_id, code_version())
-    splits = [load_country_split(dataset_id, country, warehouse) for country in config.data.countries]
+    splits = [checked.splits[country] for country in config.data.countries]
     timings["data"] = time.perf_counter() - clock
     log.info("run %s: %s", run_id, {s.country: (len(s.train), len(s.test)) for s in splits})
     row = run_row(run_id, config, dataset_id, flow_run.get_id(), "running", started_at=started_at)

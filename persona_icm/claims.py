@@ -31,6 +31,7 @@ import polars as pl
 
 if TYPE_CHECKING:  # keep `from persona_icm.claims import Claim` free of DuckDB and pydantic
     from persona_icm.config import DataConfig
+    from persona_icm.goqa import GoqaTable
     from persona_icm.warehouse import Warehouse
 
 # Bump when building claims or splits changes for the same inputs: it is part of dataset_id.
@@ -400,14 +401,14 @@ def write_dataset(wh: Warehouse, dataset: Dataset) -> None:
         wh.replace("datasets", row, dataset_id=dataset.dataset_id)
 
 
-def dataset_from_file(cfg: DataConfig, data_dir: Path | None = None) -> Dataset:
-    """GOQA file -> claims and splits for `cfg`, in memory (nothing is written): what preflight
-    checks and what the benchmarks and measurement scripts run on. `dataset.country_split(c)`
-    gives one country's claims."""
+def dataset_from_file(cfg: DataConfig, data_dir: Path | None = None) -> tuple[GoqaTable, Dataset]:
+    """GOQA file -> (the parsed file, its claims and splits for `cfg`), in memory (nothing is
+    written): what preflight checks and the flow then writes, and what the benchmarks and
+    measurement scripts run on. `dataset.country_split(c)` gives one country's claims."""
     from persona_icm import goqa
 
     table = goqa.read_goqa(goqa.resolve_goqa_path(cfg.goqa_path, data_dir or goqa.DATA_DIR))
-    return build_dataset(table.questions, table.selections, cfg, table.source_sha256)
+    return table, build_dataset(table.questions, table.selections, cfg, table.source_sha256)
 
 
 def prepare_dataset(wh: Warehouse, cfg: DataConfig, data_dir: Path | None = None) -> Dataset:

@@ -272,14 +272,16 @@ class IngestReport:
     n_share_warnings: int
 
 
-def ingest_goqa(wh: Warehouse, path: str | Path) -> IngestReport:
-    """Load a GOQA file into goqa_sources/goqa_questions/goqa_selections, in one transaction.
+def ingest_goqa(wh: Warehouse, source: str | Path | GoqaTable) -> IngestReport:
+    """Load a GOQA file (a path, or the GoqaTable read_goqa already parsed from it) into
+    goqa_sources/goqa_questions/goqa_selections, in one transaction.
 
     Keyed by the sha256 of the file's bytes: the same file again changes nothing; a different
     file is added next to the others under its own fingerprint.
     """
-    path = Path(path)
-    sha = file_sha256(path)
+    parsed = source if isinstance(source, GoqaTable) else None
+    path = Path(parsed.origin if parsed else source)
+    sha = parsed.source_sha256 if parsed else file_sha256(path)
     known = wh.sql(
         "SELECT * FROM goqa_sources WHERE source_sha256 = ? AND parser_version = ?", [sha, PARSER_VERSION]
     )
@@ -289,7 +291,7 @@ def ingest_goqa(wh: Warehouse, path: str | Path) -> IngestReport:
             sha, r["origin"], False, r["n_rows"], r["n_questions"], r["n_selections"],
             r["n_empty_question_rows"], r["n_share_warnings"],
         )
-    table = read_goqa(path)
+    table = parsed or read_goqa(path)
     if table.source_sha256 != sha:
         raise RuntimeError(f"{path} changed while it was being ingested; try again")
     report = IngestReport(

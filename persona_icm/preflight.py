@@ -33,12 +33,20 @@ class InputWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Preflight:
-    """What the checks found: the splits the run will use and each country's longest prompt."""
+    """What the checks found: the parsed GOQA file, the claims and splits the run will use (the
+    flow writes these, it does not build them again) and each country's longest prompt."""
 
     dataset_id: str
     splits: dict[str, CountrySplit]
     longest_prompt: dict[str, int] = field(default_factory=dict)  # country -> tokens (local base models)
     window: int | None = None  # base model's prompt limit in tokens, when known
+    goqa: goqa.GoqaTable | None = None
+    dataset: claims.Dataset | None = None
+
+
+# check_data's results in this process, by data config and file: `persona-icm run` checks before
+# Prefect starts and its flow's check-inputs task finds the same file parsed already.
+_CHECKED: dict[tuple, tuple[goqa.GoqaTable, claims.Dataset]] = {}
 
 
 def one_line(text: str) -> str:
@@ -65,17 +73,27 @@ def build_checked_config(preset: str, overrides: dict | None) -> RunConfig:
         raise InputError(str(error)) from None
 
 
-def check_data(config: RunConfig) -> tuple[str, dict[str, CountrySplit]]:
-    """GOQA file -> claims and splits, in memory; (dataset_id, country -> split)."""
+def check_data(config: RunConfig) -> tuple[goqa.GoqaTable, claims.Dataset, dict[str, CountrySplit]]:
+    """GOQA file -> claims and splits, in memory: (parsed file, dataset, country -> split)."""
     data = config.data
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", goqa.GoqaWarning)  # the ingest task reports them
-            dataset = claims.dataset_from_file(data)
+        path = goqa.resolve_goqa_path(data.goqa_path)
+        stat = path.stat()
+        key = (data.model_dump_json(), str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _CHECKED:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", goqa.GoqaWarning)  # the ingest task reports them
+                _CHECKED[key] = claims.dataset_from_file(data)
+        table, dataset = _CHECKED[key]
     except (FileNotFoundError, goqa.GoqaFormatError, goqa.GoqaUnavailable, claims.DataError) as error:
         raise InputError(one_line(str(error))) from None
     splits = {c: dataset.country_split(c) for c in data.countries}
     for country, split in splits.items():
+        if not split.train or not split.test:
+            raise InputError(
+                f"{country}: {len(split.train)} train and {len(split.test)} test claims; both must be non-empty "
+                "(raise data.train_cap / data.test_cap, or select more questions)"
+            )
         if len(split.train) < config.icm.num_seed:
             raise InputError(
                 f"{country}: icm.num_seed={config.icm.num_seed} but only {len(split.train)} train claims; "
@@ -88,7 +106,7 @@ def check_data(config: RunConfig) -> tuple[str, dict[str, CountrySplit]]:
                     InputWarning,
                     stacklevel=2,
                 )
-    return dataset.dataset_id, splits
+    return table, dataset, splits
 
 
 def model_folder(spec: ModelSpec) -> str:
@@ -247,6 +265,6 @@ def check_models(
 
 def check_run(config: RunConfig, models_here: bool = True, api_keys: dict[str, str | None] | None = None) -> Preflight:
     """All checks, cheapest first; InputError on the first problem (see check_models)."""
-    dataset_id, splits = check_data(config)
+    table, dataset, splits = check_data(config)
     longest, window = check_models(config, splits, models_here, api_keys)
-    return Preflight(dataset_id, splits, longest, window)
+    return Preflight(dataset.dataset_id, splits, longest, window, table, dataset)

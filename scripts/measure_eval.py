@@ -53,7 +53,7 @@ def load_scorer(name: str):
 def country_splits(cfg):
     from persona_icm.claims import dataset_from_file
 
-    dataset = dataset_from_file(cfg.data)
+    _, dataset = dataset_from_file(cfg.data)
     return {country: dataset.country_split(country) for country in cfg.data.countries}
 
 

@@ -148,3 +148,31 @@ def test_prefect_deploy_all_accepts_prefect_yaml(harness):
             # gpu workers from $PERSONA_ICM_GPU_ROOT (the GPU worker image's /opt/persona-icm)
             directory = deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"]
             assert directory == ("/opt/persona-icm" if pool == "gpu" else str(ROOT))
+
+
+@pytest.mark.slow
+def test_persona_icm_run_parses_the_goqa_file_once(harness, smoke_inputs, tmp_path, monkeypatch):
+    """The CLI's input check, the flow's check-inputs task and the ingest all use one parse."""
+    import json
+
+    from flows.cli import main
+    from persona_icm import goqa, preflight
+
+    parses = []
+    real = goqa.read_goqa
+
+    def counting(path, *args, **kwargs):
+        parses.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(goqa, "read_goqa", counting)
+    monkeypatch.setattr(preflight, "_CHECKED", {})
+    overrides = {**smoke_inputs, "warehouse_path": str(tmp_path / "wh" / "persona_icm.duckdb"),
+                 "eval": {**smoke_inputs["eval"], "methods": ["golden", "zero_shot_base"]}}
+    sets = [f"{section}.{key}={json.dumps(value)}" for section, values in overrides.items() if isinstance(values, dict)
+            for key, value in values.items()]
+    argv = ["--warehouse", overrides["warehouse_path"], "run", "--preset", "smoke"]
+    for item in sets:
+        argv += ["--set", item]
+    main(argv)
+    assert parses == [smoke_inputs["data"]["goqa_path"]]
