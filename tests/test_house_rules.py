@@ -34,8 +34,8 @@ def test_no_persona_icm_source_imports_the_orchestration_layer():
 
 def test_the_ast_check_sees_a_lazy_import(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("def run():\n    from flows.persona_icm import persona_icm\n    import prefect.artifacts\n")
-    assert imported_modules(module) == ["flows.persona_icm", "prefect.artifacts"]
+    module.write_text("def run():\n    from flows.experiment import persona_icm\n    import prefect.artifacts\n")
+    assert imported_modules(module) == ["flows.experiment", "prefect.artifacts"]
 
 
 def test_importing_every_persona_icm_module_leaves_prefect_unloaded():
@@ -62,3 +62,16 @@ def test_console_script_is_the_flows_entry_point_with_run_and_the_query_commands
     add_run(sub)
     args = parser.parse_args(["run", "--preset", "seed", "--set", "icm.alpha=2"])
     assert args.func.__module__ == "flows.cli" and args.preset == "seed" and args.set == ["icm.alpha=2"]
+
+
+def test_no_library_or_orchestration_module_imports_tests_or_names_a_machine_path():
+    """tests/ and benchmarks/ serve the code, never the other way round; no path of one machine."""
+    offenders = {}
+    for folder in ("persona_icm", "tasks", "flows"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text()
+            bad = [n for n in imported_modules(path) if n.split(".")[0] in ("tests", "benchmarks", "scripts")]
+            bad += [p for p in ("/work/", "/home/", "/root/", "/tmp/") if p in text]
+            if bad:
+                offenders[str(path.relative_to(ROOT))] = bad
+    assert offenders == {}

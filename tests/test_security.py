@@ -111,7 +111,7 @@ def test_goqa_literals_are_parsed_never_executed(tmp_path, monkeypatch):
 
 
 def test_api_key_is_sent_but_never_logged_stored_or_in_errors(tmp_path, monkeypatch, caplog):
-    """The OpenAI scorer against the local STUB server (tests/test_openai_scorer.StubServer), with
+    """The OpenAI scorer against the local STUB server (tests/helpers.StubServer), with
     every logger (httpx, httpcore, tenacity, ours) at DEBUG."""
     from persona_icm.config import build_config
     from persona_icm.scoring import make_scorer
