@@ -26,7 +26,7 @@ CHAT_METHOD = "zero_shot_chat"
 @dataclass(frozen=True)
 class CountryResult:
     country: str
-    search: SearchResult
+    searches: dict[int, SearchResult]  # ICM seed -> its search
     evaluations: list[MethodResult]
 
 
@@ -34,16 +34,20 @@ class CountryResult:
 def country_flow(
     config: RunConfig, country: str, train: list[Claim], test: list[Claim], run_id: str, remote: bool = False
 ) -> CountryResult:
-    """Search on `train`, then evaluate each configured base-model method on `test` (tasks called
-    directly: the model runs on this process's main thread, one engine for all of them).
-    `remote`: this is its own flow run on a worker, so the model host is checked here first."""
+    """One ICM search on `train` per seed of icm.seeds (each its own cached task), then each
+    configured base-model method on `test`, with every seed's labels (tasks called directly: the
+    model runs on this process's main thread, one engine for all of them). `remote`: this is its
+    own flow run on a worker, so the model host is checked here first."""
     if remote:
         check_model_host(config, roles=("base_model",))
-    search = icm_search(train, config.icm, config.base_model, checkpoint_dir(config.warehouse_path))
-    labels = search.label_of()
+    searches = {
+        icm.seed: icm_search(train, icm, config.base_model, checkpoint_dir(config.warehouse_path))
+        for icm in config.icm.searches()
+    }
+    labels = {seed: search.label_of() for seed, search in searches.items()}
     evaluations = [
         evaluate_method(method, country, train, test, labels, config.eval, config.base_model, None, run_id)
         for method in config.eval.methods
         if method != CHAT_METHOD
     ]
-    return CountryResult(country, search, evaluations)
+    return CountryResult(country, searches, evaluations)

@@ -125,7 +125,7 @@ def persona_icm(
         for result in results:
             evaluations = result.evaluations + ([chat[result.country]] if result.country in chat else [])
             persist_country(
-                warehouse, run_id, result.country, config.icm.seed, result.search, evaluations,
+                warehouse, run_id, result.country, result.searches, evaluations,
                 config.eval.bootstrap_samples, config.eval.seed,
             )
         aggregate_countries(warehouse, run_id, config.eval.bootstrap_samples, config.eval.seed)

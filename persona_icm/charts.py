@@ -38,9 +38,17 @@ AGGREGATE = "All countries (weighted)"
 # The headline evaluation: each method's "main" experiment (whole pool as demos, or zero-shot).
 HEADLINE_SQL = """
 SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
-       method, n_demos, n_orders, n_test_claims, accuracy, ci_low, ci_high, demo_label_accuracy
+       method, n_demos, n_seeds, n_orders, n_test_claims, accuracy, ci_low, ci_high, demo_label_accuracy
 FROM headline WHERE run_id = $run_id
 ORDER BY 1, method
+"""
+
+# Each ICM search's headline accuracy, drawn when a run has several seeds.
+SEEDS_SQL = """
+SELECT country, method, icm_seed, accuracy FROM accuracy_by_seed
+WHERE run_id = $run_id AND experiment = 'main' AND icm_seed >= 0
+  AND (SELECT count(DISTINCT icm_seed) FROM accuracy_by_seed WHERE run_id = $run_id AND icm_seed >= 0) > 1
+ORDER BY ALL
 """
 
 VS_EXAMPLES_SQL = """
@@ -77,12 +85,15 @@ def _labelled(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def accuracy_by_method_chart(headline: pl.DataFrame, title: str = "") -> alt.Chart:
-    """Points with 95% interval bars, one panel per country and one for the weighted aggregate."""
-    frame = _labelled(headline)
+def accuracy_by_method_chart(headline: pl.DataFrame, title: str = "", seeds: pl.DataFrame | None = None) -> alt.Chart:
+    """Points with 95% interval bars, one panel per country and one for the weighted aggregate;
+    with several ICM seeds (`seeds`: SEEDS_SQL rows) a tick per seed shows their spread."""
+    frame = _labelled(headline).with_columns(kind=pl.lit("mean"))
+    if seeds is not None and seeds.height:
+        frame = pl.concat([frame, _labelled(seeds).with_columns(kind=pl.lit("seed"))], how="diagonal_relaxed")
     countries = sorted(c for c in frame["country"].unique().to_list() if c != AGGREGATE) + [AGGREGATE]
     scale = _method_scale(frame["method"].unique().to_list())
-    base = alt.Chart(frame).encode(
+    base = alt.Chart(frame).transform_filter(alt.datum.kind == "mean").encode(
         x=alt.X("method_label:N", title=None, sort=scale.domain, axis=alt.Axis(labelAngle=-35)),
         color=alt.Color("method_label:N", title="method", scale=scale),
         tooltip=[
@@ -96,12 +107,17 @@ def accuracy_by_method_chart(headline: pl.DataFrame, title: str = "") -> alt.Cha
         y2="ci_high:Q",
     )
     points = base.mark_point(filled=True, size=70).encode(y="accuracy:Q")
+    per_seed = (
+        alt.Chart(frame).transform_filter(alt.datum.kind == "seed").mark_point(shape="diamond", filled=False, size=45, strokeWidth=1.5)
+        .encode(x=alt.X("method_label:N", sort=scale.domain), y="accuracy:Q", color=alt.Color("method_label:N", scale=scale),
+                tooltip=["country:N", "method:N", "icm_seed:Q", alt.Tooltip("accuracy:Q", format=".3f")])
+    )
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
     return (
-        alt.layer(bars, points, chance, data=frame)
+        alt.layer(bars, points, per_seed, chance, data=frame)
         .properties(width=150, height=240)
         .facet(column=alt.Column("country:N", title=None, sort=countries))
-        .properties(title=title or "Test accuracy by method (dashed: chance)")
+        .properties(title=title or "Test accuracy by method (dashed: chance; hollow diamonds: each ICM seed)")
     )
 
 
@@ -200,6 +216,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
     out_dir.mkdir(parents=True, exist_ok=True)
     info = run.row(0, named=True)
     headline = read(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
+    seeds = read(SEEDS_SQL, {"run_id": run_id})
     vs_examples = read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
     trace = read(TRACE_SQL, {"run_id": run_id})
 
@@ -212,7 +229,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         "and the accuracy of the current labels against gold (monitoring only).",
     }
     if headline.height:
-        charts["accuracy_by_method"] = render(accuracy_by_method_chart(headline), out_dir / "accuracy_by_method")
+        charts["accuracy_by_method"] = render(accuracy_by_method_chart(headline, seeds=seeds), out_dir / "accuracy_by_method")
     if vs_examples.height:
         charts["accuracy_vs_examples"] = render(accuracy_vs_examples_chart(vs_examples), out_dir / "accuracy_vs_examples")
     if trace.height:

@@ -138,7 +138,10 @@ class IcmConfig(_Section):
     beta: float = Field(2.75, gt=0, description="log schedule: T = initial_T / (1 + beta*ln(1+accepted)).")
     decay: float = Field(0.99, gt=0, lt=1, description="exp schedule: T = initial_T * decay**accepted.")
     unlabelled_sibling_weight: float = Field(100.0, gt=0, description="Sampling weight of an unlabelled claim whose group has a labelled member.")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the search's one random generator.")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="Independent searches, one per seed (each evaluated); None: [seed]."
+    )
     engine: Literal["fast", "reference"] = Field(
         "fast", description="fast: memoised, batched, prefix-ordered; reference: one prompt per call. Identical trajectory."
     )
@@ -147,6 +150,19 @@ class IcmConfig(_Section):
     )
     score_memo_size: int = Field(200_000, ge=0, description="LRU capacity of the score memo (fast engine); affects cost only.")
     checkpoint_every: int = Field(50, ge=1, description="Iterations between checkpoints (when a checkpoint path is given).")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError(f"listed twice: {sorted({v for v in values if values.count(v) > 1})}")
+        if values is not None and any(v < 0 for v in values):
+            raise ValueError("seeds must be >= 0 (-1 marks rows that use no ICM run)")
+        return values
+
+    def searches(self) -> list[IcmConfig]:
+        """The config of each independent search: one per seed of `seeds` (else just this one)."""
+        return [self.model_copy(update={"seed": s, "seeds": None}) for s in (self.seeds or [self.seed])]
 
 
 ITERATIONS_ALL_DATASET = 1500  # the fork's K for dataset "all"

@@ -39,11 +39,17 @@ METRIC_SCHEMA = {
 
 
 def summarize(outcomes: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
-    """Per country, method and demo count: the 95% bootstrap interval of both accuracies.
-    `outcomes`: rows of the view question_outcomes."""
+    """Per results_by_country cell (country, method, experiment; demo count for "curve"): the 95%
+    bootstrap interval of both accuracies. `outcomes`: rows of the view question_outcomes."""
     rng = np.random.default_rng(seed)
-    keys = ["run_id", "country", "method", "experiment", "n_demos"]
-    rows = [_interval_row(dict(zip(keys, key, strict=True)), part, n_boot, rng) for key, part in _parts(outcomes, keys)]
+    keys = ["run_id", "country", "method", "experiment", "cell"]
+    cells = outcomes.with_columns(cell=pl.when(pl.col("experiment") == "main").then(None).otherwise(pl.col("n_demos")))
+    rows = []
+    for key, part in _parts(cells, keys):
+        head = dict(zip(keys[:-1], key[:-1], strict=True))
+        sizes = part["n_demos"].unique()
+        head["n_demos"] = sizes[0] if len(sizes) == 1 else None  # main: seeds' pools may differ in size
+        rows.append(_interval_row(head, part, n_boot, rng))
     return pl.DataFrame(rows, schema=METRIC_SCHEMA)
 
 

@@ -34,13 +34,14 @@ def evaluate_method(
     country: str,
     train: list[Claim],
     test: list[Claim],
-    icm_labels: dict[str, int],
+    icm_labels: dict[int, dict[str, int]],
     config: EvalConfig,
     base_model: ModelSpec,
     chat_model: ModelSpec | None,
     run_id: str,
 ) -> MethodResult:
-    """Predictions of one method on `country`'s test claims (demos: the ICM pool's claims).
+    """Predictions of one method on `country`'s test claims (demos: each ICM search's pool;
+    icm_labels: ICM seed -> claim_id -> label).
     zero_shot_chat loads only the chat model (none: the method is skipped)."""
     if method == "zero_shot_chat":
         scorer, chat = None, scorer_for(chat_model) if chat_model is not None else None

@@ -93,17 +93,22 @@ def mark_crashed(flow_run_ids: list[str], message: str) -> None:
 
 @task(name="persist-country", cache_policy=NO_CACHE)
 def persist_country(
-    warehouse_path: Path, run_id: str, country: str, icm_seed: int, search: SearchResult,
+    warehouse_path: Path, run_id: str, country: str, searches: dict[int, SearchResult],
     evaluations: list[MethodResult], bootstrap_samples: int, seed: int,
 ) -> dict[str, dict[str, int]]:
-    """Write one country: the search (step icm), then the evaluation and its intervals (step eval)."""
-    seed_column = pl.lit(icm_seed).alias("icm_seed")
+    """Write one country: its searches (step icm, one icm_seed each), then the evaluation and its
+    intervals (step eval)."""
+    def per_seed(frame_of) -> pl.DataFrame:
+        return pl.concat([frame_of(s).with_columns(icm_seed=pl.lit(seed, pl.Int32)) for seed, s in sorted(searches.items())],
+                         how="vertical_relaxed")
+
     written = {}
     with open_warehouse(warehouse_path) as wh:
         written["icm"] = write_results(wh, run_id, country, "icm", {
-            "icm_labels": search.labels.with_columns(seed_column),
-            "icm_trace": search.trace.with_columns(seed_column),
-            "model_calls": search.calls,
+            "icm_labels": per_seed(lambda s: s.labels),
+            "icm_trace": per_seed(lambda s: s.trace),
+            "model_calls": pl.concat([s.calls for _, s in sorted(searches.items())], how="vertical_relaxed")
+            .with_columns(call_index=pl.int_range(pl.len())),
         })
         written["eval"] = write_evaluation(wh, run_id, country, {
             "predictions": pl.concat([e.predictions for e in evaluations], how="vertical_relaxed"),

@@ -176,3 +176,28 @@ def test_persona_icm_run_parses_the_goqa_file_once(harness, smoke_inputs, tmp_pa
         argv += ["--set", item]
     main(argv)
     assert parses == [smoke_inputs["data"]["goqa_path"]]
+
+
+@pytest.mark.slow
+def test_a_two_seed_run_searches_and_evaluates_each_seed(harness, smoke_inputs, tmp_path):
+    """icm.seeds [0, 1]: two cached searches per country, each seed's labels, trace and predictions,
+    and the headline pooled over both seeds (n_seeds 2) with the per-seed ticks in the report."""
+    from flows.experiment import persona_icm
+    from persona_icm.warehouse import open_warehouse
+
+    warehouse = str(tmp_path / "wh" / "persona_icm.duckdb")
+    overrides = {**smoke_inputs, "warehouse_path": warehouse, "icm": {**smoke_inputs["icm"], "seeds": [0, 1]},
+                 "eval": {**smoke_inputs["eval"], "methods": ["icm", "golden", "zero_shot_base"]}}
+    state = persona_icm(preset="smoke", overrides=overrides, return_state=True)
+    assert state.is_completed(), state
+    run_id = state.result()
+    with open_warehouse(warehouse, read_only=True) as wh:
+        seeds = wh.sql("SELECT country, list(DISTINCT icm_seed ORDER BY icm_seed) AS s FROM icm_labels GROUP BY 1 ORDER BY 1")
+        assert seeds["s"].to_list() == [[0, 1], [0, 1]]
+        assert wh.scalar("SELECT count(DISTINCT icm_seed) FROM icm_trace") == 2
+        assert sorted(wh.sql("SELECT DISTINCT icm_seed FROM predictions WHERE method = 'icm'")["icm_seed"]) == [0, 1]
+        icm = wh.sql("SELECT n_seeds, n_orders FROM results_by_country WHERE method = 'icm' AND experiment = 'main'")
+        assert icm["n_seeds"].to_list() == [2, 2] and icm["n_orders"].to_list() == [4, 4]
+        assert wh.scalar("SELECT count(*) FROM accuracy_by_seed WHERE method = 'icm' AND experiment = 'main'") == 4
+    spec = (Path(warehouse).parent / "reports" / run_id / "accuracy_by_method.vl.json").read_text()
+    assert '"icm_seed"' in spec

@@ -214,3 +214,28 @@ def test_published_numbers_join_the_run_by_dataset_country_and_method(warehouse)
     finally:
         wh.con.execute("UPDATE predictions SET country = 'Atlantis' WHERE country = 'France'")
         wh.con.execute("UPDATE runs SET config_json = ? WHERE run_id = 'r1'", [original])
+
+
+def test_several_icm_seeds_give_per_seed_rows_and_seed_covering_intervals(tmp_path):
+    """Two independent searches (icm.seeds [0, 1]) evaluated together: each seed's rows, the
+    mean over seeds and orders, n_seeds, and an interval that resamples the seeds."""
+    cfg = build_config("smoke", {"icm": {"iterations": 15, "seeds": [0, 1]}, "eval": {"eval_repeats": 2, "demo_sizes": [4]}})
+    claims = make_claims(36, country="Atlantis", seed=3)
+    train, test = claims[:24], claims[24:]
+    scorer = SyntheticScorer({c.claim_id: c.gold for c in claims})
+    searches = {icm.seed: run_icm(train, scorer, icm, show_progress=False) for icm in cfg.icm.searches()}
+    assert [icm.seed for icm in cfg.icm.searches()] == [0, 1]
+    labels = {seed: s.label_of() for seed, s in searches.items()}
+    result = evaluate_country(scorer, train, test, cfg.eval, icm_labels=labels, run_id="r3")
+    with open_warehouse(tmp_path / "w.duckdb") as wh:
+        write_evaluation(wh, "r3", "Atlantis", {"predictions": result.predictions, "demos": result.demos}, n_boot=200)
+        icm = wh.sql("SELECT * FROM results_by_country WHERE method = 'icm' AND experiment = 'main'").row(0, named=True)
+        per_seed = wh.sql("SELECT icm_seed, accuracy, n_orders FROM accuracy_by_seed WHERE method = 'icm' AND experiment = 'main' ORDER BY 1")
+        zero_shot = wh.scalar("SELECT n_seeds FROM results_by_country WHERE method = 'zero_shot_base'")
+        n_icm_seeds = wh.scalar("SELECT n_icm_seeds FROM metrics WHERE method = 'icm' AND experiment = 'main'")
+    assert per_seed["icm_seed"].to_list() == [0, 1] and per_seed["n_orders"].to_list() == [2, 2]
+    assert icm["n_seeds"] == 2 and icm["n_orders"] == 4 and zero_shot == 0 and n_icm_seeds == 2
+    assert icm["accuracy"] == pytest.approx(per_seed["accuracy"].mean())
+    assert icm["ci_low"] <= min(per_seed["accuracy"]) or icm["ci_low"] <= icm["accuracy"] <= icm["ci_high"]
+    with pytest.raises(ValueError, match="listed twice"):
+        build_config("smoke", {"icm": {"seeds": [1, 1]}})

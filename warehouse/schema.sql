@@ -1,4 +1,4 @@
--- schema_version: 7
+-- schema_version: 8
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -169,7 +169,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     experiment  VARCHAR NOT NULL,            -- main (headline: whole pool / zero-shot) | curve (sub-sampled demos)
     n_demos     INTEGER NOT NULL,
     "repeat"    INTEGER NOT NULL,            -- demo order index
-    icm_seed    INTEGER NOT NULL,            -- the ICM run whose demo pool was used; -1: none (zero-shot, golden)
+    icm_seed    INTEGER NOT NULL,            -- the ICM search (seed) whose demo pool was used; -1: none (zero-shot)
     claim_id    VARCHAR NOT NULL,
     group_id    VARCHAR NOT NULL,
     score       DOUBLE NOT NULL,             -- log P(" True") - log P(" False")
@@ -249,35 +249,45 @@ SELECT run_id, country, method, experiment, n_demos, "repeat", icm_seed,
        avg(group_correct) AS group_accuracy
 FROM question_outcomes GROUP BY ALL;
 
--- Share of demonstrations whose label equals gold, per prompt setting: for icm, ICM's label
--- accuracy; random_matched equals it by construction; golden is 1.
+-- Share of demonstrations whose label equals gold, per results_by_country cell: for icm, ICM's
+-- label accuracy; random_matched equals it by construction; golden is 1.
 CREATE OR REPLACE VIEW demo_label_accuracy AS
-SELECT run_id, country, method, experiment, n_demos, avg((label = gold)::INTEGER) AS demo_label_accuracy
-FROM demos GROUP BY ALL;
+SELECT run_id, country, method, experiment,
+       CASE WHEN min(n_demos) = max(n_demos) THEN min(n_demos) END AS n_demos,
+       avg((label = gold)::INTEGER) AS demo_label_accuracy
+FROM demos
+GROUP BY run_id, country, method, experiment, CASE WHEN experiment = 'main' THEN NULL ELSE n_demos END;
 
--- Per (run, country, method, experiment, n_demos): mean and std over demo orders (and ICM
--- seeds), with the 95% bootstrap interval over test questions (and seeds) from `metrics`.
+-- Per (run, country, method, experiment, n_demos): mean and std over demo orders and ICM
+-- searches (n_seeds of them: icm.seeds), with the 95% bootstrap interval over test questions,
+-- orders and seeds from `metrics`. "main" pools the seeds whatever their pool sizes (n_demos is
+-- then NULL when they differ); "curve" cells are per demo count.
 CREATE OR REPLACE VIEW results_by_country AS
-SELECT a.run_id, a.country, a.method, a.experiment, a.n_demos,
-       count(*)::INTEGER AS n_orders,
-       any_value(a.n_claims) AS n_test_claims,
-       any_value(a.n_groups) AS n_test_groups,
-       avg(a.claim_accuracy) AS accuracy,
-       stddev_samp(a.claim_accuracy) AS accuracy_std,
-       any_value(m.claim_acc_ci_low) AS ci_low,
-       any_value(m.claim_acc_ci_high) AS ci_high,
-       avg(a.group_accuracy) AS group_accuracy,
-       any_value(m.group_acc_ci_low) AS group_ci_low,
-       any_value(m.group_acc_ci_high) AS group_ci_high,
-       any_value(d.demo_label_accuracy) AS demo_label_accuracy
-FROM accuracy a
+WITH cells AS (
+    SELECT run_id, country, method, experiment,
+           CASE WHEN min(n_demos) = max(n_demos) THEN min(n_demos) END AS n_demos,
+           count(DISTINCT icm_seed) FILTER (WHERE icm_seed >= 0)::INTEGER AS n_seeds,
+           count(*)::INTEGER AS n_orders,
+           any_value(n_claims) AS n_test_claims,
+           any_value(n_groups) AS n_test_groups,
+           avg(claim_accuracy) AS accuracy,
+           stddev_samp(claim_accuracy) AS accuracy_std,
+           avg(group_accuracy) AS group_accuracy
+    FROM accuracy
+    GROUP BY run_id, country, method, experiment, CASE WHEN experiment = 'main' THEN NULL ELSE n_demos END
+)
+SELECT c.run_id, c.country, c.method, c.experiment, c.n_demos, c.n_seeds, c.n_orders, c.n_test_claims, c.n_test_groups,
+       c.accuracy, c.accuracy_std,
+       m.claim_acc_ci_low AS ci_low, m.claim_acc_ci_high AS ci_high,
+       c.group_accuracy, m.group_acc_ci_low AS group_ci_low, m.group_acc_ci_high AS group_ci_high,
+       d.demo_label_accuracy
+FROM cells c
 LEFT JOIN metrics m
-  ON m.run_id = a.run_id AND m.country = a.country AND m.method = a.method
- AND m.experiment = a.experiment AND m.n_demos = a.n_demos
+  ON m.run_id = c.run_id AND m.country = c.country AND m.method = c.method
+ AND m.experiment = c.experiment AND m.n_demos IS NOT DISTINCT FROM c.n_demos
 LEFT JOIN demo_label_accuracy d
-  ON d.run_id = a.run_id AND d.country = a.country AND d.method = a.method
- AND d.experiment = a.experiment AND d.n_demos = a.n_demos
-GROUP BY a.run_id, a.country, a.method, a.experiment, a.n_demos;
+  ON d.run_id = c.run_id AND d.country = c.country AND d.method = c.method
+ AND d.experiment = c.experiment AND d.n_demos IS NOT DISTINCT FROM c.n_demos;
 
 -- Countries pooled, each weighted by its test size (claims for claim accuracy, questions for
 -- group accuracy), over the cells every country of the run has. "main": each method's headline
@@ -323,11 +333,18 @@ LEFT JOIN metrics m
   ON m.run_id = p.run_id AND m.country = 'ALL' AND m.method = p.method
  AND m.experiment = p.experiment AND m.n_demos IS NOT DISTINCT FROM p.n_demos;
 
+-- Per ICM search: the headline accuracy of each seed (mean over demo orders), for the per-seed
+-- spread of a run with several icm.seeds. Zero-shot methods (no ICM run) have icm_seed -1.
+CREATE OR REPLACE VIEW accuracy_by_seed AS
+SELECT run_id, country, method, experiment, n_demos, icm_seed,
+       count(*)::INTEGER AS n_orders, avg(claim_accuracy) AS accuracy, avg(group_accuracy) AS group_accuracy
+FROM accuracy GROUP BY ALL;
+
 -- The headline of every run: each method's "main" setting (whole pool as demos, or zero-shot)
 -- per country, and the countries pooled as country 'ALL'. The charts, latest_run_summary.sql and
 -- compare_with_published.sql read this view.
 CREATE OR REPLACE VIEW headline AS
-SELECT run_id, country, method, n_demos, n_orders, n_test_claims, accuracy, accuracy_std, ci_low, ci_high,
+SELECT run_id, country, method, n_demos, n_seeds, n_orders, n_test_claims, accuracy, accuracy_std, ci_low, ci_high,
        group_accuracy, group_ci_low, group_ci_high, demo_label_accuracy
 FROM results_by_country WHERE experiment = 'main'
 UNION ALL BY NAME

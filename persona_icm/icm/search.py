@@ -139,9 +139,10 @@ def label_of(labels: pl.DataFrame) -> dict[str, int]:
 def default_run_key(claims: list[Claim], config: IcmConfig, scorer_id: str = "") -> str:
     """Hash of everything that fixes the result: claims, search config, algorithm version and the
     caller's scorer identity. Gold labels are in it too: they never steer the search, but the
-    trace's train_accuracy and the labels' gold column are computed from them. Engine, memo size and checkpoint cadence change only cost
+    trace's train_accuracy and the labels' gold column are computed from them. Engine, memo size and checkpoint cadence change only cost;
+    `seeds` lists other searches (each keyed by its own `seed`)
     (bit for bit with a prompt-deterministic scorer; see engine.py on batched backends)."""
-    relevant = config.model_dump(mode="json", exclude={"engine", "score_memo_size", "checkpoint_every"})
+    relevant = config.model_dump(mode="json", exclude={"engine", "score_memo_size", "checkpoint_every", "seeds"})
     blob = json.dumps(
         {
             "algorithm": ALGORITHM_VERSION,
