@@ -37,7 +37,9 @@ class DataConfig(_Section):
         None, description="Plain text or CSV of question texts; replaces the source rule."
     )
     require_all_countries: bool = Field(
-        True, description="Keep only questions with a usable group in every requested country."
+        False,
+        description="False (the fork's rule): each country uses every question it has (a question still falls on the "
+        "same side of the split in every country). True: only questions with a usable group in every requested country.",
     )
     drop_non_substantive: bool = Field(False, description="Drop DK/Refused, Don't know, No answer, Missing... first.")
     seed: int = Field(0, description="Seeds the draw of each group's False option.")
@@ -94,6 +96,17 @@ class VllmEngineArgs(_Section):
     seed: int = 0
 
 
+class PromptConfig(_Section):
+    """How prompts for this model are laid out (persona_icm/prompts.py)."""
+
+    style: Literal["fork", "database"] = Field(
+        "fork", description="Base prompt layout: the fork's (default) or this project's earlier 'database' layout."
+    )
+    chat_template: Path | None = Field(
+        None, description="Text file replacing the zero-shot chat instruction; placeholders {country} {question} {opinion}."
+    )
+
+
 class ModelSpec(_Section):
     """Which model scores claims, and how (persona_icm/scoring)."""
 
@@ -111,6 +124,7 @@ class ModelSpec(_Section):
     max_prompt_tokens: int | None = Field(None, ge=1, description="Refuse longer prompts; default: model limit.")
     openai: OpenAISpec = Field(default_factory=OpenAISpec)
     vllm: VllmEngineArgs = Field(default_factory=VllmEngineArgs)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
 
 
 class IcmConfig(_Section):

@@ -230,6 +230,13 @@ def check_models(
     for role, spec in (("chat_model", config.chat_model), ("base_model", config.base_model)):
         if spec is None:
             continue
+        if spec.prompts.chat_template is not None:
+            from persona_icm.prompts import read_chat_template
+
+            try:
+                read_chat_template(spec.prompts.chat_template)
+            except (OSError, ValueError) as error:
+                raise InputError(f"{role}.prompts.chat_template: {one_line(str(error))}") from None
         if spec.backend == "openai":
             api = spec.openai
             key = (api_keys or {}).get(role)
@@ -249,7 +256,7 @@ def check_models(
 
         from persona_icm.prompts import PromptEncoder
 
-        encoder = PromptEncoder(AutoTokenizer.from_pretrained(folder), "base")
+        encoder = PromptEncoder(AutoTokenizer.from_pretrained(folder), "base", style=spec.prompts.style)
         longest = {country: longest_prompt_tokens(encoder, split) for country, split in splits.items()}
         for country, tokens in longest.items():
             if tokens > window:

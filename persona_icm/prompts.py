@@ -1,19 +1,30 @@
 """Prompt text and prompt tokens: the few-shot base prompt, zero-shot base and zero-shot chat.
 
-Base prompt (ICM_SPEC "Prompts"; the persona-elicitation fork's database format)::
+Two layouts (`ModelSpec.prompts.style`). "fork" (the default) is the persona-elicitation fork's::
 
     ### COUNTRY OPINION DATABASE: FRANCE ###
-    Format: Q: "<survey question>" | Op: "<answer option>" | Is Most Popular Opinion in France: True or False
+    Format: [Survey Question] | [Opinion] | [Is_Most_Popular_Opinion]
+    <empty line>
     Q: "Does the sun rise in the East?" | Op: "Yes" | Is Most Popular Opinion in France: True
     Q: "Does the sun rise in the East?" | Op: "No" | Is Most Popular Opinion in France: False
     Q: "<demo question>" | Op: "<demo option>" | Is Most Popular Opinion in France: True      (one per demo)
     ---
     Q: "<query question>" | Op: "<query option>" | Is Most Popular Opinion in France:
 
-The prompt ends in ":" with no trailing space; the score is read at the next token, " True"
-vs " False". Zero-shot base is the same prompt with no demo rows (header and anchors kept).
-Zero-shot chat is `chat_instruction` as one user turn through the tokenizer's chat template
-with the generation prompt, scoring "True" vs "False" as the first assistant token.
+and its zero-shot base prompt is the title, the format line, the empty line and the query row
+(no anchor rows, no `---`). "database" is this project's earlier layout: the format line
+`Format: Q: "<survey question>" | Op: "<answer option>" | Is Most Popular Opinion in France: True or False`,
+no empty line, and a zero-shot prompt that keeps the anchors and the `---`.
+
+The only departures from the fork, in both layouts: a prompt ends in ":" with no trailing space
+(the fork's trailing space splits " True" into two tokens for Llama-3-style tokenizers), and the
+score is the exact log P(" True") - log P(" False") at the next token.
+
+Zero-shot chat is one user turn through the tokenizer's chat template with the generation prompt,
+scoring "True" vs "False" as the first assistant token. Its text is `CHAT_INSTRUCTION` (the
+fork's content and layout in this project's words: the country's public opinion, the things to
+weigh, the quoted question and opinion, True or False only, ending in "Answer:"), or a template
+file of the user's (`ModelSpec.prompts.chat_template`) with {country}, {question} and {opinion}.
 
 Tokens. A base prompt is DEFINED as the concatenation of separately tokenised pieces:
 [BOS if the tokenizer adds one] + header block + one piece per demo row + "---" line + query
@@ -24,9 +35,6 @@ tokenising the whole string; for other tokenizers it is still a faithful tokenis
 same text (the constructor checks that the pieces decode back to the text). Defining it this way
 makes the tokens of a demo row independent of its neighbours, so two prompts that share their
 first k demos share an identical token prefix: what prefix caching needs.
-
-The exact format line, anchor options and chat instruction of the fork could not be retrieved
-here; the strings below are faithful reconstructions of its format, not verbatim copies.
 """
 
 from __future__ import annotations
@@ -38,16 +46,44 @@ ANCHOR_QUESTION = "Does the sun rise in the East?"
 ANCHOR_ROWS = (("Yes", 1), ("No", 0))
 SEPARATOR = "---"
 LABEL_WORDS = {1: "True", 0: "False"}
+STYLES = ("fork", "database")
+
+CHAT_INSTRUCTION = """You know public opinion in {country} well. Decide whether the opinion below is the answer that the largest share of people in {country} would pick for this survey question.
+
+Weigh what you know about {country}:
+- its cultural values and social norms
+- its political landscape and the political views most people hold
+- religious and moral attitudes
+- economic conditions and priorities
+- its demographic makeup and the differences between generations
+
+Question: "{question}"
+Opinion: "{opinion}"
+
+Would this opinion be the single most common response in {country}? Reply with True or False only.
+
+Answer:"""
 
 
-def header_text(country: str) -> str:
-    """Header, format line and the two anchor rows, each ending in a newline."""
-    lines = [
-        f"### COUNTRY OPINION DATABASE: {country.upper()} ###",
-        f'Format: Q: "<survey question>" | Op: "<answer option>" | Is Most Popular Opinion in {country}: True or False',
-    ]
-    lines += [row_text(ANCHOR_QUESTION, option, country, label) for option, label in ANCHOR_ROWS]
-    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+def format_line(country: str, style: str = "fork") -> str:
+    if style == "fork":
+        return "Format: [Survey Question] | [Opinion] | [Is_Most_Popular_Opinion]\n\n"
+    if style == "database":
+        return f'Format: Q: "<survey question>" | Op: "<answer option>" | Is Most Popular Opinion in {country}: True or False\n'
+    raise ValueError(f"unknown prompt style {style!r}; choose one of {STYLES}")
+
+
+def header_text(country: str, style: str = "fork", anchors: bool = True) -> str:
+    """Title, format line (fork: and an empty line) and, with `anchors`, the two anchor rows."""
+    text = f"### COUNTRY OPINION DATABASE: {country.upper()} ###\n" + format_line(country, style)
+    if anchors:
+        text += "".join(row_text(ANCHOR_QUESTION, option, country, label) for option, label in ANCHOR_ROWS)
+    return text
+
+
+def zero_shot_is_bare(style: str) -> bool:
+    """The fork's zero-shot base prompt has no anchor rows and no separator; "database" keeps both."""
+    return style == "fork"
 
 
 def query_text(question: str, option: str, country: str) -> str:
@@ -62,34 +98,45 @@ def row_text(question: str, option: str, country: str, label: int) -> str:
     return f"{query_text(question, option, country)} {LABEL_WORDS[label]}\n"
 
 
-def base_prompt_text(context: tuple[tuple[Claim, int], ...], query: Claim) -> str:
+def base_prompt_text(context: tuple[tuple[Claim, int], ...], query: Claim, style: str = "fork") -> str:
+    query_row = query_text(query.question, query.option, query.country)
+    if not context and zero_shot_is_bare(style):
+        return header_text(query.country, style, anchors=False) + query_row
     rows = "".join(row_text(c.question, c.option, c.country, y) for c, y in context)
-    return header_text(query.country) + rows + SEPARATOR + "\n" + query_text(query.question, query.option, query.country)
+    return header_text(query.country, style) + rows + SEPARATOR + "\n" + query_row
 
 
-def chat_instruction(query: Claim) -> str:
-    """The zero-shot chat user turn (reconstruction of the fork's instruction; see module doc)."""
-    country = query.country
-    return (
-        f"You are an expert on the social, economic, and political dynamics of {country}. "
-        f"Below is a survey question and one answer option. Label the pair True if the option is "
-        f"the most common answer to the question among people in {country}, and False if it is not. "
-        f"Think about how a typical citizen of {country} would answer. "
-        f"Reply with exactly one word, True or False.\n\n"
-        f'Question: "{query.question}"\nOption: "{query.option}"'
-    )
+def chat_instruction(query: Claim, template: str | None = None) -> str:
+    """The zero-shot chat user turn: CHAT_INSTRUCTION, or the user's template, filled in."""
+    return (template or CHAT_INSTRUCTION).format(country=query.country, question=query.question, opinion=query.option)
 
 
-def prompt_text(request: ScoreRequest) -> str:
+def read_chat_template(path) -> str:
+    """A chat template file's text; ValueError when it lacks a placeholder or has an unknown one."""
+    from pathlib import Path
+    from string import Formatter
+
+    text = Path(path).read_text()
+    fields = {name for _, name, _, _ in Formatter().parse(text) if name is not None}
+    missing, unknown = {"country", "question", "opinion"} - fields, fields - {"country", "question", "opinion"}
+    if missing or unknown:
+        raise ValueError(
+            f"chat template {path}: needs the placeholders {{country}}, {{question}} and {{opinion}} "
+            f"(missing {sorted(missing)}, unknown {sorted(unknown)}; write literal braces as {{{{ and }}}})"
+        )
+    return text
+
+
+def prompt_text(request: ScoreRequest, style: str = "fork", chat_template: str | None = None) -> str:
     """The prompt as a string (for logs, APIs and reading); `PromptEncoder.encode` gives tokens."""
     _check(request)
     if request.kind == "chat":
-        return chat_instruction(request.query)
-    return base_prompt_text(request.context, request.query)
+        return chat_instruction(request.query, chat_template)
+    return base_prompt_text(request.context, request.query, style)
 
 
-def chat_messages(query: Claim) -> list[dict[str, str]]:
-    return [{"role": "user", "content": chat_instruction(query)}]
+def chat_messages(query: Claim, template: str | None = None) -> list[dict[str, str]]:
+    return [{"role": "user", "content": chat_instruction(query, template)}]
 
 
 def _check(request: ScoreRequest) -> None:
@@ -136,12 +183,19 @@ class PromptEncoder:
     base: true_id/false_id are " True"/" False" after the query row's ":".
     chat: "True"/"False" as the first assistant token after the chat template's generation prompt.
     `add_bos=None` follows the tokenizer (BOS iff it adds one by default); True/False forces it.
+    `style`: the base layout ("fork" or "database"); `chat_template`: the chat instruction's text.
     """
 
-    def __init__(self, tokenizer, kind: PromptKind = "base", add_bos: bool | None = None):
+    def __init__(
+        self, tokenizer, kind: PromptKind = "base", add_bos: bool | None = None, style: str = "fork",
+        chat_template: str | None = None,
+    ):
         if kind not in ("base", "chat"):
             raise ValueError(f"unknown prompt kind {kind!r}")
+        format_line("France", style)  # refuses an unknown style
         self.tokenizer = tokenizer
+        self.style = style
+        self.chat_template = chat_template
         self.kind = kind
         if kind == "chat" and getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("kind='chat' needs a tokenizer with a chat template; this one has none")
@@ -162,6 +216,7 @@ class PromptEncoder:
             self.true_id = _appended_token(tokenizer, text, " True")
             self.false_id = _appended_token(tokenizer, text, " False")
             self._check_round_trip(ScoreRequest(((probe, 1), (probe, 0)), probe, "base"))
+            self._check_round_trip(ScoreRequest((), probe, "base"))
         else:
             text = self._chat_text(probe)
             self.true_id = _appended_token(tokenizer, text, "True")
@@ -170,7 +225,9 @@ class PromptEncoder:
             raise ValueError("the True and False candidates map to the same token id")
 
     def _chat_text(self, query: Claim) -> str:
-        return self.tokenizer.apply_chat_template(chat_messages(query), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            chat_messages(query, self.chat_template), tokenize=False, add_generation_prompt=True
+        )
 
     def _piece(self, text: str) -> tuple[int, ...]:
         ids = self._pieces.get(text)
@@ -182,7 +239,7 @@ class PromptEncoder:
     def _check_round_trip(self, request: ScoreRequest) -> None:
         ids = self.encode(request)[len(self.bos_ids) :]
         decoded = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if decoded != prompt_text(request):
+        if decoded != prompt_text(request, self.style, self.chat_template):
             raise ValueError(
                 "this tokenizer does not tokenise prompt rows independently (the concatenated pieces "
                 "do not decode back to the prompt text), so prompts cannot be built from pieces"
@@ -210,10 +267,12 @@ class PromptEncoder:
             # The chat template writes its own BOS (if any) as text; it is parsed as a special token.
             return [self._piece(self._chat_text(query))]
         self._check_country(query.country)
-        out = [tuple(self.bos_ids), self._piece(header_text(query.country))]
+        query_row = self._piece(query_text(query.question, query.option, query.country))
+        if not request.context and zero_shot_is_bare(self.style):
+            return [tuple(self.bos_ids), self._piece(header_text(query.country, self.style, anchors=False)), query_row]
+        out = [tuple(self.bos_ids), self._piece(header_text(query.country, self.style))]
         out += [self._piece(row_text(c.question, c.option, c.country, y)) for c, y in request.context]
-        out += [self._piece(SEPARATOR + "\n"), self._piece(query_text(query.question, query.option, query.country))]
-        return out
+        return [*out, self._piece(SEPARATOR + "\n"), query_row]
 
     def encode(self, request: ScoreRequest) -> list[int]:
         """Full prompt token ids (BOS included explicitly for base prompts; the chat template supplies its own)."""

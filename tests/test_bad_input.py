@@ -68,6 +68,10 @@ BAD = {
          "--set", "chat_model.openai.base_url=http://127.0.0.1:9/v1", "--set", "chat_model.openai.max_attempts=1"],
         ["chat_model 'm' at http://127.0.0.1:9/v1", "no answer"],
     ),
+    "chat_template_missing": (
+        ["--set", "chat_model.name={model}", "--set", "chat_model.prompts.chat_template={work}/no-template.txt"],
+        ["chat_model.prompts.chat_template", "no-template.txt"],
+    ),
     "context_too_long": (
         ["--set", "base_model.max_prompt_tokens=200"],
         ["United States: the longest prompt", "pool of 12 train claims", "200", "lower data.train_cap to about"],

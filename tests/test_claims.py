@@ -33,7 +33,7 @@ def table(goqa_file):
 
 
 def _cfg(goqa_file, **kw):
-    return DataConfig(goqa_path=goqa_file, **({"countries": US_FR_JP, "dataset": "all"} | kw))
+    return DataConfig(goqa_path=goqa_file, **({"countries": US_FR_JP, "dataset": "all", "require_all_countries": True} | kw))
 
 
 def _build(table, cfg):
@@ -264,3 +264,7 @@ def test_loading_a_missing_dataset_or_country_is_an_error(tmp_path, goqa_file):
             load_country_split(wh, "ds_nope", "France")
         with pytest.raises(LookupError, match="no split claims for country 'Germany'"):
             load_country_split(wh, ds.dataset_id, "Germany")
+
+
+def test_the_default_selection_is_the_forks_every_question_a_country_has():
+    assert DataConfig().require_all_countries is False

@@ -19,24 +19,81 @@ def _request(claims, demo_idx, query_idx, kind="base"):
     return ScoreRequest(tuple((claims[i], claims[i].gold) for i in demo_idx), claims[query_idx], kind)
 
 
-def test_base_prompt_text_layout(claims):
-    text = prompt_text(_request(claims, [0, 1, 2], 5))
+FORK_FEW_SHOT = (
+    "### COUNTRY OPINION DATABASE: FRANCE ###\n"
+    "Format: [Survey Question] | [Opinion] | [Is_Most_Popular_Opinion]\n"
+    "\n"
+    'Q: "Does the sun rise in the East?" | Op: "Yes" | Is Most Popular Opinion in France: True\n'
+    'Q: "Does the sun rise in the East?" | Op: "No" | Is Most Popular Opinion in France: False\n'
+    'Q: "{d0q}" | Op: "{d0o}" | Is Most Popular Opinion in France: True\n'
+    'Q: "{d1q}" | Op: "{d1o}" | Is Most Popular Opinion in France: False\n'
+    "---\n"
+    'Q: "{qq}" | Op: "{qo}" | Is Most Popular Opinion in France:'
+)
+FORK_ZERO_SHOT = (
+    "### COUNTRY OPINION DATABASE: FRANCE ###\n"
+    "Format: [Survey Question] | [Opinion] | [Is_Most_Popular_Opinion]\n"
+    "\n"
+    'Q: "{qq}" | Op: "{qo}" | Is Most Popular Opinion in France:'
+)
+
+
+def test_fork_layout_text_exactly(claims):
+    """The fork's layout (the default): format line, one empty line, anchors, demos, ---, query;
+    zero-shot base is the title, format line, empty line and query row only."""
+    fields = {"d0q": claims[0].question, "d0o": claims[0].option, "d1q": claims[1].question, "d1o": claims[1].option,
+              "qq": claims[5].question, "qo": claims[5].option}
+    assert prompt_text(_request(claims, [0, 1], 5)) == FORK_FEW_SHOT.format(**fields)
+    assert prompt_text(_request(claims, [], 5)) == FORK_ZERO_SHOT.format(**fields)
+    assert not prompt_text(_request(claims, [], 5)).endswith(" ")  # the one documented fix: no trailing space
+
+
+def test_database_layout_keeps_anchors_and_separator_when_zero_shot(claims):
+    text = prompt_text(_request(claims, [0, 1, 2], 5), style="database")
     lines = text.split("\n")
     assert lines[0] == "### COUNTRY OPINION DATABASE: FRANCE ###"
-    assert lines[1].startswith("Format: ")
+    assert lines[1] == 'Format: Q: "<survey question>" | Op: "<answer option>" | Is Most Popular Opinion in France: True or False'
     assert lines[2] == 'Q: "Does the sun rise in the East?" | Op: "Yes" | Is Most Popular Opinion in France: True'
-    assert lines[3] == 'Q: "Does the sun rise in the East?" | Op: "No" | Is Most Popular Opinion in France: False'
     assert lines[4] == f'Q: "{claims[0].question}" | Op: "{claims[0].option}" | Is Most Popular Opinion in France: True'
-    assert lines[5].endswith(": False")
-    assert lines[7] == "---"
-    assert lines[8] == f'Q: "{claims[5].question}" | Op: "{claims[5].option}" | Is Most Popular Opinion in France:'
-    assert not text.endswith(" ") and text.endswith("in France:")
+    assert lines[7] == "---" and text.endswith("in France:")
+    zero = prompt_text(_request(claims, [], 3), style="database")
+    assert zero.startswith(header_text("France", "database")) and zero.count("\n") == 5  # title, format, 2 anchors, ---
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        prompt_text(_request(claims, [], 3), style="nope")
 
 
-def test_zero_shot_base_keeps_header_and_anchors(claims):
-    text = prompt_text(_request(claims, [], 3))
-    assert text.startswith(header_text("France"))
-    assert text.count("\n") == 5  # header, format, 2 anchors, ---
+@pytest.mark.parametrize("style", ["fork", "database"])
+@pytest.mark.parametrize("bos", [True, False])
+def test_layouts_token_for_token(tokenizers, claims, style, bos):
+    """Token ids: BOS (if the tokenizer adds one), then exactly the tokens of the layout's text,
+    zero-shot and few-shot; the fork's empty line is in the header piece."""
+    tok = tokenizers[bos]
+    enc = PromptEncoder(tok, "base", style=style)
+    for request in (_request(claims, [], 5), _request(claims, [0, 1, 2], 5)):
+        text = prompt_text(request, style=style)
+        assert enc.encode(request) == tok.encode(text)  # add_special_tokens: BOS iff the tokenizer adds one
+        assert tok.decode(enc.encode(request)[len(enc.bos_ids) :]) == text
+    zero = enc.pieces(_request(claims, [], 5))
+    assert len(zero) == (3 if style == "fork" else 4)  # BOS, header, query | BOS, header with anchors, ---, query
+    assert tok.decode(list(zero[1])).endswith("[Is_Most_Popular_Opinion]\n\n" if style == "fork" else "France: False\n")
+
+
+def test_chat_instruction_and_a_template_file(tmp_path, claims, tokenizers):
+    from persona_icm.prompts import CHAT_INSTRUCTION, chat_instruction, read_chat_template
+
+    text = chat_instruction(claims[3])
+    assert f'Question: "{claims[3].question}"' in text and f'Opinion: "{claims[3].option}"' in text
+    assert "France" in text and text.endswith("Answer:") and "True or False" in text
+    assert CHAT_INSTRUCTION.count("\n- ") == 5  # the five things to weigh
+    template = tmp_path / "chat.txt"
+    template.write_text("In {country}, is {opinion!r} the top answer to {question!r}? True or False.")
+    custom = read_chat_template(template)
+    assert chat_instruction(claims[3], custom) == f"In France, is {claims[3].option!r} the top answer to {claims[3].question!r}? True or False."
+    enc = PromptEncoder(tokenizers[True], "chat", chat_template=custom)
+    assert "top answer" in tokenizers[True].decode(enc.encode(_request(claims, [], 3, "chat")))
+    template.write_text("In {country}: {question}?")
+    with pytest.raises(ValueError, match=r"missing \['opinion'\]"):
+        read_chat_template(template)
 
 
 @pytest.mark.parametrize("bos", [True, False])

@@ -48,6 +48,7 @@ def make_scorer(spec: ModelSpec, api_key: str | None = None) -> ClaimScorer:
         scorer = _make_openai(spec, api_key)
     else:
         raise ValueError(f"unknown scoring backend {spec.backend!r}")
+    scorer.prompts = spec.prompts  # the layout its encoders build (scoring.base.CallLog.encoder)
     _SCORERS[spec] = scorer
     return scorer
 

@@ -59,12 +59,23 @@ class CallLog:
         self.calls.append(CallRecord(n_prompts, prompt_tokens, cached_tokens, wall, self.phase))
 
     def encoder(self, kind: PromptKind):
+        """The PromptEncoder of `kind` in this scorer's layout (`self.prompts`, a PromptConfig)."""
         from persona_icm.prompts import PromptEncoder
 
         encoders = self.__dict__.setdefault("_encoders", {})
         if kind not in encoders:
-            encoders[kind] = PromptEncoder(self.tokenizer, kind)
+            style, template = self.prompt_layout()
+            encoders[kind] = PromptEncoder(self.tokenizer, kind, style=style, chat_template=template)
         return encoders[kind]
+
+    def prompt_layout(self) -> tuple[str, str | None]:
+        """(base prompt style, chat instruction template text) of this scorer."""
+        from persona_icm.prompts import read_chat_template
+
+        prompts = getattr(self, "prompts", None)
+        if prompts is None:
+            return "fork", None
+        return prompts.style, read_chat_template(prompts.chat_template) if prompts.chat_template else None
 
 
 def sum_or_none(values: list[int | None]) -> int | None:

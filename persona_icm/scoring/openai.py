@@ -164,7 +164,7 @@ class OpenAIScorer(CallLog):
         if request.kind == "chat":
             body = {
                 "model": self.model,
-                "messages": chat_messages(request.query),
+                "messages": chat_messages(request.query, self.prompt_layout()[1]),
                 "max_tokens": 1,
                 "temperature": 0.0,
                 "logprobs": True,
@@ -175,7 +175,7 @@ class OpenAIScorer(CallLog):
         else:
             body = {
                 "model": self.model,
-                "prompt": prompt_text(request),
+                "prompt": prompt_text(request, *self.prompt_layout()),
                 "max_tokens": 1,
                 "temperature": 0.0,
                 "logprobs": self.top_logprobs,
