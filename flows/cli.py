@@ -12,6 +12,7 @@ exit code 1, before Prefect starts, a model loads or the warehouse is opened.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from persona_icm import cli
@@ -26,6 +27,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides["warehouse_path"] = args.warehouse
     check_run(build_checked_config(args.preset, overrides))
 
+    # The temporary Prefect server a run without PREFECT_API_URL starts is this project's: offline,
+    # its analytics would only log "Failed to send telemetry" errors.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.experiment import persona_icm
 
     try:

@@ -114,7 +114,7 @@ def accuracy_by_method_chart(headline: pl.DataFrame, title: str = "", seeds: pl.
     )
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
     return (
-        alt.layer(bars, points, per_seed, chance, data=frame)
+        alt.layer(chance, bars, points, per_seed, data=frame)  # the chance line under the points that sit on it
         .properties(width=150, height=240)
         .facet(column=alt.Column("country:N", title=None, sort=countries))
         .properties(title=title or "Test accuracy by method (dashed: chance; hollow diamonds: each ICM seed)")

@@ -163,6 +163,11 @@ summary() {
     echo "warehouse: $ROOT/warehouse/persona_icm.duckdb   (persona-icm sql \"select * from results_by_country order by all\")"
     [ -n "$run_id" ] && echo "report:    $ROOT/warehouse/reports/$run_id/report.html"
     echo "Prefect UI: http://127.0.0.1:$PORT   (stop server and workers: make stop)"
+    echo
+    echo "next, from $ROOT:"
+    echo "  export PREFECT_API_URL=$PREFECT_API_URL   # the prefect CLI talks to this server"
+    echo "  $BIN/prefect deployment run persona-icm/smoke --watch"
+    echo "  $BIN/persona-icm sql warehouse/queries/latest_run_summary.sql"
 }
 
 descendants() {  # pids of every process below $1 (flow runs a worker started in their own sessions)
