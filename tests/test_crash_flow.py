@@ -39,7 +39,7 @@ ORDER = {
     "demos": ["country", "method", "experiment", "n_demos", "repeat", "position"],
     "metrics": ["country", "method", "experiment", "n_demos"],
 }
-ITERATIONS = 16
+ITERATIONS = 200  # long enough that a kill aimed at an early checkpoint lands mid-search on a fast machine
 
 
 @pytest.fixture(scope="module")
