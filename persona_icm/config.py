@@ -128,7 +128,7 @@ class ModelSpec(_Section):
 
 
 class IcmConfig(_Section):
-    """The ICM search (ICM_SPEC.md "Objective", "Search"); defaults are the fork's (preset `seed`)."""
+    """The ICM search (docs/method.md "Objective", "Search"); defaults are the fork's (preset `seed`)."""
 
     alpha: float = Field(3.5, ge=0, description="Weight of mutual predictability P in U = alpha*P - I.")
     objective: Literal["logodds_mean", "logprob_sum"] = Field(
@@ -211,7 +211,7 @@ class RunConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _iterations_for_dataset(cls, values: Any) -> Any:
-        """ICM_SPEC "Search": K is 1000, and 1500 for dataset `all`, unless icm.iterations is given."""
+        """docs/method.md "Search": K is 1000, and 1500 for dataset `all`, unless icm.iterations is given."""
         if not isinstance(values, dict):
             return values
         data = values.get("data") or {}

@@ -1,4 +1,4 @@
-"""Many-shot evaluation of labelled demo sets on held-out claims (ICM_SPEC "Evaluation protocol").
+"""Many-shot evaluation of labelled demo sets on held-out claims (docs/method.md "Evaluation protocol").
 
 For one country: ICM labels, golden labels and accuracy-matched random labels of the same demo
 claims are each shown to the base model in `eval_repeats` seeded random orders, and every test

@@ -9,7 +9,7 @@ claims, group credit with the tie rule) and resamples it:
   countries are pooled), the demo orders (within each ICM seed) and, with several ICM seeds, the
   seeds; orders and questions are crossed (every order scores every question), so each is
   resampled on its own. It covers the order-to-order spread of the reported mean as well as
-  test-set sampling (docs: the evaluation protocol).
+  test-set sampling (docs/method.md "Evaluation protocol").
 
 Metrics frame columns (table `metrics`): run_id, country ("ALL" for the pooled countries),
 method, experiment, n_demos (null in a pooled row whose countries differ in pool size),

@@ -5,7 +5,7 @@ golden, random-matched, zero-shot base, zero-shot chat, option prior, accuracy v
 method x country tables (claim acc, group acc, 95% CI, n_test) and wall times, and writes
 predictions/demos/metrics as parquet under --out (gitignored). A benchmark, not a test.
 
-    PYTHONPATH=. python scripts/measure_eval.py --goqa-path ../shared/data/goqa/seed_subset_goqa.csv \\
+    PYTHONPATH=. python scripts/measure_eval.py --goqa-path /path/to/global_opinions.csv \\
         --base-model qwen2.5-coder-0.5b-instruct --base-model gemma-3-270m \\
         --chat-model smollm2-135m-instruct
 """

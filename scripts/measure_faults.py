@@ -5,7 +5,7 @@ endpoint is the local STUB server of tests/test_openai_scorer.py (no hosted API 
 here); the vLLM engine is a stub module whose LLM() fails the way an engine that cannot start
 does. Retry settings are the config defaults (6 attempts, 1 s backoff) unless a row says otherwise.
 
-    PYTHONPATH=. python scripts/measure_faults.py --goqa-path ../shared/data/goqa/seed_subset_goqa.csv
+    PYTHONPATH=. python scripts/measure_faults.py --goqa-path /path/to/global_opinions.csv
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def test_bad_values_are_named():
 
 
 def test_k_is_1500_for_dataset_all_unless_given():
-    """ICM_SPEC "Search": fork defaults K 1000 (1500 for `all`)."""
+    """docs/method.md "Search": fork defaults K 1000 (1500 for `all`)."""
     from persona_icm.config import IcmConfig, RunConfig
 
     assert build_config("seed").icm.iterations == 1000

@@ -306,7 +306,7 @@ def test_temperature_schedules():
 
 
 def test_log_schedule_of_the_presets_stays_above_final_T_as_in_the_earlier_code():
-    """ICM_SPEC: T = max(final_T, initial_T / (1 + beta ln(1 + accepted))), driven by accepted moves.
+    """docs/method.md: T = max(final_T, initial_T / (1 + beta ln(1 + accepted))), driven by accepted moves.
     With beta 2.75 (seed) or 0.99 (paper) the floor is never reached within K: the spec (and both
     codebases) define it so; the search must not silently rescale the schedule."""
     seed, paper = icm_config("seed"), icm_config("paper")

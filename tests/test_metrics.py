@@ -138,7 +138,7 @@ def test_bootstrap_interval_is_exact_for_a_constant_and_stratified():
 
 
 def test_bootstrap_interval_covers_the_spread_between_demo_orders():
-    """ICM_SPEC "Metrics": the interval covers order-to-order variation as well as test sampling.
+    """docs/method.md "Evaluation protocol": the interval covers order-to-order variation as well as test sampling.
     Two orders, one all right and one all wrong, with every question alike: averaging orders
     before resampling questions (the earlier code) gave the zero-width interval [0.5, 0.5]."""
     right = exact("X", "icm", 10, n_groups=40, n_right_groups=40)

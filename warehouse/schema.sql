@@ -364,7 +364,7 @@ SELECT run_id, 'ALL' AS country, method, experiment, n_demos, n_orders, accuracy
 FROM results_aggregated
 WHERE experiment = 'curve' AND method IN ('golden', 'icm', 'random_matched');
 
--- ---------------------------------------------------------------- reference numbers (ICM_SPEC.md)
+-- ---------------------------------------------------------------- reference numbers (docs/method.md)
 
 -- The persona-elicitation fork's headline test accuracies (%), Llama-3.1-70B base, as published;
 -- country 'ALL' is its test-size-weighted aggregate. For comparison only (queries/compare_with_published.sql).

@@ -1,4 +1,4 @@
-"""The ICM objective U(D) = alpha * P(D) - I(D) (ICM_SPEC.md "Objective")."""
+"""The ICM objective U(D) = alpha * P(D) - I(D) (docs/method.md "Objective")."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Both engines follow the same algorithm; only the model work differs (exactness: 
 
 - `ReferenceEngine`: the straightforward path. Every prompt the algorithm needs is sent on its
   own, one backend call per prompt, nothing remembered.
-- `FastEngine`: trajectory-preserving speed-ups (ICM_SPEC.md "Exactness and determinism"):
+- `FastEngine`: trajectory-preserving speed-ups (docs/method.md "Exactness and determinism"):
   s memoised by (query, exact ordered context) in an LRU, U memoised by labelling; the energies
   asked for together (both ConsistencyFix options, plus the current state when it is new) go
   to the model as ONE backend call with only the prompts not yet known; the prompts of a call

@@ -1,4 +1,4 @@
-"""Internal Coherence Maximization (Wen et al. 2025, Algorithms 1-2) as ICM_SPEC.md specifies it.
+"""Internal Coherence Maximization (Wen et al. 2025, Algorithms 1-2) as docs/method.md describes it.
 
     run_icm(claims, scorer, config) -> IcmResult(labels, trace, counters, run_key)
 

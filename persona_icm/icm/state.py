@@ -4,7 +4,7 @@ Claims are addressed by their index in the list the search was given ("claim ord
 A labelling is immutable; every change makes a new one, so a proposal that is rejected
 simply leaves the old one in place.
 
-Context order (ICM_SPEC.md "Objective"): groups in the order they first entered the labelled
+Context order (docs/method.md "Objective"): groups in the order they first entered the labelled
 pool; within a group, its labelled members in claim order. The claim being scored is removed
 and becomes the query. A new group therefore lands at the end of every prompt, which keeps the
 prompts of consecutive states sharing long prefixes. The option `context_order="claim"` (groups

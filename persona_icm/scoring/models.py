@@ -1,6 +1,6 @@
 """Model names -> loadable folders: hub ids, local folders, and the offline demo models.
 
-The demo models ship as GGUF files inside PyPI wheels (NOTES/models.md). The first `resolve`
+The demo models ship as GGUF files inside PyPI wheels (docs/models.md). The first `resolve`
 converts the GGUF once to a plain transformers folder under `<models_dir>/<name>/` (1-3 s to
 load afterwards, instead of 20-50 s from GGUF). Install the wheels with `make models`.
 """
