@@ -13,10 +13,8 @@ from prefect import flow
 from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
 from tasks.checks import check_model_host
-from tasks.evaluation import MethodResult, evaluate_method
+from tasks.evaluation import CHAT_METHOD, MethodResult, evaluate_method
 from tasks.storage import result_storage
-
-CHAT_METHOD = "zero_shot_chat"
 
 
 @flow(name="persona-icm-chat", persist_result=True, result_storage=result_storage())

@@ -16,11 +16,9 @@ from prefect import flow
 from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
 from tasks.checks import check_model_host
-from tasks.evaluation import MethodResult, evaluate_method
+from tasks.evaluation import CHAT_METHOD, MethodResult, evaluate_method
 from tasks.search import SearchResult, icm_search
 from tasks.storage import checkpoint_dir, result_storage
-
-CHAT_METHOD = "zero_shot_chat"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.chat import CHAT_METHOD, chat_flow
+from flows.chat import chat_flow
 from flows.country import CountryResult, country_flow
 from persona_icm.claims import CountrySplit
 from persona_icm.config import RunConfig
@@ -30,7 +30,7 @@ from persona_icm.preflight import build_checked_config
 from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
 from tasks.data import ingest_goqa, write_claims_and_splits
-from tasks.evaluation import MethodResult
+from tasks.evaluation import CHAT_METHOD, MethodResult
 from tasks.fanout import run_remotely
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
 from tasks.report import report

