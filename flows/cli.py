@@ -12,10 +12,15 @@ exit code 1, before Prefect starts, a model loads or the warehouse is opened.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from persona_icm import cli
+from persona_icm.config import PRESET_NAMES
 from persona_icm.preflight import build_checked_config, check_run
 
 
@@ -27,6 +32,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides["warehouse_path"] = args.warehouse
     check_run(build_checked_config(args.preset, overrides))
 
+    use_own_prefect_database()
     # The temporary Prefect server a run without PREFECT_API_URL starts is this project's: offline,
     # its analytics would only log "Failed to send telemetry" errors.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -41,9 +47,26 @@ def cmd_run(args: argparse.Namespace) -> None:
     cli.console.print(f"run [bold]{run_id}[/bold] completed")
 
 
+def use_own_prefect_database() -> Path | None:
+    """Without a Prefect server to talk to, Prefect starts a temporary one per process, and by
+    default every one of them writes the same SQLite file under PREFECT_HOME: two runs at once then
+    fail with "database is locked". Give this process's temporary server a database of its own,
+    removed at exit (results, caches and checkpoints live elsewhere; the warehouse has every
+    number). Returns its folder, or None when a server is configured."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or "PREFECT_SERVER_DATABASE_CONNECTION_URL" in os.environ:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="persona-icm-prefect-"))
+    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{folder / 'prefect.db'}"
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # after the server stops: atexit runs LIFO
+    return folder
+
+
 def add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the persona-icm flow in this process")
-    run.add_argument("--preset", default="smoke", choices=["seed", "paper", "smoke"])
+    run.add_argument("--preset", default="smoke", choices=PRESET_NAMES)
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, dotted key; repeatable")
     run.add_argument("--goqa-path", help="local GOQA CSV (default: $GOQA_PATH, else the hub download)")
     run.set_defaults(func=cmd_run)

@@ -17,7 +17,7 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from flows.chat import chat_flow
 from flows.country import CountryResult, country_flow
 from persona_icm.claims import CountrySplit
-from persona_icm.config import RunConfig
+from persona_icm.config import Preset, RunConfig
 from persona_icm.preflight import build_checked_config
 from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
@@ -86,7 +86,7 @@ def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fa
 
 @flow(name="persona-icm", log_prints=True)
 def persona_icm(
-    preset: Literal["seed", "paper", "smoke"] = "smoke",
+    preset: Preset = "smoke",
     overrides: dict[str, Any] | None = None,
     fan_out: bool = False,
     tensor_parallel_size: int | None = None,

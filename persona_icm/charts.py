@@ -1,7 +1,7 @@
 """Charts of one run, built from SQL on the warehouse views, and the run's offline HTML report.
 
-Three charts: (1) test accuracy by method with 95% intervals, one panel per country plus the
-test-size-weighted aggregate; (2) accuracy against the number of demonstrations (gold, ICM,
+Three charts: (1) test claim and group accuracy by method with 95% intervals, one panel per
+country plus the test-size-weighted aggregate; (2) accuracy against the number of demonstrations (gold, ICM,
 random-matched) with 95% bands; (3) the ICM search trace (U, P, I, train accuracy). Each is
 written as PNG and SVG (vl-convert, no browser) and inlined as SVG into `report.html`, which
 needs no network and no JavaScript.
@@ -34,18 +34,21 @@ METHOD_LABELS = {
 }
 METHOD_COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#7f7f7f", "#9467bd", "#bcbd22", "#17becf"]
 AGGREGATE = "All countries (weighted)"
+METRICS = {"accuracy": "claim accuracy", "group_accuracy": "group accuracy"}
 
 # The headline evaluation: each method's "main" experiment (whole pool as demos, or zero-shot).
 HEADLINE_SQL = """
 SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
-       method, n_demos, n_seeds, n_orders, n_test_claims, accuracy, ci_low, ci_high, demo_label_accuracy
+       method, n_demos, n_seeds, n_orders, n_test_claims, accuracy, ci_low, ci_high,
+       group_accuracy, group_ci_low, group_ci_high, demo_label_accuracy
 FROM headline WHERE run_id = $run_id
+  AND (country <> 'ALL' OR (SELECT count(DISTINCT country) FROM headline WHERE run_id = $run_id) > 2)
 ORDER BY 1, method
 """
 
 # Each ICM search's headline accuracy, drawn when a run has several seeds.
 SEEDS_SQL = """
-SELECT country, method, icm_seed, accuracy FROM accuracy_by_seed
+SELECT country, method, icm_seed, accuracy, group_accuracy FROM accuracy_by_seed
 WHERE run_id = $run_id AND experiment = 'main' AND icm_seed >= 0
   AND (SELECT count(DISTINCT icm_seed) FROM accuracy_by_seed WHERE run_id = $run_id AND icm_seed >= 0) > 1
 ORDER BY ALL
@@ -85,68 +88,87 @@ def _labelled(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _by_metric(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per metric (claim, group accuracy): columns metric, value, low, high."""
+    parts = []
+    for column, label in METRICS.items():
+        prefix = "" if column == "accuracy" else "group_"
+        bounds = [c for c in (f"{prefix}ci_low", f"{prefix}ci_high") if c in frame.columns]
+        part = frame.with_columns(metric=pl.lit(label), value=pl.col(column))
+        if len(bounds) == 2:
+            part = part.with_columns(low=pl.col(bounds[0]), high=pl.col(bounds[1]))
+        parts.append(part)
+    return pl.concat(parts, how="diagonal_relaxed")
+
+
 def accuracy_by_method_chart(headline: pl.DataFrame, title: str = "", seeds: pl.DataFrame | None = None) -> alt.Chart:
-    """Points with 95% interval bars, one panel per country and one for the weighted aggregate;
-    with several ICM seeds (`seeds`: SEEDS_SQL rows) a tick per seed shows their spread."""
-    frame = _labelled(headline).with_columns(kind=pl.lit("mean"))
+    """Points with 95% interval bars, a row per metric (claim accuracy, group accuracy) and a
+    column per country plus the weighted aggregate (with more than one country); with several
+    ICM seeds (`seeds`: SEEDS_SQL rows) a hollow diamond per seed shows their spread."""
+    frame = _by_metric(_labelled(headline)).with_columns(kind=pl.lit("mean"))
     if seeds is not None and seeds.height:
-        frame = pl.concat([frame, _labelled(seeds).with_columns(kind=pl.lit("seed"))], how="diagonal_relaxed")
+        frame = pl.concat([frame, _by_metric(_labelled(seeds)).with_columns(kind=pl.lit("seed"))], how="diagonal_relaxed")
     countries = sorted(c for c in frame["country"].unique().to_list() if c != AGGREGATE) + [AGGREGATE]
     scale = _method_scale(frame["method"].unique().to_list())
     base = alt.Chart(frame).transform_filter(alt.datum.kind == "mean").encode(
         x=alt.X("method_label:N", title=None, sort=scale.domain, axis=alt.Axis(labelAngle=-35)),
         color=alt.Color("method_label:N", title="method", scale=scale),
         tooltip=[
-            "country", "method", "n_demos", "n_test_claims", "n_orders",
-            alt.Tooltip("accuracy:Q", format=".3f"),
-            alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
+            "country", "method", "metric", "n_demos", "n_test_claims", "n_orders",
+            alt.Tooltip("value:Q", format=".3f", title="accuracy"),
+            alt.Tooltip("low:Q", format=".3f", title="95% low"), alt.Tooltip("high:Q", format=".3f", title="95% high"),
         ],
     )
     bars = base.mark_errorbar(ticks=True, thickness=2).encode(
-        y=alt.Y("ci_low:Q", title="test claim accuracy (95% CI)", scale=alt.Scale(domain=[0, 1])),
-        y2="ci_high:Q",
+        y=alt.Y("low:Q", title="test accuracy (95% CI)", scale=alt.Scale(domain=[0, 1])),
+        y2="high:Q",
     )
-    points = base.mark_point(filled=True, size=70).encode(y="accuracy:Q")
+    points = base.mark_point(filled=True, size=70).encode(y="value:Q")
     per_seed = (
         alt.Chart(frame).transform_filter(alt.datum.kind == "seed").mark_point(shape="diamond", filled=False, size=45, strokeWidth=1.5)
-        .encode(x=alt.X("method_label:N", sort=scale.domain), y="accuracy:Q", color=alt.Color("method_label:N", scale=scale),
-                tooltip=["country:N", "method:N", "icm_seed:Q", alt.Tooltip("accuracy:Q", format=".3f")])
+        .encode(x=alt.X("method_label:N", sort=scale.domain), y="value:Q", color=alt.Color("method_label:N", scale=scale),
+                tooltip=["country:N", "method:N", "metric:N", "icm_seed:Q", alt.Tooltip("value:Q", format=".3f")])
     )
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
     return (
         alt.layer(chance, bars, points, per_seed, data=frame)  # the chance line under the points that sit on it
-        .properties(width=150, height=240)
-        .facet(column=alt.Column("country:N", title=None, sort=countries))
+        .properties(width=150, height=200)
+        .facet(
+            column=alt.Column("country:N", title=None, sort=countries),
+            row=alt.Row("metric:N", title=None, sort=list(METRICS.values())),
+        )
         .properties(title=title or "Test accuracy by method (dashed: chance; hollow diamonds: each ICM seed)")
     )
 
 
 def accuracy_vs_examples_chart(vs_examples: pl.DataFrame, title: str = "") -> alt.Chart:
-    """Mean accuracy with a 95% band against the number of demonstrations, per country."""
+    """Mean accuracy with 95% interval bars against the number of demonstrations, per country
+    (in the accuracy chart's order). Lines that coincide stay apart by dash and point shape; the
+    bars are opaque, so overlapping ones never blend into colours the legend lacks."""
     frame = _labelled(vs_examples)
+    countries = sorted(c for c in frame["country"].unique().to_list() if c != AGGREGATE) + [AGGREGATE]
     scale = _method_scale(frame["method"].unique().to_list())
     base = alt.Chart(frame).encode(
         x=alt.X("n_demos:Q", title="number of demonstrations"),
         color=alt.Color("method_label:N", title="demo labels", scale=scale),
     )
-    band = alt.Chart(frame).mark_area(opacity=0.18).encode(
-        x="n_demos:Q",
-        fill=alt.Fill("method_label:N", title="demo labels", scale=scale, legend=alt.Legend(symbolOpacity=1)),
-        y=alt.Y("ci_low:Q", title="test claim accuracy (95% band)", scale=alt.Scale(domain=[0, 1])),
+    bars = base.mark_errorbar(ticks=True, thickness=1.5).encode(
+        y=alt.Y("ci_low:Q", title="test claim accuracy (95% CI)", scale=alt.Scale(domain=[0, 1])),
         y2="ci_high:Q",
     )
     line = base.mark_line(point=True, strokeWidth=2).encode(
         y="accuracy:Q",
         strokeDash=alt.StrokeDash("method_label:N", title="demo labels", scale=alt.Scale(domain=scale.domain)),
         shape=alt.Shape("method_label:N", title="demo labels", scale=alt.Scale(domain=scale.domain)),
-        tooltip=["country", "method", "n_demos", "n_orders", alt.Tooltip("accuracy:Q", format=".3f")],
+        tooltip=["country", "method", "n_demos", "n_orders", alt.Tooltip("accuracy:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")],
     )
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
     return (
-        alt.layer(band, line, chance, data=frame)
+        alt.layer(chance, bars, line, data=frame)
         .properties(width=220, height=200)
-        .facet(column=alt.Column("country:N", title=None))
-        .properties(title=title or "Accuracy vs number of demonstrations")
+        .facet(column=alt.Column("country:N", title=None, sort=countries))
+        .properties(title=title or "Accuracy vs number of demonstrations (all countries: shared sizes, then whole pools)")
     )
 
 
@@ -222,9 +244,11 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
 
     charts: dict[str, tuple[Path, Path]] = {}
     captions = {
-        "accuracy_by_method": "Test claim accuracy per method (headline: whole labelled pool as demos). "
-        "Bars: 95% interval over demo orders and test questions; aggregate weighted by test size.",
-        "accuracy_vs_examples": "Mean accuracy over demo orders against the number of demonstrations; band: 95% interval.",
+        "accuracy_by_method": "Test accuracy per method (headline: whole labelled pool as demos): claim accuracy, and "
+        "group accuracy (the question's top option scores highest). Bars: 95% interval over demo orders, ICM seeds "
+        "and test questions; aggregate weighted by test size.",
+        "accuracy_vs_examples": "Mean accuracy over demo orders against the number of demonstrations; bars: 95% interval. "
+        "All countries: the sizes every country has, then the whole pools pooled, at their mean size.",
         "icm_trace": "ICM search per iteration: objective U, mutual predictability P, inconsistencies I, "
         "and the accuracy of the current labels against gold (monitoring only).",
     }
@@ -240,7 +264,10 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         f'<a href="{png.name}">PNG</a> · <a href="{svg.name}">SVG</a></figcaption></figure>'
         for name, (png, svg) in charts.items()
     )
-    summary = headline.select("country", "method", "n_demos", "n_test_claims", "accuracy", "ci_low", "ci_high")
+    summary = headline.select(
+        "country", "method", "n_demos", "n_test_claims", "accuracy", "ci_low", "ci_high",
+        "group_accuracy", "group_ci_low", "group_ci_high",
+    )
     config = json.dumps(json.loads(info["config_json"]), indent=2) if info.get("config_json") else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>persona-icm run {html.escape(run_id)}</title>

@@ -407,7 +407,7 @@ def dataset_from_file(cfg: DataConfig, data_dir: Path | None = None) -> tuple[Go
     measurement scripts run on. `dataset.country_split(c)` gives one country's claims."""
     from persona_icm import goqa
 
-    table = goqa.read_goqa(goqa.resolve_goqa_path(cfg.goqa_path, data_dir or goqa.DATA_DIR))
+    table = goqa.read_goqa(goqa.claims_source_path(cfg, data_dir or goqa.DATA_DIR))
     return table, build_dataset(table.questions, table.selections, cfg, table.source_sha256)
 
 
@@ -415,7 +415,7 @@ def prepare_dataset(wh: Warehouse, cfg: DataConfig, data_dir: Path | None = None
     """GOQA file -> warehouse -> claims and splits for `cfg`, written to the warehouse."""
     from persona_icm import goqa
 
-    path = goqa.resolve_goqa_path(cfg.goqa_path, data_dir or goqa.DATA_DIR)
+    path = goqa.claims_source_path(cfg, data_dir or goqa.DATA_DIR)
     ingested = goqa.ingest_goqa(wh, path)
     questions, selections = goqa.load_goqa(wh, ingested.source_sha256)
     dataset = build_dataset(questions, selections, cfg, ingested.source_sha256)

@@ -21,6 +21,11 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """What GOQA file, which questions and countries, and how claims and splits are made."""
 
+    corpus: Literal["goqa", "control"] = Field(
+        "goqa",
+        description="goqa: GlobalOpinionQA. control: the known-answer control questions (persona_icm/control.py), "
+        "generated into data/control_goqa.csv; goqa_path and $GOQA_PATH are then not read.",
+    )
     goqa_path: Path | None = Field(
         None, description="Local GOQA CSV; None: $GOQA_PATH, else data/global_opinions.csv (downloaded once)."
     )
@@ -47,6 +52,12 @@ class DataConfig(_Section):
     train_fraction: float = Field(0.75, gt=0, lt=1, description="Share of questions on the train side.")
     train_cap: int = Field(125, ge=2, description="Max train claims per country, rounded down to whole groups.")
     test_cap: int = Field(50, ge=2, description="Max test claims per country, rounded down to whole groups.")
+
+    @model_validator(mode="after")
+    def _one_source_file(self) -> DataConfig:
+        if self.corpus == "control" and self.goqa_path is not None:
+            raise ValueError(f"corpus 'control' reads its own file; goqa_path ({self.goqa_path}) must be unset")
+        return self
 
     @field_validator("countries", "question_sources")
     @classmethod
@@ -199,8 +210,12 @@ class EvalConfig(_Section):
     seed: int = Field(0, description="Seeds demo sampling, orders, random-matched flips and the bootstrap.")
 
 
+Preset = Literal["seed", "paper", "smoke", "control"]
+PRESET_NAMES: tuple[str, ...] = get_args(Preset)
+
+
 class RunConfig(_Section):
-    preset: Literal["seed", "paper", "smoke"] = "seed"
+    preset: Preset = "seed"
     data: DataConfig = Field(default_factory=DataConfig)
     base_model: ModelSpec = Field(default_factory=ModelSpec)
     chat_model: ModelSpec | None = None
@@ -228,10 +243,26 @@ class RunConfig(_Section):
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     "paper": {"icm": {"alpha": 50.0, "initial_T": 10.0, "final_T": 0.01, "beta": 0.99}},
+    # The plumbing check: about 6 minutes end to end on a 2-core CPU with the offline SmolLM2-135M.
     "smoke": {
-        "data": {"train_cap": 16, "test_cap": 8},
-        "icm": {"num_seed": 4, "iterations": 24, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 8},
-        "eval": {"eval_repeats": 2, "demo_sizes": [4, 8], "bootstrap_samples": 200},
+        "data": {"countries": ["United States", "France"], "train_cap": 12, "test_cap": 8},
+        "chat_model": {"name": "smollm2-135m-instruct"},
+        "icm": {"num_seed": 4, "iterations": 8, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 4},
+        "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 200},
+    },
+    "control": {
+        "data": {
+            "corpus": "control",
+            "question_sources": ["CONTROL"],
+            "countries": ["United States"],
+            "train_fraction": 0.25,
+            "train_cap": 24,
+            "test_cap": 96,
+        },
+        "base_model": {"name": "gemma-3-270m"},
+        "chat_model": {"name": "smollm2-135m-instruct"},
+        "icm": {"num_seed": 2, "iterations": 40, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 10},
+        "eval": {"eval_repeats": 4, "demo_sizes": [10, 20], "bootstrap_samples": 1000},
     },
 }
 

@@ -86,6 +86,16 @@ def resolve_goqa_path(goqa_path: str | Path | None = None, data_dir: Path = DATA
     return download_goqa(data_dir)
 
 
+def claims_source_path(data, data_dir: Path = DATA_DIR) -> Path:
+    """The CSV a run reads for `data` (a DataConfig): the control file, written on first use, or
+    the GOQA file `resolve_goqa_path` finds."""
+    if data.corpus == "control":
+        from persona_icm.control import CONTROL_NAME, write_control_goqa
+
+        return write_control_goqa(data_dir / CONTROL_NAME)
+    return resolve_goqa_path(data.goqa_path, data_dir)
+
+
 def download_goqa(data_dir: Path = DATA_DIR) -> Path:
     """Download the GOQA CSV from the Hugging Face hub once, into data_dir/global_opinions.csv."""
     from huggingface_hub import hf_hub_download

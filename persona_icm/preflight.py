@@ -77,7 +77,7 @@ def check_data(config: RunConfig) -> tuple[goqa.GoqaTable, claims.Dataset, dict[
     """GOQA file -> claims and splits, in memory: (parsed file, dataset, country -> split)."""
     data = config.data
     try:
-        path = goqa.resolve_goqa_path(data.goqa_path)
+        path = goqa.claims_source_path(data)
         stat = path.stat()
         key = (data.model_dump_json(), str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if key not in _CHECKED:

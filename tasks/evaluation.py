@@ -56,6 +56,7 @@ def evaluate_method(
             scorer, train, test, config.model_copy(update={"methods": [method]}),
             icm_labels=icm_labels, chat_scorer=chat, run_id=run_id, progress=progress,
         )
+    progress.finish()
     skipped = result.skipped.get(method)
     if skipped:
         get_run_logger().warning("%s skipped for %s: %s", method, country, skipped)

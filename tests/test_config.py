@@ -26,7 +26,7 @@ def test_k_is_1500_for_dataset_all_unless_given():
     assert build_config("seed").icm.iterations == 1000
     assert build_config("seed", {"data": {"dataset": "all"}}).icm.iterations == 1500
     assert build_config("seed", {"data": {"dataset": "all"}, "icm": {"iterations": 7}}).icm.iterations == 7
-    assert build_config("smoke", {"data": {"dataset": "all"}}).icm.iterations == 24  # the preset gives K
+    assert build_config("smoke", {"data": {"dataset": "all"}}).icm.iterations == 8  # the preset gives K
     assert RunConfig(data={"dataset": "all"}, icm=IcmConfig(alpha=2.0)).icm.iterations == 1500
     assert RunConfig(data={"dataset": "all"}, icm=IcmConfig(iterations=5)).icm.iterations == 5
     again = RunConfig.model_validate_json(build_config("seed", {"data": {"dataset": "all"}}).model_dump_json())

@@ -64,6 +64,28 @@ def _icm_task_states(flow_run_id: str) -> list[str]:
     return sorted(r.state.name for r in runs)
 
 
+def _progress_artifacts(flow_run_id: str) -> list[float]:
+    """Progress of the progress artifacts (searches, evaluations) of the flow run and its subflows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                type=ArtifactFilterType(any_=["progress"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id] + [str(c.id) for c in children]),
+            )
+        )
+    return [float(a.data) for a in artifacts]
+
+
 @pytest.mark.slow
 def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
     from flows.experiment import persona_icm
@@ -102,13 +124,22 @@ def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
         assert f'id="{chart}"' in page and f"{chart}.png" in page
 
     assert _icm_task_states(str(state.state_details.flow_run_id)) == ["Completed", "Completed"]
+    progress = _progress_artifacts(str(state.state_details.flow_run_id))
+    assert len(progress) >= 2 * 8 and set(progress) == {100.0}  # per country: the search and 7 methods
     second = persona_icm(preset="smoke", overrides=smoke_inputs, return_state=True)
     assert second.is_completed() and second.result() == run_id
     assert _icm_task_states(str(second.state_details.flow_run_id)) == ["Cached", "Cached"]
     assert _counts(warehouse) == first
 
 
-@pytest.mark.parametrize("name", ["full", "rehearsal", "smoke", "country", "chat"])
+DEPLOYMENTS = [d["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]]
+
+
+def test_the_deployments_are_the_documented_ones():
+    assert set(DEPLOYMENTS) == {"full", "rehearsal", "smoke", "control", "country", "chat"}
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_each_deployment_imports_and_its_run_config_validates(name):
     from prefect.flows import load_flow_from_entrypoint
 

@@ -87,7 +87,7 @@ def rehearsal_parameters(work: Path) -> dict:
     deployment = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}["rehearsal"]
     params = dict(deployment["parameters"])
     overrides = dict(params["overrides"])
-    overrides["data"] = {**overrides["data"], "goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, COUNTRIES))),
+    overrides["data"] = {**overrides.get("data", {}), "goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, COUNTRIES))),
                          "countries": COUNTRIES}
     overrides["warehouse_path"] = str(work / "warehouse" / "persona_icm.duckdb")
     # a longer search than the deployment's 8 iterations, so that the kill lands mid-search on a fast machine

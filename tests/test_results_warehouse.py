@@ -31,7 +31,8 @@ def _country(country, n_test_groups, cfg):
     claims = [c.__class__(f"{country}:{c.claim_id}", f"{country}:{c.group_id}", *[getattr(c, f) for f in ("country", "question", "option", "gold")]) for c in claims]
     train, test = claims[:24], claims[24:]
     scorer = SyntheticScorer({c.claim_id: c.gold for c in claims})
-    search = run_icm(train, scorer, cfg.icm, show_progress=False)
+    # searches of different lengths leave pools of different sizes, as real countries do
+    search = run_icm(train, scorer, cfg.icm.model_copy(update={"iterations": 5 + n_test_groups}), show_progress=False)
     result = evaluate_country(scorer, train, test, cfg.eval, icm_labels=search.label_of(), run_id="r1")
     return search, result
 
@@ -114,10 +115,13 @@ def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_pat
 
 
 def test_accuracy_vs_examples_has_the_weighted_aggregate_over_shared_demo_counts(warehouse):
+    """Country ALL: the pooled curve at every demo count all countries have, then the pooled whole
+    pools (experiment main) at the countries' mean pool size."""
     wh, predictions, demos = warehouse
     pooled = wh.sql("SELECT * FROM results_aggregated WHERE run_id = 'r1' AND experiment = 'curve' "
                     "AND method IN ('golden', 'icm', 'random_matched')")
-    sql = wh.sql("SELECT * FROM accuracy_vs_examples WHERE run_id = 'r1' AND country = 'ALL'")
+    everything = wh.sql("SELECT * FROM accuracy_vs_examples WHERE run_id = 'r1' AND country = 'ALL'")
+    sql = everything.filter(pl.col("experiment") == "curve")
     joined = sql.join(pooled, on=["method", "n_demos"], how="full", coalesce=True)
     assert joined.height == sql.height == pooled.height > 0
     assert (joined["accuracy"] - joined["accuracy_right"]).abs().max() < 1e-12
@@ -125,6 +129,18 @@ def test_accuracy_vs_examples_has_the_weighted_aggregate_over_shared_demo_counts
     per_country = wh.sql("SELECT country, n_demos FROM accuracy_vs_examples WHERE run_id = 'r1' AND country <> 'ALL'")
     shared = set.intersection(*(set(f["n_demos"]) for f in per_country.partition_by("country")))
     assert set(sql["n_demos"]) == shared
+
+    pool_sizes = wh.sql("SELECT DISTINCT country, n_demos FROM results_by_country WHERE run_id = 'r1' AND method = 'icm' "
+                        "AND experiment = 'main'")
+    assert pool_sizes["n_demos"].n_unique() == 2  # the fixture's countries have pools of different sizes
+    whole = everything.filter(pl.col("experiment") == "main").sort("method")
+    main = wh.sql("SELECT method, accuracy FROM results_aggregated WHERE run_id = 'r1' AND experiment = 'main' "
+                  "AND method IN ('golden', 'icm', 'random_matched') ORDER BY method")
+    assert whole["method"].to_list() == main["method"].to_list() and whole.height > 0
+    assert (whole["accuracy"] - main["accuracy"]).abs().max() < 1e-12
+    pools = wh.sql("SELECT method, round(avg(n_demos))::INTEGER AS n FROM results_by_country WHERE run_id = 'r1' "
+                   "AND experiment = 'main' AND method IN ('golden', 'icm', 'random_matched') GROUP BY 1 ORDER BY 1")
+    assert whole["n_demos"].to_list() == pools["n"].to_list()
 
 
 def test_rewriting_a_country_replaces_its_rows(warehouse):

@@ -1,4 +1,4 @@
--- schema_version: 8
+-- schema_version: 9
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -354,15 +354,22 @@ FROM results_aggregated WHERE experiment = 'main';
 
 -- Accuracy against the number of demonstrations for the labelled-demo methods, per country
 -- (the largest point is the headline "main" evaluation with the whole pool), and as country
--- 'ALL' the test-size-weighted aggregate over the demo counts every country has.
+-- 'ALL' the test-size-weighted aggregate over the demo counts every country has, plus the
+-- countries' whole pools pooled, drawn at their mean pool size.
 CREATE OR REPLACE VIEW accuracy_vs_examples AS
 SELECT run_id, country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high
 FROM results_by_country
 WHERE method IN ('golden', 'icm', 'random_matched') AND n_demos > 0
 UNION ALL
-SELECT run_id, 'ALL' AS country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high
-FROM results_aggregated
-WHERE experiment = 'curve' AND method IN ('golden', 'icm', 'random_matched');
+SELECT a.run_id, 'ALL' AS country, a.method, a.experiment, coalesce(a.n_demos, p.mean_pool)::INTEGER AS n_demos,
+       a.n_orders, a.accuracy, a.accuracy_std, a.ci_low, a.ci_high
+FROM results_aggregated a
+LEFT JOIN (
+    SELECT run_id, method, round(avg(n_demos)) AS mean_pool
+    FROM results_by_country WHERE experiment = 'main' GROUP BY run_id, method
+) p ON p.run_id = a.run_id AND p.method = a.method
+WHERE (a.experiment = 'curve' OR (a.experiment = 'main' AND a.n_demos IS NULL))  -- equal pools: the curve has them
+  AND a.method IN ('golden', 'icm', 'random_matched');
 
 -- ---------------------------------------------------------------- reference numbers (docs/method.md)
 

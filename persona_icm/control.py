@@ -1,0 +1,92 @@
+"""The positive control: known-answer questions in GOQA's CSV format (docs/method.md "Positive control").
+
+Every question has two options, one of them correct, and in every country the correct one is
+the most popular answer. The file runs through the unchanged pipeline, so a run on it shows
+whether ICM recovers labels the model can tell apart; at CPU model sizes every method sits at
+chance on real GOQA, where a label-scrambling bug and a model that knows nothing look alike.
+
+The facts are written down here; the file is generated from them (deterministically) on first
+use, into data/control_goqa.csv.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from persona_icm.config import DEFAULT_COUNTRIES
+
+CONTROL_NAME = "control_goqa.csv"
+CONTROL_SOURCE = "CONTROL"
+CORRECT_SHARE = 0.9
+SEED = 0
+
+CAPITALS = (
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
+    ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"), ("Greece", "Athens"), ("England", "London"),
+    ("Canada", "Ottawa"), ("Australia", "Canberra"), ("Brazil", "Brasilia"), ("Argentina", "Buenos Aires"),
+    ("Mexico", "Mexico City"), ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Poland", "Warsaw"), ("Austria", "Vienna"),
+    ("Hungary", "Budapest"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Thailand", "Bangkok"),
+    ("South Korea", "Seoul"), ("India", "New Delhi"), ("Turkey", "Ankara"), ("Cuba", "Havana"),
+    ("Netherlands", "Amsterdam"), ("Belgium", "Brussels"), ("Denmark", "Copenhagen"), ("Switzerland", "Bern"),
+    ("Chile", "Santiago"), ("Colombia", "Bogota"), ("Vietnam", "Hanoi"), ("Indonesia", "Jakarta"),
+    ("Philippines", "Manila"), ("Nigeria", "Abuja"),
+)
+N_NUMBER_PAIRS = 24
+
+
+def capital_questions(rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """(question, correct, wrong): the wrong option is another listed country's capital."""
+    capitals = [city for _, city in CAPITALS]
+    out = []
+    for country, city in CAPITALS:
+        wrong = str(rng.choice([c for c in capitals if c != city]))
+        out.append((f"What is the capital of {country}?", city, wrong))
+    return out
+
+
+def number_questions(rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """(question, correct, wrong) for 'which of two two-digit numbers is larger'."""
+    out = []
+    for _ in range(N_NUMBER_PAIRS):
+        a, b = (int(x) for x in rng.choice(np.arange(10, 100), size=2, replace=False))
+        out.append((f"Which number is larger, {a} or {b}?", str(max(a, b)), str(min(a, b))))
+    return out
+
+
+def control_frame(countries: list[str] = DEFAULT_COUNTRIES) -> pl.DataFrame:
+    """The control questions as GOQA rows (question, selections, options, source); the correct
+    option's place among the two is drawn per question."""
+    rng = np.random.default_rng(SEED)
+    rows = []
+    for question, correct, wrong in capital_questions(rng) + number_questions(rng):
+        correct_first = bool(rng.integers(2))
+        options = [correct, wrong] if correct_first else [wrong, correct]
+        shares = [CORRECT_SHARE, round(1 - CORRECT_SHARE, 3)]
+        shares = shares if correct_first else shares[::-1]
+        selections = {country: shares for country in countries}
+        rows.append(
+            {
+                "question": question,
+                "selections": f"defaultdict(<class 'list'>, {selections!r})",
+                "options": repr(options),
+                "source": CONTROL_SOURCE,
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def write_control_goqa(path: Path) -> Path:
+    """Write the control CSV to `path` unless an identical file is already there."""
+    text = control_frame().write_csv()
+    if path.is_file() and path.read_text() == text:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".csv.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+    return path

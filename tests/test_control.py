@@ -1,0 +1,61 @@
+"""The positive control's data: known answers, in GOQA's format, through the unchanged data path."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from persona_icm import goqa
+from persona_icm.claims import dataset_from_file
+from persona_icm.config import DEFAULT_COUNTRIES, build_config
+from persona_icm.control import CAPITALS, CONTROL_NAME, CONTROL_SOURCE, write_control_goqa
+
+
+def test_control_file_parses_as_goqa_with_the_correct_option_on_top_everywhere(tmp_path):
+    table = goqa.read_goqa(write_control_goqa(tmp_path / CONTROL_NAME))
+    questions, selections = table.questions, table.selections
+    assert 40 <= questions.height <= 80
+    assert set(questions["n_options"]) == {2}
+    assert set(questions["source"]) == {CONTROL_SOURCE}
+    assert set(selections["country"]) == set(DEFAULT_COUNTRIES)
+    top = selections.sort("share", descending=True).group_by("question_id", "country").first()
+    by_id = {row["question_id"]: row for row in questions.iter_rows(named=True)}
+    capital_of = dict(CAPITALS)
+    for row in top.iter_rows(named=True):
+        question = by_id[row["question_id"]]
+        top_option = question["options"][row["option_idx"]]
+        text = question["question"]
+        if text.startswith("What is the capital of "):
+            assert top_option == capital_of[text.removeprefix("What is the capital of ").rstrip("?")]
+        else:
+            a, b = text.removeprefix("Which number is larger, ").rstrip("?").split(" or ")
+            assert top_option == str(max(int(a), int(b)))
+    # both orders occur: the correct option's place says nothing
+    first_on_top = top.filter(top["option_idx"] == 0).height / top.height
+    assert 0.3 < first_on_top < 0.7
+
+
+def test_control_file_is_rewritten_only_when_it_differs(tmp_path):
+    path = write_control_goqa(tmp_path / CONTROL_NAME)
+    stamp = path.stat().st_mtime_ns
+    assert write_control_goqa(path).stat().st_mtime_ns == stamp
+    path.write_text("question,selections,options,source\n")
+    assert goqa.read_goqa(write_control_goqa(path)).questions.height > 40
+
+
+def test_control_preset_builds_its_splits_from_the_generated_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("GOQA_PATH", str(tmp_path / "not-read.csv"))
+    config = build_config("control")
+    _, dataset = dataset_from_file(config.data, data_dir=tmp_path)
+    assert (tmp_path / CONTROL_NAME).is_file()
+    split = dataset.country_split(config.data.countries[0])
+    assert len(split.train) == config.data.train_cap
+    assert len(split.test) == config.data.test_cap
+    assert {c.question for c in split.train}.isdisjoint({c.question for c in split.test})
+    for claims in (split.train, split.test):
+        assert sum(c.gold for c in claims) * 2 == len(claims)
+
+
+def test_control_corpus_refuses_a_goqa_path_by_name():
+    with pytest.raises(ValidationError, match="goqa_path"):
+        build_config("control", {"data": {"goqa_path": "some.csv"}})
