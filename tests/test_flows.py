@@ -64,6 +64,19 @@ def _icm_task_states(flow_run_id: str) -> list[str]:
     return sorted(r.state.name for r in runs)
 
 
+def _parent_log(flow_run_id: str) -> str:
+    """The log lines recorded on the flow run itself (not on its subflows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    messages: list[str] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                       limit=200, offset=len(messages)):
+            messages += [log.message for log in page]
+    return "\n".join(messages)
+
+
 def _progress_artifacts(flow_run_id: str) -> list[float]:
     """Progress of the progress artifacts (searches, evaluations) of the flow run and its subflows."""
     from prefect.client.orchestration import get_client
@@ -124,8 +137,12 @@ def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
         assert f'id="{chart}"' in page and f"{chart}.png" in page
 
     assert _icm_task_states(str(state.state_details.flow_run_id)) == ["Completed", "Completed"]
+    parent_log = _parent_log(str(state.state_details.flow_run_id))
+    for country in ("United States", "France"):  # what --watch shows: the subflows' progress, on the parent
+        assert f"ICM search, {country}: iterations done: 6 of 6 (100%)" in parent_log
+        assert f"evaluation icm, {country}: prompt sets scored" in parent_log
     progress = _progress_artifacts(str(state.state_details.flow_run_id))
-    assert len(progress) >= 2 * 8 and set(progress) == {100.0}  # per country: the search and 7 methods
+    assert len(progress) == 2 * 7 and set(progress) == {100.0}  # per country: search, 5 base methods, chat
     second = persona_icm(preset="smoke", overrides=smoke_inputs, return_state=True)
     assert second.is_completed() and second.result() == run_id
     assert _icm_task_states(str(second.state_details.flow_run_id)) == ["Cached", "Cached"]
