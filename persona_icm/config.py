@@ -261,7 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "base_model": {"name": "gemma-3-270m"},
         "chat_model": {"name": "smollm2-135m-instruct"},
-        "icm": {"num_seed": 2, "iterations": 40, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 10},
+        "icm": {"num_seed": 2, "iterations": 50, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 10},
         "eval": {"eval_repeats": 4, "demo_sizes": [10, 20], "bootstrap_samples": 1000},
     },
 }

@@ -76,25 +76,39 @@ def test_shared_context_scores_each_query_on_one_prefill(model, tokenizer, claim
     assert scorer.calls[-1].prompt_tokens == sum(lengths)
 
 
-def test_sliding_window_model_without_crop(tokenizer, claims):
-    """Mistral with a 24-token window: cache layers cannot be cropped, so the copy path is used."""
-    from transformers import MistralConfig, MistralForCausalLM
+def _sliding_window_models(vocab: int):
+    """Mistral with a 24-token window on every layer, and Gemma-3 text (sliding and full layers)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM
 
     torch.manual_seed(1)
-    config = MistralConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+    yield MistralForCausalLM(MistralConfig(
+        vocab_size=vocab, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
         intermediate_size=64, num_hidden_layers=2, sliding_window=24, max_position_embeddings=4096,
-    )
-    model = MistralForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.08)
+    ))
+    yield Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        intermediate_size=64, num_hidden_layers=3, sliding_window=24, max_position_embeddings=4096,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+    ))
+
+
+def test_sliding_window_models_get_a_croppable_cache_and_exact_scores(tokenizer, claims):
+    """Prompts longer than the window: a full cache (cropped along the trie walk) with the
+    model's sliding masks gives the one-prompt-at-a-time scores."""
+    from persona_icm.scoring.hf import _croppable
+
     requests = leave_one_out(claims, 5) + [ScoreRequest(tuple((c, c.gold) for c in claims[:3]), claims[9])]
-    expected = reference_scores(model, tokenizer, requests)
-    for batch_size in (1, 4):
-        got = HFScorer(model, tokenizer, batch_size=batch_size).score(requests)
-        assert got == pytest.approx(expected, abs=1e-5)
+    for model in _sliding_window_models(len(tokenizer)):
+        model.eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, 0.08)
+        expected = reference_scores(model, tokenizer, requests)
+        for batch_size in (1, 4):
+            scorer = HFScorer(model, tokenizer, batch_size=batch_size)
+            assert _croppable(scorer._new_cache())
+            assert scorer.score(requests) == pytest.approx(expected, abs=1e-5), type(model).__name__
 
 
 def test_trie_order_visits_leave_one_out_in_index_order():
@@ -111,3 +125,18 @@ def test_too_long_prompt_is_a_clear_error(model, tokenizer, claims):
     scorer = HFScorer(model, tokenizer, max_prompt_tokens=50)
     with pytest.raises(ValueError, match="max_prompt_tokens=50"):
         scorer.score([ScoreRequest(tuple((c, 1) for c in claims[:3]), claims[5])])
+
+
+def test_a_batch_keeps_prompts_that_share_a_long_prefix_and_stops_before_a_short_one():
+    from persona_icm.scoring.hf import _sharing_run
+
+    header, rows = [0] * 4, [[10 + i] * 20 for i in range(6)]
+    # leave-one-out prompts of three labellings that differ only in the last row, in trie order
+    prompts = []
+    for left_out in range(5):
+        context = [t for i, r in enumerate(rows[:5]) if i != left_out for t in r]
+        prompts += [header + context + [99, variant] for variant in (1, 2, 3)]
+    order = list(range(len(prompts)))
+    assert _sharing_run(order, 0, prompts, most=8) == 3  # the fourth shares only the header
+    assert _sharing_run(order, 3, prompts, most=2) == 2
+    assert _sharing_run(order, 14, prompts, most=8) == 1  # the last prompt

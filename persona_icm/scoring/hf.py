@@ -15,8 +15,9 @@ Two paths give the same numbers (tests check 1e-5 against one-prompt-at-a-time l
   <= batch_size that fits `kv_budget_bytes`; with b == 1 there is no copy at all: the suffix
   runs on the base cache and the next prompt crops it back to their common prefix (the
   cheapest walk on CPU, and what long prefixes on large-KV models fall back to).
-  Models whose cache cannot be cropped (sliding-window or linear-attention layers) always
-  copy, and rebuild the base when the next prefix does not extend it.
+  Sliding-window layers get a full (croppable) cache; their masks keep the window. Models whose
+  cache cannot be cropped (linear-attention layers) always copy, and rebuild the base when the
+  next prefix does not extend it.
 
 Numbers depend only on the prompt, up to float reassociation between batch shapes (~1e-6).
 """
@@ -187,7 +188,7 @@ class HFScorer(CallLog):
     # -- pieces -------------------------------------------------------------------------------
     def _next_batch(self, order: list[int], pos: int, ids: list[list[int]]) -> tuple[list[int], int]:
         """The next prompts in trie order sharing one base prefix, sized to the KV budget."""
-        size = min(self.batch_size, len(order) - pos)
+        size = _sharing_run(order, pos, ids, self.batch_size)
         while True:
             chunk = order[pos : pos + size]
             seqs = [ids[i] for i in chunk]
@@ -240,6 +241,13 @@ class HFScorer(CallLog):
     def _new_cache(self):
         from transformers import DynamicCache
 
+        # Sliding-window layers get a full cache too: the model's own masks still limit attention
+        # to the window (same numbers), and a full cache can be cropped, so the walk down the
+        # prefix trie reuses prefixes instead of rebuilding them. Other layer kinds (linear
+        # attention) keep the config's cache.
+        kinds = getattr(self.model.config.get_text_config(), "layer_types", None) or []
+        if set(kinds) <= {"full_attention", "sliding_attention"}:
+            return DynamicCache()
         return DynamicCache(config=self.model.config)
 
     @property
@@ -253,6 +261,25 @@ class HFScorer(CallLog):
         return tqdm(total=total, desc="scoring", unit="prompt", disable=not self.progress or total < 64, leave=False)
 
 
+def _sharing_run(order: list[int], pos: int, ids: list[list[int]], most: int) -> int:
+    """How many prompts from `pos` on (at most `most`) to batch on one shared prefix.
+
+    A batch of k prompts with common prefix p costs p + sum(len - p) tokens. Taking the next
+    prompt narrows p to p'; it pays off against running that prompt on its own (len tokens, as a
+    cache that cannot be cropped must) when (k - 1) * (p - p') < p'. Leave-one-out prompts of
+    neighbouring labellings share all but their last rows, so this keeps them together and stops
+    a batch from collapsing to the header they all share."""
+    first = ids[order[pos]]
+    k, shared = 1, len(first) - 1
+    while k < most and pos + k < len(order):
+        following = ids[order[pos + k]]
+        narrowed = min(shared, common_prefix_length(first[:shared], following), len(following) - 1)
+        if (k - 1) * (shared - narrowed) >= narrowed:
+            break
+        k, shared = k + 1, narrowed
+    return k
+
+
 def _common_prefix_all(seqs: list[list[int]]) -> int:
     n = len(seqs[0])
     for s in seqs[1:]:
@@ -264,6 +291,8 @@ def _croppable(cache) -> bool:
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
+    if layers == []:  # layers made on first use, all of one class
+        return getattr(cache, "layer_class_to_replicate", None) is DynamicLayer
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
