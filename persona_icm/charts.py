@@ -56,8 +56,9 @@ ORDER BY ALL
 
 VS_EXAMPLES_SQL = """
 SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
-       method, n_demos, n_orders, accuracy, ci_low, ci_high
+       method, n_demos, n_orders, accuracy, ci_low, ci_high, group_accuracy, group_ci_low, group_ci_high
 FROM accuracy_vs_examples WHERE run_id = $run_id
+  AND (country <> 'ALL' OR (SELECT count(DISTINCT country) FROM accuracy_vs_examples WHERE run_id = $run_id) > 2)
 ORDER BY country, method, n_demos
 """
 
@@ -142,10 +143,11 @@ def accuracy_by_method_chart(headline: pl.DataFrame, title: str = "", seeds: pl.
 
 
 def accuracy_vs_examples_chart(vs_examples: pl.DataFrame, title: str = "") -> alt.Chart:
-    """Mean accuracy with 95% interval bars against the number of demonstrations, per country
-    (in the accuracy chart's order). Lines that coincide stay apart by dash and point shape; the
-    bars are opaque, so overlapping ones never blend into colours the legend lacks."""
-    frame = _labelled(vs_examples)
+    """Mean claim and group accuracy with 95% interval bars against the number of demonstrations,
+    a column per country (in the accuracy chart's order). Lines that coincide stay apart by dash
+    and point shape; the bars are opaque, so overlapping ones never blend into colours the legend
+    lacks."""
+    frame = _by_metric(_labelled(vs_examples))
     countries = sorted(c for c in frame["country"].unique().to_list() if c != AGGREGATE) + [AGGREGATE]
     scale = _method_scale(frame["method"].unique().to_list())
     base = alt.Chart(frame).encode(
@@ -153,21 +155,24 @@ def accuracy_vs_examples_chart(vs_examples: pl.DataFrame, title: str = "") -> al
         color=alt.Color("method_label:N", title="demo labels", scale=scale),
     )
     bars = base.mark_errorbar(ticks=True, thickness=1.5).encode(
-        y=alt.Y("ci_low:Q", title="test claim accuracy (95% CI)", scale=alt.Scale(domain=[0, 1])),
-        y2="ci_high:Q",
+        y=alt.Y("low:Q", title="test accuracy (95% CI)", scale=alt.Scale(domain=[0, 1])),
+        y2="high:Q",
     )
     line = base.mark_line(point=True, strokeWidth=2).encode(
-        y="accuracy:Q",
+        y="value:Q",
         strokeDash=alt.StrokeDash("method_label:N", title="demo labels", scale=alt.Scale(domain=scale.domain)),
         shape=alt.Shape("method_label:N", title="demo labels", scale=alt.Scale(domain=scale.domain)),
-        tooltip=["country", "method", "n_demos", "n_orders", alt.Tooltip("accuracy:Q", format=".3f"),
-                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")],
+        tooltip=["country", "method", "metric", "n_demos", "n_orders", alt.Tooltip("value:Q", format=".3f", title="accuracy"),
+                 alt.Tooltip("low:Q", format=".3f", title="95% low"), alt.Tooltip("high:Q", format=".3f", title="95% high")],
     )
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
     return (
         alt.layer(chance, bars, line, data=frame)
-        .properties(width=220, height=200)
-        .facet(column=alt.Column("country:N", title=None, sort=countries))
+        .properties(width=220, height=180)
+        .facet(
+            column=alt.Column("country:N", title=None, sort=countries),
+            row=alt.Row("metric:N", title=None, sort=list(METRICS.values())),
+        )
         .properties(title=title or "Accuracy vs number of demonstrations (all countries: shared sizes, then whole pools)")
     )
 
@@ -247,7 +252,8 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         "accuracy_by_method": "Test accuracy per method (headline: whole labelled pool as demos): claim accuracy, and "
         "group accuracy (the question's top option scores highest). Bars: 95% interval over demo orders, ICM seeds "
         "and test questions; aggregate weighted by test size.",
-        "accuracy_vs_examples": "Mean accuracy over demo orders against the number of demonstrations; bars: 95% interval. "
+        "accuracy_vs_examples": "Mean claim and group accuracy over demo orders against the number of demonstrations; "
+        "bars: 95% interval. "
         "All countries: the sizes every country has, then the whole pools pooled, at their mean size.",
         "icm_trace": "ICM search per iteration: objective U, mutual predictability P, inconsistencies I, "
         "and the accuracy of the current labels against gold (monitoring only).",

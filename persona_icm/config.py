@@ -256,13 +256,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "question_sources": ["CONTROL"],
             "countries": ["United States"],
             "train_fraction": 0.25,
-            "train_cap": 24,
+            "train_cap": 16,
             "test_cap": 96,
         },
         "base_model": {"name": "gemma-3-270m"},
         "chat_model": {"name": "smollm2-135m-instruct"},
-        "icm": {"num_seed": 2, "iterations": 50, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 10},
-        "eval": {"eval_repeats": 4, "demo_sizes": [10, 20], "bootstrap_samples": 1000},
+        "icm": {"num_seed": 2, "iterations": 80, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 10},
+        "eval": {"eval_repeats": 4, "demo_sizes": [4, 10], "bootstrap_samples": 1000},
     },
 }
 

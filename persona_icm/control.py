@@ -1,7 +1,8 @@
 """The positive control: known-answer questions in GOQA's CSV format (docs/method.md "Positive control").
 
-Every question has two options, one of them correct, and in every country the correct one is
-the most popular answer. The file runs through the unchanged pipeline, so a run on it shows
+Every question asks for a country's capital and has two options, the capital and another listed
+capital; in every country the capital is the most popular answer. The file runs through the
+unchanged pipeline, so a run on it shows
 whether ICM recovers labels the model can tell apart; at CPU model sizes every method sits at
 chance on real GOQA, where a label-scrambling bug and a model that knows nothing look alike.
 
@@ -26,7 +27,7 @@ SEED = 0
 
 CAPITALS = (
     ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
-    ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"), ("Greece", "Athens"), ("England", "London"),
+    ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"), ("Greece", "Athens"), ("United Kingdom", "London"),
     ("Canada", "Ottawa"), ("Australia", "Canberra"), ("Brazil", "Brasilia"), ("Argentina", "Buenos Aires"),
     ("Mexico", "Mexico City"), ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("Norway", "Oslo"),
     ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Poland", "Warsaw"), ("Austria", "Vienna"),
@@ -34,9 +35,14 @@ CAPITALS = (
     ("South Korea", "Seoul"), ("India", "New Delhi"), ("Turkey", "Ankara"), ("Cuba", "Havana"),
     ("Netherlands", "Amsterdam"), ("Belgium", "Brussels"), ("Denmark", "Copenhagen"), ("Switzerland", "Bern"),
     ("Chile", "Santiago"), ("Colombia", "Bogota"), ("Vietnam", "Hanoi"), ("Indonesia", "Jakarta"),
-    ("Philippines", "Manila"), ("Nigeria", "Abuja"),
+    ("Philippines", "Manila"), ("Nigeria", "Abuja"), ("Morocco", "Rabat"), ("Algeria", "Algiers"),
+    ("Ethiopia", "Addis Ababa"), ("Ghana", "Accra"), ("Senegal", "Dakar"), ("Tunisia", "Tunis"),
+    ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Syria", "Damascus"), ("Lebanon", "Beirut"), ("Jordan", "Amman"),
+    ("Saudi Arabia", "Riyadh"), ("Pakistan", "Islamabad"), ("Bangladesh", "Dhaka"), ("Nepal", "Kathmandu"),
+    ("Malaysia", "Kuala Lumpur"), ("Ukraine", "Kyiv"), ("Romania", "Bucharest"), ("Bulgaria", "Sofia"),
+    ("Serbia", "Belgrade"), ("Croatia", "Zagreb"), ("Czech Republic", "Prague"), ("New Zealand", "Wellington"),
+    ("Uruguay", "Montevideo"),
 )
-N_NUMBER_PAIRS = 24
 
 
 def capital_questions(rng: np.random.Generator) -> list[tuple[str, str, str]]:
@@ -49,21 +55,12 @@ def capital_questions(rng: np.random.Generator) -> list[tuple[str, str, str]]:
     return out
 
 
-def number_questions(rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """(question, correct, wrong) for 'which of two two-digit numbers is larger'."""
-    out = []
-    for _ in range(N_NUMBER_PAIRS):
-        a, b = (int(x) for x in rng.choice(np.arange(10, 100), size=2, replace=False))
-        out.append((f"Which number is larger, {a} or {b}?", str(max(a, b)), str(min(a, b))))
-    return out
-
-
 def control_frame(countries: list[str] = DEFAULT_COUNTRIES) -> pl.DataFrame:
     """The control questions as GOQA rows (question, selections, options, source); the correct
     option's place among the two is drawn per question."""
     rng = np.random.default_rng(SEED)
     rows = []
-    for question, correct, wrong in capital_questions(rng) + number_questions(rng):
+    for question, correct, wrong in capital_questions(rng):
         correct_first = bool(rng.integers(2))
         options = [correct, wrong] if correct_first else [wrong, correct]
         shares = [CORRECT_SHARE, round(1 - CORRECT_SHARE, 3)]

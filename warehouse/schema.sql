@@ -357,12 +357,13 @@ FROM results_aggregated WHERE experiment = 'main';
 -- 'ALL' the test-size-weighted aggregate over the demo counts every country has, plus the
 -- countries' whole pools pooled, drawn at their mean pool size.
 CREATE OR REPLACE VIEW accuracy_vs_examples AS
-SELECT run_id, country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high
+SELECT run_id, country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high,
+       group_accuracy, group_ci_low, group_ci_high
 FROM results_by_country
 WHERE method IN ('golden', 'icm', 'random_matched') AND n_demos > 0
 UNION ALL
 SELECT a.run_id, 'ALL' AS country, a.method, a.experiment, coalesce(a.n_demos, p.mean_pool)::INTEGER AS n_demos,
-       a.n_orders, a.accuracy, a.accuracy_std, a.ci_low, a.ci_high
+       a.n_orders, a.accuracy, a.accuracy_std, a.ci_low, a.ci_high, a.group_accuracy, a.group_ci_low, a.group_ci_high
 FROM results_aggregated a
 LEFT JOIN (
     SELECT run_id, method, round(avg(n_demos)) AS mean_pool

@@ -450,7 +450,7 @@ def _iterate(search: IcmSearch, path: Path | None, run_key: str, on_progress, sh
                 search.accepted, search.proposed,
             )
             bar.update(1)
-            bar.set_postfix(pool=progress.pool_size, U=f"{progress.U:.3f}", acc=f"{progress.acceptance_rate:.2f}", refresh=False)
+            bar.set_postfix(pool=progress.pool_size, U=f"{progress.U:.3f}", accepted=f"{progress.acceptance_rate:.0%}", refresh=False)
             if on_progress is not None:
                 on_progress(progress)
             if path is not None and search.iteration % config.checkpoint_every == 0:
