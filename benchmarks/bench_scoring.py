@@ -3,12 +3,15 @@
     python -m benchmarks.bench_scoring [--model smollm2-135m-instruct] [--workload loo shared]
 
 Workloads (synthetic GOQA-like claims of one country, ~35 tokens per demo row):
+  fix     a consistency fix: the leave-one-out prompts of three labellings of a `--demos`-demo pool
+          that differ only in the last question's two labels (one backend call in the search).
   loo     ICM's pattern: `--prompts` prompts over a `--demos`-demo pool; the first min(prompts,
           demos) leave one demo out (the scored claim becomes the query), the rest are held-out
           queries on the full pool.
   shared  evaluation's pattern: `--queries` queries on one context of about `--prefix-tokens` tokens.
 Each workload runs twice, prefix_reuse off and on, and prints wall time, prompt tokens, computed
-tokens, tokens/s (prompt tokens per wall second) and the max |difference| between the two runs.
+tokens, tokens/s (prompt tokens per wall second), the max |difference| between the two runs, and
+the prefix-trie bound: the distinct prefixes of the prompts, what unbounded reuse computes.
 """
 
 from __future__ import annotations
@@ -45,6 +48,29 @@ def loo_requests(demos: int, prompts: int) -> list[ScoreRequest]:
     return out + [ScoreRequest(tuple(pool), q) for q in claims[demos:]]
 
 
+def fix_requests(demos: int) -> list[ScoreRequest]:
+    claims = synthetic_claims(demos)
+    gold = [c.gold for c in claims]
+    labellings = [gold, gold[:-2] + [1, 0], gold[:-2] + [0, 1]]
+    out = []
+    for labels in labellings:
+        pool = list(zip(claims, labels, strict=True))
+        out += [ScoreRequest(tuple(pool[:i] + pool[i + 1 :]), claims[i]) for i in range(demos)]
+    return out
+
+
+def trie_tokens(prompts: list[list[int]]) -> int:
+    """Tokens in the prompts' prefix trie: each distinct prefix computed once."""
+    from persona_icm.scoring.hf import common_prefix_length
+
+    ordered = sorted(map(tuple, prompts))
+    total, previous = 0, ()
+    for p in ordered:
+        total += len(p) - common_prefix_length(previous, p)
+        previous = p
+    return total
+
+
 def shared_requests(queries: int, prefix_tokens: int, tokens_per_row: int) -> list[ScoreRequest]:
     n_demos = max(1, prefix_tokens // tokens_per_row)
     claims = synthetic_claims(n_demos + queries)
@@ -66,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scoring", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--workload", nargs="+", choices=["loo", "shared"], default=["loo", "shared"])
+    parser.add_argument("--workload", nargs="+", choices=["fix", "loo", "shared"], default=["fix", "loo", "shared"])
     parser.add_argument("--demos", type=int, default=60)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--queries", type=int, default=40)
@@ -88,13 +114,17 @@ def main(argv: list[str] | None = None) -> None:
     row = synthetic_claims(2)
     tokens_per_row = len(enc.encode(ScoreRequest(((row[0], 1),), row[1]))) - len(enc.encode(ScoreRequest((), row[1])))
     workloads = {
+        "fix": lambda: fix_requests(args.demos // 3),
         "loo": lambda: loo_requests(args.demos, args.prompts),
         "shared": lambda: shared_requests(args.queries, args.prefix_tokens, tokens_per_row),
     }
     for name in args.workload:
         requests = workloads[name]()
-        lengths = [len(enc.encode(r)) for r in requests]
-        print(f"\n[{name}] {len(requests)} prompts, {min(lengths)}-{max(lengths)} tokens each")
+        encoded = [enc.encode(r) for r in requests]
+        lengths = [len(e) for e in encoded]
+        bound = trie_tokens(encoded)
+        print(f"\n[{name}] {len(requests)} prompts, {min(lengths)}-{max(lengths)} tokens each; "
+              f"prefix-trie bound {bound} tokens")
         results = {}
         for reuse in (False, True):
             scores, stats = run(scorer, requests, reuse)
@@ -105,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         off, on = results[False][1], results[True][1]
         diff = max(abs(a - b) for a, b in zip(results[False][0], results[True][0], strict=True))
         print(f"  speed-up {off['wall'] / on['wall']:.2f}x wall, {off['computed'] / on['computed']:.2f}x fewer "
-              f"computed tokens; max |score difference| {diff:.2e}")
+              f"computed tokens; computed / trie bound {on['computed'] / bound:.2f}; max |score difference| {diff:.2e}")
 
 
 if __name__ == "__main__":
