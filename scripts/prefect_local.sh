@@ -64,7 +64,9 @@ goqa_job() {  # --job-variable for GOQA_PATH (absolute), checked before anything
 start_server() {
     if healthy; then echo "Prefect server already up at $PREFECT_API_URL"; return; fi
     echo "starting Prefect server on 127.0.0.1:$PORT (log: .prefect/server.log)"
-    setsid nohup "$PREFECT" server start --host 127.0.0.1 --port "$PORT" >"$STATE/server.log" 2>&1 &
+    # logs streamed out: `prefect deployment run --watch` shows the run's log lines beside its events
+    PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED=true PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED=true \
+        setsid nohup "$PREFECT" server start --host 127.0.0.1 --port "$PORT" >"$STATE/server.log" 2>&1 &
     echo $! >"$STATE/server.pid"
     for _ in $(seq 1 90); do
         if healthy; then echo "server up"; return; fi
