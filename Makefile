@@ -40,7 +40,7 @@ plan:
 rehearsal: venv $(BIN)/.demo-model
 	BIN=$(BIN) PY=$(PY) scripts/prefect_local.sh rehearsal
 
-# The positive control: known-answer questions through the whole pipeline (about 20 minutes here).
+# The positive control: known-answer questions through the whole pipeline (about 7 minutes here).
 control: venv models-gemma $(BIN)/.demo-model
 	BIN=$(BIN) scripts/prefect_local.sh control
 

@@ -42,7 +42,6 @@ SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
        method, n_demos, n_seeds, n_orders, n_test_claims, accuracy, ci_low, ci_high,
        group_accuracy, group_ci_low, group_ci_high, demo_label_accuracy
 FROM headline WHERE run_id = $run_id
-  AND (country <> 'ALL' OR (SELECT count(DISTINCT country) FROM headline WHERE run_id = $run_id) > 2)
 ORDER BY 1, method
 """
 
@@ -58,7 +57,6 @@ VS_EXAMPLES_SQL = """
 SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
        method, n_demos, n_orders, accuracy, ci_low, ci_high, group_accuracy, group_ci_low, group_ci_high
 FROM accuracy_vs_examples WHERE run_id = $run_id
-  AND (country <> 'ALL' OR (SELECT count(DISTINCT country) FROM accuracy_vs_examples WHERE run_id = $run_id) > 2)
 ORDER BY country, method, n_demos
 """
 
@@ -81,6 +79,13 @@ def _method_scale(methods: list[str]) -> alt.Scale:
     labels = [METHOD_LABELS.get(m, m) for m in present]
     colors = [METHOD_COLORS[METHOD_ORDER.index(m)] if m in METHOD_ORDER else "#8c564b" for m in present]
     return alt.Scale(domain=labels, range=colors)
+
+
+def _without_lone_aggregate(frame: pl.DataFrame) -> pl.DataFrame:
+    """The aggregate rows repeat the country's when a run has one country: drop them."""
+    if frame.filter(pl.col("country") != AGGREGATE)["country"].n_unique() > 1:
+        return frame
+    return frame.filter(pl.col("country") != AGGREGATE)
 
 
 def _labelled(frame: pl.DataFrame) -> pl.DataFrame:
@@ -242,9 +247,9 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         raise ValueError(f"run {run_id!r} is not in the warehouse (see `persona-icm runs`)")
     out_dir.mkdir(parents=True, exist_ok=True)
     info = run.row(0, named=True)
-    headline = read(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
+    headline = _without_lone_aggregate(read(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE}))
     seeds = read(SEEDS_SQL, {"run_id": run_id})
-    vs_examples = read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
+    vs_examples = _without_lone_aggregate(read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE}))
     trace = read(TRACE_SQL, {"run_id": run_id})
 
     charts: dict[str, tuple[Path, Path]] = {}

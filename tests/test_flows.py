@@ -43,23 +43,28 @@ def _counts(warehouse_path):
         return {t: wh.scalar(f"SELECT count(*) FROM {t}") for t in TABLES}
 
 
+def _with_subflows(client, flow_run_id: str) -> list[str]:
+    """The flow run's id and the ids of its subflow runs."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+    return [flow_run_id] + [str(c.id) for c in children]
+
+
 def _icm_task_states(flow_run_id: str) -> list[str]:
     """State names of the icm-search task runs under the flow run (they run in its subflows)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterId,
-        FlowRunFilterParentFlowRunId,
         TaskRunFilter,
         TaskRunFilterName,
     )
 
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-        ids = [flow_run_id] + [str(c.id) for c in children]
         runs = client.read_task_runs(
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="icm-search")),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=_with_subflows(client, flow_run_id))),
         )
     return sorted(r.state.name for r in runs)
 
@@ -84,16 +89,13 @@ def _progress_artifacts(flow_run_id: str) -> list[float]:
         ArtifactFilter,
         ArtifactFilterFlowRunId,
         ArtifactFilterType,
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
     )
 
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 type=ArtifactFilterType(any_=["progress"]),
-                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id] + [str(c.id) for c in children]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=_with_subflows(client, flow_run_id)),
             )
         )
     return [float(a.data) for a in artifacts]
