@@ -1,7 +1,7 @@
 """The server-side automation that turns a lost flow run into a Crashed one.
 
 A flow run whose worker or machine dies stays Running forever: nobody is left to report its
-end. Flow runs started from the country and chat deployments send a heartbeat event every
+end. Flow runs started from the country, search and chat deployments send a heartbeat event every
 PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30, set in prefect.yaml); this automation marks such a
 run Crashed when `within` seconds pass without a heartbeat or a final state. It watches only
 those flows: other flow runs beat at Prefect's default pace (every 180 s). The parent's bounded
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 
-NAME = "persona-icm: crash country and chat runs that stopped sending heartbeats"
-WATCHED_FLOWS = ("persona-icm-country", "persona-icm-chat")
+NAME = "persona-icm: crash country, search and chat runs that stopped sending heartbeats"
+WATCHED_FLOWS = ("persona-icm-country", "persona-icm-search", "persona-icm-chat")
 
 
 def ensure_crash_lost_runs(within_seconds: int = 120) -> str:

@@ -5,9 +5,11 @@ Deployed by module path: `flows.experiment:persona_icm`.
 Parameters: a preset (seed, paper, smoke) and nested overrides of the run config (editable in
 the Prefect UI). `fan_out=True` sends each country to the deployment `persona-icm-country/country`
 (gpu pool, one worker per tensor-parallel group of GPUs) and waits for all of them, each wait
-bounded; then the zero-shot chat baseline runs with the chat model alone (flows/chat.py): as the
-deployment `persona-icm-chat/chat` when fanned out and the chat model is local, else in this
-process after the base model is released. Only this flow's process writes the warehouse.
+bounded; with several ICM seeds (icm.seeds), each (country, seed) search first runs as its own
+flow run of `persona-icm-search/search` (flows/search.py), so seeds search in parallel. Then the
+zero-shot chat baseline runs with the chat model alone (flows/chat.py): as the deployment
+`persona-icm-chat/chat` when fanned out and the chat model is local, else in this process after
+the base model is released. Only this flow's process writes the warehouse.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
 from flows.chat import chat_flow
@@ -36,6 +39,7 @@ from tasks.persist import aggregate_countries, code_version, persist_country, re
 from tasks.report import report
 
 COUNTRY_DEPLOYMENT = "persona-icm-country/country"
+SEARCH_DEPLOYMENT = "persona-icm-search/search"
 CHAT_DEPLOYMENT = "persona-icm-chat/chat"
 LOCAL_BACKENDS = ("hf", "vllm")
 
@@ -59,17 +63,39 @@ def with_tensor_parallel_size(overrides: dict[str, Any] | None, size: int | None
 
 
 def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: str, timeout: float) -> list[CountryResult]:
-    """Each country as its own flow run on the gpu pool; every wait bounded."""
+    """Each country as its own flow run on the gpu pool; every wait bounded. With several seeds,
+    each (country, seed) search runs first as its own flow run, and a country starts once its
+    searches are done (it then takes them from the task cache)."""
+    searches = searches_remotely(config, splits, timeout) if len(config.icm.searches()) > 1 else {}
     futures = [
         run_remotely.submit(
             COUNTRY_DEPLOYMENT,
             {"config": config.model_dump(mode="json"), "country": s.country, "train": s.train, "test": s.test,
              "run_id": run_id, "remote": True},
             s.country, timeout,
+            wait_for=searches.get(s.country, []),
         )
         for s in splits
     ]
+    for search in (f for fs in searches.values() for f in fs):
+        search.result()  # a failed search fails the run by its name, before its country is awaited
     return [f.result() for f in futures]
+
+
+def searches_remotely(config: RunConfig, splits: list[CountrySplit], timeout: float) -> dict[str, list[PrefectFuture]]:
+    """One flow run per (country, seed) on the gpu pool, all submitted at once."""
+    return {
+        s.country: [
+            run_remotely.submit(
+                SEARCH_DEPLOYMENT,
+                {"config": config.model_dump(mode="json"), "country": s.country, "train": s.train, "seed": icm.seed,
+                 "remote": True},
+                f"{s.country}, seed {icm.seed}", timeout,
+            )
+            for icm in config.icm.searches()
+        ]
+        for s in splits
+    }
 
 
 def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float) -> dict[str, MethodResult]:
