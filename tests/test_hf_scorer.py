@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from benchmarks.bench_scoring import trie_tokens
 from persona_icm.prompts import PromptEncoder
 from persona_icm.scoring.base import ScoreRequest
-from persona_icm.scoring.hf import HFScorer, trie_order
+from persona_icm.scoring.hf import HFScorer, trie_order, trie_walk
 from tests.helpers import reference_scores
 from tests.tiny_model import build_model, build_tokenizer, make_claims
 
@@ -28,6 +29,16 @@ def claims():
 def leave_one_out(claims, n):
     labelled = [(c, c.gold) for c in claims[:n]]
     return [ScoreRequest(tuple(labelled[:i] + labelled[i + 1 :]), claims[i]) for i in range(n)]
+
+
+def three_labellings(claims, n):
+    """A consistency fix: leave-one-out of three labellings differing in the last two labels (one is gold again)."""
+    gold = [c.gold for c in claims[:n]]
+    out = []
+    for labels in (gold, gold[:-2] + [1, 0], gold[:-2] + [0, 1]):
+        labelled = list(zip(claims[:n], labels, strict=True))
+        out += [ScoreRequest(tuple(labelled[:i] + labelled[i + 1 :]), claims[i]) for i in range(n)]
+    return out
 
 
 def mixed_requests(claims):
@@ -56,12 +67,26 @@ def test_hf_scores_equal_one_at_a_time_reference(model, tokenizer, claims, prefi
     assert (call.cached_tokens > 0) == prefix_reuse
 
 
-def test_prefix_reuse_halves_computed_tokens_on_leave_one_out(model, tokenizer, claims):
-    requests = leave_one_out(claims, 16)
-    scorer = HFScorer(model, tokenizer, batch_size=4, prefix_reuse=True)
+@pytest.mark.parametrize("batch_size,max_padding", [(1, 0.1), (4, 0.1), (8, float("inf"))])
+@pytest.mark.parametrize("workload", ["leave_one_out", "three_labellings"])
+def test_prefix_reuse_computes_exactly_the_prefix_trie(model, tokenizer, claims, workload, batch_size, max_padding):
+    """Each distinct prefix once (the trie bound), whatever the batch shape, with exact scores.
+    max_padding=inf puts suffixes forked at different depths into one batch."""
+    requests = leave_one_out(claims, 14) if workload == "leave_one_out" else three_labellings(claims, 10)
+    enc = PromptEncoder(tokenizer)
+    bound = trie_tokens([enc.encode(r) for r in requests])
+    scorer = HFScorer(model, tokenizer, batch_size=batch_size, max_padding=max_padding, progress=False)
     assert scorer.score(requests) == pytest.approx(reference_scores(model, tokenizer, requests), abs=1e-5)
     call = scorer.calls[-1]
-    assert call.prompt_tokens - call.cached_tokens < 0.6 * call.prompt_tokens
+    computed = call.prompt_tokens - call.cached_tokens
+    assert computed == bound < 0.6 * call.prompt_tokens
+    padding = scorer.forward_tokens - computed
+    if batch_size == 1:
+        assert padding == 0
+    elif max_padding == 0.1:
+        assert 0 <= padding <= 0.1 * computed
+    elif workload == "leave_one_out":
+        assert padding > 0  # rows of different forks (and suffix lengths) shared a batch
 
 
 def test_shared_context_scores_each_query_on_one_prefill(model, tokenizer, claims):
@@ -92,11 +117,10 @@ def _sliding_window_models(vocab: int):
     ))
 
 
-def test_sliding_window_models_get_a_croppable_cache_and_exact_scores(tokenizer, claims):
-    """Prompts longer than the window: a full cache (cropped along the trie walk) with the
-    model's sliding masks gives the one-prompt-at-a-time scores."""
-    from persona_icm.scoring.hf import _croppable
-
+def test_sliding_window_models_reuse_prefixes_with_exact_scores(tokenizer, claims):
+    """Prompts longer than the window: a full cache (cropped along the trie walk, forked at
+    different depths into one batch) with the model's sliding masks gives the
+    one-prompt-at-a-time scores."""
     requests = leave_one_out(claims, 5) + [ScoreRequest(tuple((c, c.gold) for c in claims[:3]), claims[9])]
     for model in _sliding_window_models(len(tokenizer)):
         model.eval()
@@ -106,9 +130,10 @@ def test_sliding_window_models_get_a_croppable_cache_and_exact_scores(tokenizer,
                     p.normal_(0.0, 0.08)
         expected = reference_scores(model, tokenizer, requests)
         for batch_size in (1, 4):
-            scorer = HFScorer(model, tokenizer, batch_size=batch_size)
-            assert _croppable(scorer._new_cache())
+            scorer = HFScorer(model, tokenizer, batch_size=batch_size, max_padding=float("inf"), progress=False)
+            assert scorer.reusable
             assert scorer.score(requests) == pytest.approx(expected, abs=1e-5), type(model).__name__
+            assert scorer.calls[-1].cached_tokens > 0
 
 
 def test_trie_order_visits_leave_one_out_in_index_order():
@@ -127,16 +152,33 @@ def test_too_long_prompt_is_a_clear_error(model, tokenizer, claims):
         scorer.score([ScoreRequest(tuple((c, 1) for c in claims[:3]), claims[5])])
 
 
-def test_a_batch_keeps_prompts_that_share_a_long_prefix_and_stops_before_a_short_one():
-    from persona_icm.scoring.hf import _sharing_run
+def walk_cost(groups, prompts):
+    """Tokens the scorer computes along a trie_walk plan: each group's new path tokens, then its suffixes."""
+    from persona_icm.scoring.hf import common_prefix_length
 
-    header, rows = [0] * 4, [[10 + i] * 20 for i in range(6)]
-    # leave-one-out prompts of three labellings that differ only in the last row, in trie order
-    prompts = []
-    for left_out in range(5):
-        context = [t for i, r in enumerate(rows[:5]) if i != left_out for t in r]
-        prompts += [header + context + [99, variant] for variant in (1, 2, 3)]
-    order = list(range(len(prompts)))
-    assert _sharing_run(order, 0, prompts, most=8) == 3  # the fourth shares only the header
-    assert _sharing_run(order, 3, prompts, most=2) == 2
-    assert _sharing_run(order, 14, prompts, most=8) == 1  # the last prompt
+    cost, cached = 0, []
+    for path, leaves in groups:
+        cost += len(path) - common_prefix_length(cached, path) + sum(len(prompts[i]) - f for i, f in leaves)
+        cached = path
+    return cost
+
+
+def test_trie_walk_puts_shared_prefixes_on_the_base_path_and_forks_each_prompt_after_them():
+    header, rows = [0] * 4, [[10 + i] * 3 for i in range(5)]
+
+    def loo(label):
+        return [header + [t for j, r in enumerate(rows) if j != i for t in r] + [90 + label, 99, i] for i in range(5)]
+
+    # leave-one-out: one group; prompt i forks after the header and the rows before it
+    prompts = loo(0)
+    [(path, leaves)] = groups = trie_walk(list(range(5)), prompts)
+    assert leaves == [(i, 4 + 3 * min(i, 3)) for i in range(5)]  # the last two share the rows before row 3
+    assert path == prompts[4][:13]
+    assert walk_cost(groups, prompts) == trie_tokens(prompts)
+    # two labellings in trie order: each pair shares all but its last 3 tokens, and the next pair
+    # forks off higher up, cropping the path: a group ends there
+    prompts = loo(0) + loo(1)
+    order = [0, 5, 1, 6, 2, 7, 3, 8, 4, 9]
+    groups = trie_walk(order, prompts)
+    assert [leaves for _, leaves in groups] == [[(i, len(prompts[i]) - 3), (i + 5, len(prompts[i]) - 3)] for i in range(5)]
+    assert walk_cost(groups, prompts) == trie_tokens(prompts)

@@ -3,28 +3,31 @@
 Two paths give the same numbers (tests check 1e-5 against one-prompt-at-a-time log_softmax):
 
 - `prefix_reuse=False`: left-padded batches, `position_ids = cumsum(mask) - 1`, `logits_to_keep=1`.
-- `prefix_reuse=True`: prompts are visited in depth-first order of their prefix trie (built over
-  the encoder's pieces, smaller subtrees first, so leave-one-out prompts come out in index
-  order). Consecutive prompts form a batch; the batch's longest common token prefix is
-  brought into one base KV cache (extending, or cropping back, what the previous batch left
-  there) and each suffix is run once on a copy of that cache. Suffixes are right-padded
-  (positions continue from the prefix) and `logits_to_keep` selects only the rows' last real
-  columns. (Left padding would put a hole between prefix and suffix, which sliding-window layers
-  get wrong: they measure the window in cache slots, not positions.)
-  Memory: a batch of b suffixes holds b copies of the prefix KV. b is the largest number
-  <= batch_size that fits `kv_budget_bytes`; with b == 1 there is no copy at all: the suffix
-  runs on the base cache and the next prompt crops it back to their common prefix (the
-  cheapest walk on CPU, and what long prefixes on large-KV models fall back to).
-  Sliding-window layers get a full (croppable) cache; their masks keep the window. Models whose
-  cache cannot be cropped (linear-attention layers) always copy, and rebuild the base when the
-  next prefix does not extend it.
+- `prefix_reuse=True`: computes each distinct prefix of the prompts once: the tokens of their
+  prefix trie (`trie_tokens` in benchmarks/bench_scoring.py), plus one token for a prompt that is
+  a prefix of another; duplicates are scored once. The walk (`trie_walk`) visits the prompts in
+  depth-first order of the token trie, smaller subtrees first (leave-one-out prompts come out in
+  index order), and splits each prompt at its fork: the part it shares with a neighbour in that
+  order lies on one base KV cache (a single row, extended and cropped as the walk moves through
+  the trie), the rest is its own suffix (at least its last token). Suffixes wait until the walk
+  would crop the base below one of their forks, then run in batches, each row on a copy of the
+  base's first `fork` tokens: a trie node is computed once and forked for its children.
+  Rows forked at different depths share a batch: each row's prefix copy is right-aligned
+  (masked zeros on its left), its suffix right-padded with positions continuing from its fork,
+  so its real tokens fill contiguous cache slots (sliding-window layers measure the window in
+  slots: a hole between prefix and suffix would shorten it).
+  A batch takes suffixes of similar length, longest first: at most `batch_size` rows, pad slots
+  at most `max_padding` of its suffix tokens, and its rows' KV (prefix + suffix) within
+  `kv_budget_bytes` (one row always runs). `forward_tokens` counts the token slots run through
+  the model, padding included.
+  Sliding-window layers get a full cache; their masks keep the window. Models with other layer
+  kinds (linear or chunked attention) score without reuse.
 
 Numbers depend only on the prompt, up to float reassociation between batch shapes (~1e-6).
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import time
 from collections import defaultdict
@@ -43,34 +46,56 @@ from persona_icm.scoring.base import (
 )
 
 
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix_length(a: Sequence, b: Sequence, start: int = 0) -> int:
+    """Length of the common prefix of `a` and `b`, known to be at least `start`."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    i = start
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
-def trie_order(keys: list[tuple]) -> list[int]:
+def trie_order(keys: Sequence[Sequence]) -> list[int]:
     """Indices of `keys` in depth-first order of their prefix trie, smaller subtrees first (ties: input order)."""
     out: list[int] = []
-    stack: list[tuple[list[int], int]] = [(list(range(len(keys))), 0)]
+    stack = [(list(range(len(keys))), 0)] if keys else []
     while stack:
         idx, depth = stack.pop()
-        while True:
-            done = [i for i in idx if len(keys[i]) == depth]
-            rest = [i for i in idx if len(keys[i]) > depth]
-            out.extend(done)
-            groups: dict = defaultdict(list)
-            for i in rest:
+        first = keys[idx[0]]
+        depth = min((common_prefix_length(first, keys[i], depth) for i in idx[1:]), default=len(first))
+        groups: dict = defaultdict(list)  # the children where the group's common chain branches
+        for i in idx:
+            if len(keys[i]) == depth:
+                out.append(i)
+            else:
                 groups[keys[i][depth]].append(i)
-            if len(groups) == 1 and not done:
-                idx, depth = rest, depth + 1  # a chain: no branching here
-                continue
-            children = sorted(groups.values(), key=lambda g: (len(g), g[0]))
-            stack.extend((g, depth + 1) for g in reversed(children))
-            break
+        children = sorted(groups.values(), key=lambda g: (len(g), g[0]))
+        stack.extend((g, depth + 1) for g in reversed(children))
     return out
+
+
+def trie_walk(order: list[int], ids: list[list[int]]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Plan the walk over distinct prompts `ids` in trie order: [(base path, [(prompt, fork), ...]), ...].
+
+    A prompt's fork is where its own suffix starts: past what it shares with its neighbours in
+    `order` (that part lies on the base path, computed once) and before its last token (whose
+    logits it needs). A group ends when the next prompt's path would crop a waiting fork away;
+    every fork of a group is a prefix of the group's path."""
+    groups: list[tuple[list[int], list[tuple[int, int]]]] = []
+    path: list[int] = []
+    waiting: list[tuple[int, int]] = []
+    for pos, i in enumerate(order):
+        prompt = ids[i]
+        shared = [common_prefix_length(prompt, ids[order[q]]) for q in (pos - 1, pos + 1) if 0 <= q < len(order)]
+        fork = min(max(shared, default=0), len(prompt) - 1)
+        if waiting and max(f for _, f in waiting) > common_prefix_length(path, prompt[:fork]):
+            groups.append((path, waiting))
+            waiting = []
+        path = prompt[:fork]
+        waiting.append((i, fork))
+    if waiting:
+        groups.append((path, waiting))
+    return groups
 
 
 class HFScorer(CallLog):
@@ -83,6 +108,7 @@ class HFScorer(CallLog):
         kv_budget_bytes: float = 2e9,
         max_prompt_tokens: int | None = None,
         prefill_chunk: int = 2048,
+        max_padding: float = 0.1,
         progress: bool = True,
     ):
         super().__init__()
@@ -92,6 +118,7 @@ class HFScorer(CallLog):
         self.prefix_reuse = prefix_reuse
         self.kv_budget_bytes = kv_budget_bytes
         self.prefill_chunk = prefill_chunk
+        self.max_padding = max_padding  # a reuse batch's pad slots: at most this fraction of its suffix tokens
         self.progress = progress
         self.device = next(model.parameters()).device
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
@@ -99,6 +126,8 @@ class HFScorer(CallLog):
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.kv_bytes_per_token = _kv_bytes_per_token(model)
+        self.reusable = _reusable(model)
+        self.forward_tokens = 0  # token slots run through the model, padding included
 
     # -- public -------------------------------------------------------------------------------
     def score(self, requests: list[ScoreRequest]) -> list[float]:
@@ -110,11 +139,10 @@ class HFScorer(CallLog):
             by_kind[r.kind].append(i)
         for kind, idx in by_kind.items():
             enc = self.encoder(kind)
-            pieces = [enc.pieces(requests[i]) for i in idx]
-            ids = [[t for p in ps for t in p] for ps in pieces]
+            ids = [enc.encode(requests[i]) for i in idx]
             check_lengths(ids, [requests[i] for i in idx], self.max_prompt_tokens, f"max_prompt_tokens={self.max_prompt_tokens}")
-            if self.prefix_reuse:
-                logprobs, n_computed = self.log_probs_prefix_reuse(ids, [tuple(ps) for ps in pieces], enc)
+            if self.prefix_reuse and self.reusable:
+                logprobs, n_computed = self.log_probs_prefix_reuse(ids, enc)
             else:
                 logprobs, n_computed = self.log_probs_padded(ids, enc)
             for j, i in enumerate(idx):
@@ -147,56 +175,53 @@ class HFScorer(CallLog):
         return out, sum(map(len, ids))
 
     @torch.inference_mode()
-    def log_probs_prefix_reuse(
-        self, ids: list[list[int]], keys: list[tuple], enc: PromptEncoder
-    ) -> tuple[torch.Tensor, int]:
-        """[n, 2] log-probs as `log_probs_padded`, computing each shared prefix once (see module doc)."""
+    def log_probs_prefix_reuse(self, ids: list[list[int]], enc: PromptEncoder) -> tuple[torch.Tensor, int]:
+        """[n, 2] log-probs as `log_probs_padded`, computing each distinct prefix once (see module doc)."""
+        from transformers import DynamicCache
+
         out = torch.empty(len(ids), 2, dtype=torch.float64)
-        order = trie_order(keys)
-        base, base_tokens = self._new_cache(), []
-        can_crop = _croppable(base)
+        first: dict[tuple, int] = {}
+        same = [first.setdefault(tuple(p), i) for i, p in enumerate(ids)]  # duplicates are scored once
+        order = [i for i in trie_order(ids) if same[i] == i]
+        base, cached = DynamicCache(), []
         computed = 0
         bar = self._bar(len(ids))
-        pos = 0
-        while pos < len(order):
-            chunk, prefix_len = self._next_batch(order, pos, ids)
-            pos += len(chunk)
-            prefix = ids[chunk[0]][:prefix_len]
-            keep = common_prefix_length(base_tokens, prefix)
-            if keep < len(base_tokens):
-                if can_crop:
-                    base.crop(keep - len(base_tokens))
-                else:
-                    base, keep = self._new_cache(), 0
-            computed += self._prefill(base, prefix[keep:], start=keep)
-            base_tokens = list(prefix)
-            suffixes = [ids[i][prefix_len:] for i in chunk]
-            if len(chunk) == 1 and can_crop:
-                logits = self._run_suffixes(base, suffixes, prefix_len)
-                base_tokens = list(ids[chunk[0]])  # the whole prompt stays cached for the next one
-            else:
-                cache = copy.deepcopy(base)
-                cache.batch_repeat_interleave(len(chunk))
-                logits = self._run_suffixes(cache, suffixes, prefix_len)
-                del cache
-            computed += sum(map(len, suffixes))
-            out[chunk] = self._candidates(logits, enc)
-            bar.update(len(chunk))
+        for path, leaves in trie_walk(order, ids):
+            keep = common_prefix_length(cached, path)
+            base.crop(keep - len(cached))
+            computed += self._prefill(base, path[keep:], start=keep)
+            cached = path
+            for batch in self._batches(leaves, ids):
+                rows, forks = [i for i, _ in batch], [f for _, f in batch]
+                suffixes = [ids[i][f:] for i, f in batch]
+                logits = self._run_suffixes(_fork(base, forks), suffixes, forks)
+                out[rows] = self._candidates(logits, enc)
+                computed += sum(map(len, suffixes))
+                bar.update(len(rows))
         bar.close()
-        return out, computed
+        return out[same], computed
 
     # -- pieces -------------------------------------------------------------------------------
-    def _next_batch(self, order: list[int], pos: int, ids: list[list[int]]) -> tuple[list[int], int]:
-        """The next prompts in trie order sharing one base prefix, sized to the KV budget."""
-        size = _sharing_run(order, pos, ids, self.batch_size)
-        while True:
-            chunk = order[pos : pos + size]
-            seqs = [ids[i] for i in chunk]
-            prefix_len = min(min(map(len, seqs)) - 1, _common_prefix_all(seqs))  # >= 1 token left to run
-            longest = max(map(len, seqs))
-            if size == 1 or size * longest * self.kv_bytes_per_token <= self.kv_budget_bytes:
-                return chunk, prefix_len
-            size = max(1, min(size - 1, int(self.kv_budget_bytes // (longest * self.kv_bytes_per_token))))
+    def _batches(self, leaves: list[tuple[int, int]], ids: list[list[int]]):
+        """(prompt, fork) pairs in batches of similar suffix length, longest first (see module doc)."""
+        batch: list[tuple[int, int]] = []
+        for leaf in sorted(leaves, key=lambda leaf: leaf[1] - len(ids[leaf[0]])):
+            if batch and not self._fits(batch + [leaf], ids):
+                yield batch
+                batch = []
+            batch.append(leaf)
+        if batch:
+            yield batch
+
+    def _fits(self, batch: list[tuple[int, int]], ids: list[list[int]]) -> bool:
+        suffixes = [len(ids[i]) - f for i, f in batch]
+        width = max(suffixes)
+        slots = len(batch) * (max(f for _, f in batch) + width)
+        return (
+            len(batch) <= self.batch_size
+            and slots * self.kv_bytes_per_token <= self.kv_budget_bytes
+            and len(batch) * width <= (1 + self.max_padding) * sum(suffixes)
+        )
 
     def _prefill(self, cache, tokens: Sequence[int], start: int) -> int:
         for a in range(0, len(tokens), self.prefill_chunk):
@@ -206,17 +231,17 @@ class HFScorer(CallLog):
             self._forward(piece, mask, positions, cache=cache)
         return len(tokens)
 
-    def _run_suffixes(self, cache, suffixes: list[list[int]], prefix_len: int) -> torch.Tensor:
-        # Right padding: pads come after each row's real tokens, so no real token ever sees a pad
-        # and relative distances stay intact (sliding-window layers count distance in cache slots).
-        width = max(map(len, suffixes))
-        b = len(suffixes)
+    def _run_suffixes(self, cache, suffixes: list[list[int]], forks: list[int]) -> torch.Tensor:
+        # Row r of `cache` holds its fork's prefix right-aligned (see `_fork`); its suffix is
+        # right-padded, so its real tokens fill contiguous slots: relative distances stay intact
+        # (sliding-window layers count distance in cache slots).
+        width, prefix, b = max(map(len, suffixes)), max(forks), len(suffixes)
         input_ids = torch.full((b, width), self._pad_id, dtype=torch.long)
-        mask = torch.ones((b, prefix_len + width), dtype=torch.long)
-        for row, s in enumerate(suffixes):
+        mask = torch.zeros((b, prefix + width), dtype=torch.long)
+        for row, (s, f) in enumerate(zip(suffixes, forks, strict=True)):
             input_ids[row, : len(s)] = torch.tensor(s)
-            mask[row, prefix_len + len(s) :] = 0
-        positions = (prefix_len + torch.arange(width))[None].expand(b, width)
+            mask[row, prefix - f : prefix + len(s)] = 1
+        positions = torch.tensor(forks)[:, None] + torch.arange(width)
         last = torch.tensor([len(s) - 1 for s in suffixes])
         keep = torch.unique(last)  # sorted distinct last positions: logits for these columns only
         logits = self._forward(input_ids, mask, positions, cache=cache, keep=keep)
@@ -225,6 +250,7 @@ class HFScorer(CallLog):
     def _forward(self, input_ids, mask, positions, cache, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at the last position ([b, vocab]), or at the columns `keep` ([b, len(keep), vocab])."""
         kwargs = {self._cache_kwarg: cache, "use_cache": cache is not None}
+        self.forward_tokens += input_ids.numel()
         out = self.model(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -238,18 +264,6 @@ class HFScorer(CallLog):
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         return logprobs[:, [enc.true_id, enc.false_id]].double().cpu()
 
-    def _new_cache(self):
-        from transformers import DynamicCache
-
-        # Sliding-window layers get a full cache too: the model's own masks still limit attention
-        # to the window (same numbers), and a full cache can be cropped, so the walk down the
-        # prefix trie reuses prefixes instead of rebuilding them. Other layer kinds (linear
-        # attention) keep the config's cache.
-        kinds = getattr(self.model.config.get_text_config(), "layer_types", None) or []
-        if set(kinds) <= {"full_attention", "sliding_attention"}:
-            return DynamicCache()
-        return DynamicCache(config=self.model.config)
-
     @property
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
@@ -261,39 +275,26 @@ class HFScorer(CallLog):
         return tqdm(total=total, desc="scoring", unit="prompt", disable=not self.progress or total < 64, leave=False)
 
 
-def _sharing_run(order: list[int], pos: int, ids: list[list[int]], most: int) -> int:
-    """How many prompts from `pos` on (at most `most`) to batch on one shared prefix.
+def _fork(base, forks: list[int]):
+    """A batch cache whose row r holds the base's first forks[r] tokens, right-aligned (zeros on the left, masked)."""
+    from transformers import DynamicCache
 
-    A batch of k prompts with common prefix p costs p + sum(len - p) tokens. Taking the next
-    prompt narrows p to p'; it pays off against running that prompt on its own (len tokens, as a
-    cache that cannot be cropped must) when (k - 1) * (p - p') < p'. Leave-one-out prompts of
-    neighbouring labellings share all but their last rows, so this keeps them together and stops
-    a batch from collapsing to the header they all share."""
-    first = ids[order[pos]]
-    k, shared = 1, len(first) - 1
-    while k < most and pos + k < len(order):
-        following = ids[order[pos + k]]
-        narrowed = min(shared, common_prefix_length(first[:shared], following), len(following) - 1)
-        if (k - 1) * (shared - narrowed) >= narrowed:
-            break
-        k, shared = k + 1, narrowed
-    return k
+    width = max(forks)
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros((len(forks), *t.shape[1:-2], width, t.shape[-1]))
+        for r, f in enumerate(forks):
+            out[r, ..., width - f :, :] = t[0, ..., :f, :]
+        return out
+
+    return DynamicCache((rows(layer.keys), rows(layer.values)) for layer in base.layers)
 
 
-def _common_prefix_all(seqs: list[list[int]]) -> int:
-    n = len(seqs[0])
-    for s in seqs[1:]:
-        n = common_prefix_length(seqs[0][:n], s)
-    return n
-
-
-def _croppable(cache) -> bool:
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    if layers == []:  # layers made on first use, all of one class
-        return getattr(cache, "layer_class_to_replicate", None) is DynamicLayer
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+def _reusable(model) -> bool:
+    """Prefix reuse needs a full cache that can be cropped and sliced: full or sliding-window attention only
+    (a full cache serves sliding layers exactly; their masks keep the window)."""
+    kinds = getattr(model.config.get_text_config(), "layer_types", None) or []
+    return set(kinds) <= {"full_attention", "sliding_attention"}
 
 
 def _kv_bytes_per_token(model) -> int:
