@@ -25,7 +25,7 @@ from persona_icm.icm.checkpoint import CheckpointMismatch, previous_path
 from persona_icm.icm.engine import prefix_order
 from persona_icm.icm.state import Labelling, Pool
 from persona_icm.scoring.base import ScoreRequest
-from tests.synthetic import SyntheticScorer, make_claims
+from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 
 
 def icm_config(preset: str = "seed", **over) -> IcmConfig:
@@ -128,18 +128,25 @@ def test_context_order_is_entry_order_of_groups_with_members_adjacent():
     assert lab.context(pool) == ((4, 0), (5, 1), (0, 0), (3, 1))
 
 
-def test_fast_engine_sends_leave_one_out_prompts_prefix_sorted_in_one_call():
+def test_fast_engine_sends_leave_one_out_prompts_prefix_sorted_in_one_call_alternating_direction():
+    """Each call walks its prefix tree depth first (prompts sharing a prefix adjacent); calls of
+    several prompts alternate direction, so each starts where the previous one ended."""
     claims = make_claims(10)
     scorer = RecordingScorer(truth_of(claims))
     result = run_icm(claims, scorer, icm_config("smoke", iterations=30, num_seed=6), show_progress=False)
     index = {c.claim_id: i for i, c in enumerate(claims)}
     big = [b for b in scorer.batches if len(b) > 3]
     assert big, "expected energy evaluations batched into one call"
+    directions = []
     for batch in scorer.batches:
         keys = [prefix_order((index[r.query.claim_id], tuple((index[c.claim_id], y) for c, y in r.context))) for r in batch]
-        assert keys == sorted(keys)
+        if len(batch) > 1:
+            assert keys in (sorted(keys), sorted(keys, reverse=True))
+            directions.append(keys == sorted(keys))
         for r in batch:
             assert r.kind == "base" and r.query.claim_id not in {c.claim_id for c, _ in r.context}
+    assert directions[::2] == [True] * len(directions[::2])
+    assert directions[1::2] == [False] * len(directions[1::2])
     assert result.counters.backend_calls == len(scorer.batches)
 
 

@@ -8,8 +8,12 @@ Both engines follow the same algorithm; only the model work differs (exactness: 
   s memoised by (query, exact ordered context) in an LRU, U memoised by labelling; the energies
   asked for together (both ConsistencyFix options, plus the current state when it is new) go
   to the model as ONE backend call with only the prompts not yet known; the prompts of a call
-  are sorted as token-free row sequences, so prompts sharing a prefix are adjacent. A proposal
-  for a labelled claim is the leave-one-out score of the last energy evaluation (a memo hit).
+  are sorted as token-free row sequences, so prompts sharing a prefix are adjacent (a depth-first
+  walk of their prefix tree). A proposal for a labelled claim is the leave-one-out score of the
+  last energy evaluation (a memo hit).
+- Cache-aware order (cost only): consecutive calls of several prompts walk their prefix trees in
+  opposite directions, so a call starts with the prompts whose prefixes the previous call
+  computed last, the ones a bounded KV cache still holds (benchmarks/bench.py, docs/gpus.md).
 
 Engines never touch the random generator, so the search's RNG call sequence is the same for both.
 
@@ -101,6 +105,7 @@ class FastEngine(ReferenceEngine):
         super().__init__(pool, scorer, config)
         self.score_memo: OrderedDict[tuple[int, bytes], float] = OrderedDict()
         self.energy_memo: dict[bytes, Energy] = {}
+        self.walk_backwards = False  # direction of the next call of several prompts
 
     def score(self, items: list[Item]) -> list[float]:
         self.stats.prompts_needed += len(items)
@@ -129,12 +134,26 @@ class FastEngine(ReferenceEngine):
             else:
                 missing[key] = item
         if missing:
-            order = sorted(missing, key=lambda k: prefix_order(missing[k]))
+            order = self._call_order(missing)
             scores = self._checked(self.scorer.score([self.request(missing[k]) for k in order]), len(order))
             for key, s in zip(order, scores, strict=True):
                 known[key] = s
                 self._remember(key, s)
         return [known[key] for key in keys]
+
+    def _call_order(self, missing: dict[tuple[int, bytes], Item]) -> list[tuple[int, bytes]]:
+        """Prefix order, reversed on every other call of several prompts.
+
+        A bounded cache evicts what was used longest ago. When the next call needs more of the
+        previous call's prefixes than the cache holds, walking it in the same direction asks for
+        the oldest blocks first, each new block evicting one the call needs next, so nearly all
+        miss; the opposite direction uses the most recent blocks before anything evicts them."""
+        order = sorted(missing, key=lambda k: prefix_order(missing[k]))
+        if len(order) > 1:
+            if self.walk_backwards:
+                order.reverse()
+            self.walk_backwards = not self.walk_backwards
+        return order
 
     def _remember(self, key: tuple[int, bytes], s: float) -> None:
         if self.config.score_memo_size == 0:
