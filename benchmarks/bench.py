@@ -3,7 +3,7 @@
     python -m benchmarks.bench icm --preset seed [--country "United States"] [--csv PATH]
 
 `icm`: model work of one ICM search on a seed-sized workload (about 124 training claims of one
-real GOQA country: its training split, built by goqa.py/claims.py). Scores come from the synthetic scorer of tests/synthetic.py, made order-invariant so every variant follows the SAME trajectory; every prompt is
+real GOQA country: its training split, built by goqa.py/claims.py). Scores come from the synthetic scorer (persona_icm/scoring/synthetic.py), made order-invariant so every variant follows the SAME trajectory; every prompt is
 tokenised with the real offline SmolLM2 tokenizer (persona_icm.prompts) and replayed through a
 simulated prefix cache (16-token blocks, chained block hashes, LRU, the vLLM scheme).
 
@@ -111,7 +111,7 @@ class SimulatedBackend:
 def bench_icm(args: argparse.Namespace) -> None:
     from persona_icm.icm import TRAJECTORY_COLUMNS, run_icm
     from persona_icm.prompts import PromptEncoder
-    from tests.synthetic import SyntheticScorer
+    from persona_icm.scoring.synthetic import SyntheticScorer
 
     claims = goqa_train_claims(args.csv, args.country, args.preset)
     config = build_config(args.preset).icm

@@ -4,6 +4,7 @@
     persona-icm sql "select * from results_by_country order by all"
     persona-icm sql warehouse/queries/latest_run_summary.sql
     persona-icm report RUN_ID
+    persona-icm plan --preset seed         # the searches' model work and GPU-hours, no model loaded
 
 The installed `persona-icm` command (flows/cli.py) adds `run`, which executes the Prefect flow;
 this module stays free of Prefect.
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from persona_icm.charts import write_report
+from persona_icm.config import PRESET_NAMES
 from persona_icm.run_status import RunInProgress, runs_with_live_status
 from persona_icm.warehouse import DEFAULT_PATH, WarehouseLocked, open_warehouse
 
@@ -90,6 +92,75 @@ def cmd_report(args: argparse.Namespace) -> None:
     console.print(f"report: {files.html}")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from persona_icm import cost
+    from persona_icm.preflight import build_checked_config, check_data
+
+    overrides = parse_overrides(args.set)
+    if args.goqa_path:
+        overrides.setdefault("data", {})["goqa_path"] = args.goqa_path
+    config = build_checked_config(args.preset, overrides)
+    splits = check_data(config)[2]
+    encoder, counted_with = plan_encoder(config.base_model)
+    searches = [(country, icm) for country in config.data.countries for icm in config.icm.searches()]
+    costs = []
+    with console.status("") as status:
+        for i, (country, icm) in enumerate(searches, 1):
+            status.update(f"simulating search {i} of {len(searches)}: {country}, seed {icm.seed}")
+            costs.append(cost.search_cost(splits[country].train, icm, encoder))
+    print_plan(config, costs, counted_with)
+
+
+def plan_encoder(spec):
+    """The base model's prompt encoder from its tokenizer alone; SmolLM2's when that cannot be had
+    here (a hub id without network). Returns (encoder, what counted the tokens)."""
+    from persona_icm.prompts import PromptEncoder
+    from persona_icm.scoring.models import load_tokenizer
+
+    try:
+        tokenizer, counted_with = load_tokenizer(spec.name), spec.name
+    except (OSError, ValueError) as exc:
+        fallback = "smollm2-135m-instruct"
+        tokenizer = load_tokenizer(fallback)
+        counted_with = f"{fallback} (the tokenizer of {spec.name!r} is not available here: {str(exc).splitlines()[0][:120]})"
+    return PromptEncoder(tokenizer, "base", style=spec.prompts.style), counted_with
+
+
+def print_plan(config, costs, counted_with: str) -> None:
+    from persona_icm import cost
+
+    def cap(c: int | None) -> str:
+        return "unbounded" if c is None else f"{c // 1024}k"
+
+    rows = []
+    for c in [*costs, None]:
+        part = costs if c is None else [c]
+        row = {
+            "country": "all" if c is None else c.country,
+            "seed": "" if c is None else str(c.seed),
+            "claims": sum(x.claims for x in part),
+            "calls": sum(x.calls for x in part),
+            "prompts": sum(x.prompts for x in part),
+            "prompt tokens": sum(x.prompt_tokens for x in part),
+        }
+        for capacity in cost.CAPACITIES:
+            row[f"prefilled @{cap(capacity)}"] = sum(x.prefilled[capacity] for x in part)
+        rows.append(row)
+    print_frame(pl.DataFrame(rows), f"ICM searches of preset {config.preset}: model work (synthetic scores, simulated vLLM prefix cache)")
+    total = rows[-1]
+    hours = [
+        {"KV cache": cap(capacity), **{f"H100-hours, {name}": f"{cost.gpu_hours(total[f'prefilled @{cap(capacity)}'], n):.2f}"
+                                       for name, n in cost.MODEL_PARAMETERS.items()}}
+        for capacity in cost.CAPACITIES
+    ]
+    print_frame(pl.DataFrame(hours), "prefill GPU time of all searches")
+    console.print(
+        f"tokens counted with {counted_with}; K={config.icm.iterations} iterations, {len(costs)} searches. "
+        f"GPU-hours: 2 x parameters FLOPs per prefilled token at {cost.PREFILL_MFU:.0%} of an H100's "
+        f"{cost.H100_BF16_FLOPS / 1e12:.0f} TFLOP/s (bf16 dense); a real model's trajectory differs (persona_icm/cost.py)."
+    )
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="persona-icm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warehouse", default=str(DEFAULT_PATH), help="DuckDB file (default %(default)s)")
@@ -105,6 +176,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     rep.add_argument("run_id")
     rep.add_argument("--out", help="output folder (default warehouse/reports/RUN_ID)")
     rep.set_defaults(func=cmd_report)
+
+    plan = sub.add_parser("plan", help="estimate the ICM searches' model work and GPU-hours of a run (no model loaded)")
+    plan.add_argument("--preset", default="seed", choices=PRESET_NAMES)
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, dotted key; repeatable")
+    plan.add_argument("--goqa-path", help="local GOQA CSV (default: $GOQA_PATH, else the hub download)")
+    plan.set_defaults(func=cmd_plan)
     return parser, sub
 
 

@@ -14,7 +14,7 @@ from persona_icm.evaluate import (
     sample_whole_groups,
 )
 from persona_icm.warehouse import evaluation_warehouse
-from tests.synthetic import SyntheticScorer, make_claims
+from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 
 
 class RecordingScorer(SyntheticScorer):

@@ -58,7 +58,7 @@ def test_console_script_is_the_flows_entry_point_with_run_and_the_query_commands
 
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"] == {"persona-icm": "flows.cli:main"}
     parser, sub = build_parser()
-    assert set(sub.choices) == {"runs", "sql", "report"}
+    assert set(sub.choices) == {"runs", "sql", "report", "plan"}
     add_run(sub)
     args = parser.parse_args(["run", "--preset", "seed", "--set", "icm.alpha=2"])
     assert args.func.__module__ == "flows.cli" and args.preset == "seed" and args.set == ["icm.alpha=2"]

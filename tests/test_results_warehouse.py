@@ -20,7 +20,7 @@ from persona_icm.warehouse import (
     write_results,
     write_run,
 )
-from tests.synthetic import SyntheticScorer, make_claims
+from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 
 QUERIES = Path(__file__).resolve().parent.parent / "warehouse" / "queries"
 COUNTRIES = {"Atlantis": 14, "Lemuria": 10}  # test groups differ: the aggregate must weight them

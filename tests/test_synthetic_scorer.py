@@ -1,5 +1,5 @@
 from persona_icm.scoring.base import ClaimScorer, ScoreRequest
-from tests.synthetic import SyntheticScorer, make_claims
+from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 
 
 def test_synthetic_scorer_follows_context_and_is_deterministic():

@@ -123,3 +123,15 @@ def convert_demo_model(model: DemoModel, target: Path) -> Path:
                 shutil.rmtree(target)
             out.rename(target)
     return target
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of model `name` without its weights (a demo model not yet converted: from its GGUF)."""
+    from transformers import AutoTokenizer
+
+    model = DEMO_MODELS.get(name)
+    if model is None or (models_dir() / name / "config.json").exists():
+        return AutoTokenizer.from_pretrained(resolve(name))
+    with tempfile.TemporaryDirectory(prefix=f".{name}-") as tmp:
+        gguf = model.locate_gguf(Path(tmp))
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -1,4 +1,5 @@
-"""A deterministic synthetic scorer: a stand-in for an LM in unit tests (not a model).
+"""A deterministic synthetic scorer: a stand-in for an LM (not a model) in unit tests, benchmarks and
+the cost estimate of `persona-icm plan` (persona_icm/cost.py).
 
 Each claim has a hidden truth. The score of a query leans towards its truth by `signal`, scaled
 by how well the context labels agree with their own truths (an inverted context flips it), plus

@@ -1,0 +1,96 @@
+"""The model work of a run's ICM searches, estimated without a model (what `persona-icm plan` prints).
+
+Each search runs on the real engine (persona_icm/icm, the fast engine) with synthetic scores
+(persona_icm/scoring/synthetic.py, order-invariant): a trajectory of the configured size and
+schedule, not the one a real model will take, whose scores decide how many moves are accepted
+and how often ConsistencyFix runs. Every prompt the engine sends is tokenised with the base
+model's tokenizer and replayed, in the order sent, through a simulated prefix cache of each
+capacity (persona_icm/kv_cache.py, vLLM's block pool); prefilled tokens = prompt tokens - cached.
+
+GPU-hours assume prefill is compute-bound: 2 x parameters FLOPs per prefilled token at 40% of an
+H100's dense bf16 peak (989 TFLOP/s), for any tensor-parallel size. Left out: attention FLOPs
+(about +10% for an 8B model at 4k-token prompts, less for 70B), the one decoded token, engine
+start-up and the evaluation after the search.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from persona_icm.claims import Claim
+from persona_icm.config import IcmConfig
+from persona_icm.kv_cache import PrefixCache, block_hashes
+from persona_icm.scoring.base import CallRecord, ScoreRequest
+
+CAPACITIES: tuple[int | None, ...] = (131_072, 524_288, None)  # KV cache tokens; None: unbounded
+H100_BF16_FLOPS = 989e12
+PREFILL_MFU = 0.4
+MODEL_PARAMETERS = {"8B": 8.03e9, "70B": 70.6e9}  # Llama-3.1
+
+
+def gpu_hours(prefilled_tokens: int, parameters: float) -> float:
+    """H100-hours to prefill `prefilled_tokens` through a dense model of `parameters` weights."""
+    return prefilled_tokens * 2 * parameters / (PREFILL_MFU * H100_BF16_FLOPS) / 3600
+
+
+class SimulatedBackend:
+    """A stub backend (not a model): synthetic scores, real prompt tokens, simulated prefix caches.
+
+    Every prompt goes through each cache of `caches`, in the order sent; `uncached[k]` sums what
+    cache k computes. The first cache's cached tokens go into the CallRecord.
+    """
+
+    def __init__(self, scores, encoder, caches: list[PrefixCache]):
+        self.scores = scores
+        self.encoder = encoder
+        self.caches = caches
+        self.uncached = [0] * len(caches)
+        self.calls: list[CallRecord] = []
+
+    def score(self, requests: list[ScoreRequest]) -> list[float]:
+        start = time.perf_counter()
+        tokens = cached = 0
+        for request in requests:
+            ids = self.encoder.encode(request)
+            hashes = block_hashes(ids, self.caches[0].block)
+            tokens += len(ids)
+            for k, cache in enumerate(self.caches):
+                hit = cache.admit(hashes, len(ids))
+                self.uncached[k] += len(ids) - hit
+                cached += hit if k == 0 else 0
+        self.calls.append(CallRecord(len(requests), tokens, cached, time.perf_counter() - start, "icm"))
+        return [self.scores.score_one(r) for r in requests]
+
+
+@dataclass
+class SearchCost:
+    country: str
+    seed: int
+    claims: int
+    calls: int
+    prompts: int
+    prompt_tokens: int
+    prefilled: dict[int | None, int] = field(default_factory=dict)  # capacity -> prefilled tokens
+
+
+def search_cost(
+    claims: list[Claim], icm: IcmConfig, encoder, capacities: tuple[int | None, ...] = CAPACITIES, block: int = 16
+) -> SearchCost:
+    """Model work of one search over `claims` (one country, one seed) at each cache capacity."""
+    from persona_icm.icm import run_icm
+    from persona_icm.scoring.synthetic import SyntheticScorer
+
+    truth = {c.claim_id: c.gold for c in claims}
+    scores = SyntheticScorer(truth, signal=1.0, prior=0.5, seed=icm.seed, order_invariant=True)
+    backend = SimulatedBackend(scores, encoder, [PrefixCache(block, c) for c in capacities])
+    run_icm(claims, backend, icm.model_copy(update={"engine": "fast"}), show_progress=False)
+    return SearchCost(
+        country=claims[0].country,
+        seed=icm.seed,
+        claims=len(claims),
+        calls=len(backend.calls),
+        prompts=sum(c.n_prompts for c in backend.calls),
+        prompt_tokens=sum(c.prompt_tokens for c in backend.calls),
+        prefilled=dict(zip(capacities, backend.uncached, strict=True)),
+    )

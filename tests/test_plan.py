@@ -1,0 +1,59 @@
+"""`persona-icm plan`: the searches' model work from the tokenizer alone, and the GPU-hours arithmetic."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from persona_icm import cli, cost
+from persona_icm.config import IcmConfig
+from persona_icm.prompts import PromptEncoder
+from tests.goqa_fixtures import make_rows, write_goqa
+from tests.tiny_model import build_tokenizer, make_claims
+
+COUNTRIES = ["United States", "France"]
+
+
+def test_gpu_hours_is_two_flops_per_parameter_and_token_at_the_stated_utilisation():
+    tokens = 10**9
+    expected = tokens * 2 * 8.03e9 / (0.4 * 989e12) / 3600
+    assert cost.gpu_hours(tokens, cost.MODEL_PARAMETERS["8B"]) == pytest.approx(expected)
+    assert 11.2 < expected < 11.4
+
+
+def test_a_search_costs_no_more_than_its_prompts_and_a_bigger_cache_never_more():
+    claims = make_claims(16)
+    encoder = PromptEncoder(build_tokenizer(), "base")
+    icm = IcmConfig(num_seed=4, iterations=20, initial_fix_rounds=3, loop_fix_rounds=2)
+    result = cost.search_cost(claims, icm, encoder, capacities=(2048, 8192, None))
+    small, large, unbounded = (result.prefilled[c] for c in (2048, 8192, None))
+    assert result.prompts > 0 and result.calls > 0
+    assert result.prompt_tokens >= small >= large >= unbounded >= result.prompts  # a prompt computes >= 1 token
+    assert unbounded < result.prompt_tokens / 2  # leave-one-out prompts share long prefixes
+    again = cost.search_cost(claims, icm, encoder, capacities=(2048, 8192, None))
+    assert again == result  # deterministic
+
+
+def test_plan_prints_each_country_and_the_total_without_loading_model_weights(tmp_path, capsys):
+    from tests.tiny_model import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "tiny-llama")
+    for weights in model.glob("*.safetensors"):
+        weights.unlink()  # the tokenizer and config stay: a model load would fail
+    goqa = write_goqa(tmp_path / "goqa.csv", make_rows(24, 4, COUNTRIES))
+    cli.main(["plan", "--preset", "smoke", "--goqa-path", str(goqa), "--set", f"base_model.name={model}",
+              "--set", "icm.iterations=12", "--set", "icm.seeds=[0, 1]"])
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃]", line) if c.strip()]
+        if cells and cells[0] in (*COUNTRIES, "all") and len(cells) >= 8:
+            rows.setdefault(cells[0], []).append([int(x) for x in cells[-6:]])
+    assert set(rows) == {*COUNTRIES, "all"} and len(rows["France"]) == 2  # one row per (country, seed)
+    per_search = [r for c in COUNTRIES for r in rows[c]]
+    (total,) = rows["all"]
+    assert total == [sum(col) for col in zip(*per_search, strict=True)]
+    tokens, at_128k, at_512k, unbounded = total[2:]
+    assert tokens >= at_128k >= at_512k >= unbounded > 0
+    assert f"tokens counted with {model}" in out and "H100-hours, 70B" in out
