@@ -3,23 +3,30 @@
     python -m benchmarks.bench icm --preset seed [--country "United States"] [--csv PATH]
 
 `icm`: model work of one ICM search on a seed-sized workload (about 124 training claims of one
-real GOQA country: its training split, built by goqa.py/claims.py). Scores come from the synthetic scorer (persona_icm/scoring/synthetic.py), made order-invariant so every variant follows the SAME trajectory; every prompt is
-tokenised with the real offline SmolLM2 tokenizer (persona_icm.prompts) and replayed through a
-simulated prefix cache (16-token blocks, chained block hashes, LRU, the vLLM scheme).
+real GOQA country: its training split, built by goqa.py/claims.py). Scores come from the synthetic
+scorer (persona_icm/scoring/synthetic.py), made order-invariant so every variant follows the SAME
+trajectory; every prompt is tokenised with the real offline SmolLM2 tokenizer (persona_icm.prompts)
+and replayed through simulated prefix caches (persona_icm/kv_cache.py: 16-token blocks, chained
+block hashes, vLLM v1's eviction and plain LRU; what is and is not modelled is printed).
 
-  (a) fast engine, context in pool-entry order;
+  (a) fast engine, context in pool-entry order, its calls replayed in the order it sends them,
+      (a0) each call in one direction (the engine before the alternation), (a1) sorted by token
+      ids as scoring/vllm.py sends them, (a2) token-sorted in the direction the engine chose;
   (b) reference engine with the earlier code's prompt order (groups in claim-id order), one
       backend call per prompt;
   (c) lower bound: every distinct prompt the trajectory needs, through an unbounded cache
-      (= the distinct 16-token prefix blocks, plus each prompt's partial last block).
+      (= the distinct 16-token prefix blocks, plus each prompt's partial last block);
+  (d) lower bound for a cache of the column's size, for any order and any eviction policy.
 
 A fully cached prompt still computes its last token (as vLLM does), so uncached >= 1 per prompt.
+`--belady` adds (a)'s order under Belady's clairvoyant eviction.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import heapq
 import importlib.util
 import os
 import sys
@@ -29,6 +36,7 @@ from pathlib import Path
 
 from persona_icm.claims import Claim
 from persona_icm.config import PRESET_NAMES, build_config
+from persona_icm.icm.engine import prefix_order
 from persona_icm.kv_cache import PrefixCache, block_hashes
 from persona_icm.scoring.base import CallRecord, ScoreRequest
 
@@ -64,49 +72,157 @@ def load_tokenizer():
         return AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+ORDERS = {
+    "engine": "as the engine sends them",
+    "prefix": "every call one way (the engine's order before the alternation)",
+    "token": "sorted by token ids (what scoring/vllm.py sends vLLM)",
+    "token_kept": "sorted by token ids, reversed when the caller's first prompt sorts after its last",
+}
+
+
 class SimulatedBackend:
     """A stub backend (not a model): synthetic scores, real prompt tokens, simulated prefix caches.
 
-    Every prompt goes through each cache in `caches` (one per capacity); the first one's cached
-    tokens go into the CallRecord. With `lower_bound`, every distinct prompt also goes once
-    through that (unbounded) cache.
+    `lanes` maps an order name (ORDERS) to caches by column name; each call's prompts go through a
+    lane's caches in that order. The first lane's first cache gives the CallRecord's cached
+    tokens. With `lower_bound`, every distinct prompt also goes once through an unbounded cache.
+    With `record`, each call's prompts (block hashes, tokens) are kept in the engine's order.
     """
 
-    def __init__(self, synthetic, encoder, caches: list[PrefixCache], lower_bound: PrefixCache | None = None):
+    def __init__(self, synthetic, encoder, block: int, lanes: dict[str, dict[str, PrefixCache]],
+                 claim_index: dict[str, int], lower_bound: bool = False, record: bool = False):
         self.synthetic = synthetic
         self.encoder = encoder
-        self.caches = caches
-        self.uncached = [0] * len(caches)
-        self.lower_bound = lower_bound
+        self.block = block
+        self.lanes = lanes
+        self.uncached = {order: dict.fromkeys(caches, 0) for order, caches in lanes.items()}
+        self.claim_index = claim_index
+        self.lower_bound = PrefixCache(block, None) if lower_bound else None
         self.seen: set[bytes] = set()
         self.lower = {"prompts": 0, "tokens": 0, "uncached": 0}
+        self.record = record
+        self.trace: list[list[tuple[list[int], int]]] = []
         self.calls: list[CallRecord] = []
 
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         start = time.perf_counter()
         scores = [self.synthetic.score_one(r) for r in requests]
-        tokens = cached = 0
-        for request in requests:
-            ids = self.encoder.encode(request)
-            hashes = block_hashes(ids, self.caches[0].block)
-            tokens += len(ids)
-            for k, cache in enumerate(self.caches):
-                hit = cache.admit(hashes, len(ids))
-                self.uncached[k] += len(ids) - hit
-                cached += hit if k == 0 else 0
-            if self.lower_bound is not None:
-                digest = hashlib.blake2b(array("q", hashes).tobytes() + bytes(array("i", ids[len(hashes) * 16 :])),
-                                         digest_size=16).digest()
-                if digest not in self.seen:
-                    self.seen.add(digest)
-                    self.lower["prompts"] += 1
-                    self.lower["tokens"] += len(ids)
-                    self.lower["uncached"] += len(ids) - self.lower_bound.admit(hashes, len(ids))
-        self.calls.append(CallRecord(len(requests), tokens, cached, time.perf_counter() - start, "icm"))
+        ids = [self.encoder.encode(r) for r in requests]
+        prompts = [(block_hashes(x, self.block), len(x)) for x in ids]
+        cached = None
+        for order, caches in self.lanes.items():
+            sequence = [prompts[i] for i in self._order(order, requests, ids)]
+            for name, cache in caches.items():
+                hits = sum(cache.admit(hashes, n) for hashes, n in sequence)
+                self.uncached[order][name] += sum(n for _, n in sequence) - hits
+                cached = hits if cached is None else cached
+        if self.lower_bound is not None:
+            for x, (hashes, n) in zip(ids, prompts, strict=True):
+                self._lower_bound(x, hashes, n)
+        if self.record:
+            self.trace.append(prompts)
+        self.calls.append(CallRecord(len(requests), sum(map(len, ids)), cached, time.perf_counter() - start, "icm"))
         return scores
+
+    def _order(self, order: str, requests: list[ScoreRequest], ids: list[list[int]]) -> list[int]:
+        positions = range(len(requests))
+        if order == "prefix":
+            return sorted(positions, key=lambda i: prefix_order(self._item(requests[i])))
+        if order in ("token", "token_kept"):
+            ascending = sorted(positions, key=lambda i: ids[i])
+            backwards = order == "token_kept" and ids[0] > ids[-1]
+            return ascending[::-1] if backwards else ascending
+        return list(positions)
+
+    def _item(self, request: ScoreRequest):
+        index = self.claim_index
+        return index[request.query.claim_id], tuple((index[c.claim_id], y) for c, y in request.context)
+
+    def _lower_bound(self, ids: list[int], hashes: list[int], n: int) -> None:
+        tail = ids[len(hashes) * self.block :]
+        digest = hashlib.blake2b(array("q", hashes).tobytes() + bytes(array("i", tail)), digest_size=16).digest()
+        if digest not in self.seen:
+            self.seen.add(digest)
+            self.lower["prompts"] += 1
+            self.lower["tokens"] += n
+            self.lower["uncached"] += n - self.lower_bound.admit(hashes, n)
+
+
+# -- bounds for a bounded cache ----------------------------------------------------------------
+
+def bounded_cache_bound(trace, block: int, capacities: list[int], window: int) -> dict[int, int]:
+    """A lower bound on uncached tokens for ANY order of each call's prompts and ANY eviction policy,
+    with a cache of `capacity` tokens: over a run of consecutive calls, every block of their
+    tries is computed at least once, except blocks cached when the run starts (at most
+    capacity // block of them, and none that no earlier call had). Partial last blocks are always
+    computed. The best split of the calls into runs of up to `window` calls (dynamic programming)."""
+    tries = [{h for hashes, _ in call for h in hashes} for call in trace]
+    partial = [sum(n - len(hashes) * block for hashes, n in call) for call in trace]
+    fresh, seen = [], set()
+    for trie in tries:
+        fresh.append(len(trie - seen))
+        seen |= trie
+    runs = []  # runs[j]: (i, blocks in the union of calls i..j, of them fresh, partial tokens) for i = j, j-1, ...
+    for j in range(len(tries)):
+        union: set[int] = set()
+        new = part = 0
+        rows = []
+        for i in range(j, max(-1, j - window), -1):
+            union |= tries[i]
+            new += fresh[i]
+            part += partial[i]
+            rows.append((i, len(union), new, part))
+        runs.append(rows)
+    bounds = {}
+    for capacity in capacities:
+        held = capacity // block
+        best = [0] * (len(tries) + 1)
+        for j, rows in enumerate(runs):
+            best[j + 1] = max(best[i] + (new + max(0, size - new - held)) * block + part for i, size, new, part in rows)
+        bounds[capacity] = best[-1]
+    return bounds
+
+
+def belady_uncached(trace, block: int, capacity: int) -> int:
+    """Uncached tokens of the recorded order with Belady's eviction (drop the block used again
+    farthest in the future): what clairvoyant eviction would achieve for the same prompt order."""
+    accesses = [h for call in trace for hashes, _ in call for h in hashes]
+    never = len(accesses)
+    next_use, later = [never] * len(accesses), {}
+    for t in range(len(accesses) - 1, -1, -1):
+        next_use[t] = later.get(accesses[t], never)
+        later[accesses[t]] = t
+    held, heap, t, uncached = {}, [], 0, 0
+    for call in trace:
+        for hashes, n in call:
+            hits, leading = 0, True
+            cap = (n - 1) // block
+            for h in hashes:
+                leading = leading and h in held and hits < cap
+                hits += leading
+                held[h] = next_use[t]
+                heapq.heappush(heap, (-next_use[t], h))
+                while len(held) > capacity // block:
+                    use, victim = heapq.heappop(heap)
+                    if held.get(victim) == -use:
+                        del held[victim]
+                t += 1
+            uncached += n - hits * block
+    return uncached
 
 
 # -- the icm benchmark -----------------------------------------------------------------------
+
+SIMULATOR = """\
+simulator (persona_icm/kv_cache.py): 16-token blocks under chained hashes; a prompt's hits are its leading
+cached blocks, at most (tokens - 1) // 16 (its last token is computed). Eviction 'vllm' models vLLM 0.32's v1
+block pool: physical blocks in a free queue; hits leave the queue; new blocks are popped from its head (a
+cached one popped is evicted); a finished prompt's blocks go back tail first (hashed ones appended, so its
+prefix is evicted last; the partial last block to the head). 'lru': cached hashes in LRU order, all of a
+prompt's blocks most recent in prompt order. Not modelled: requests run one at a time (vLLM batches them:
+running requests pin blocks, requests of one step share blocks as they are allocated, free order follows
+finish order), no preemption, no chunked prefill; vLLM's null block is not counted in the capacity."""
+
 
 def bench_icm(args: argparse.Namespace) -> None:
     from persona_icm.icm import TRAJECTORY_COLUMNS, run_icm
@@ -118,63 +234,98 @@ def bench_icm(args: argparse.Namespace) -> None:
     if args.iterations is not None:
         config = config.model_copy(update={"iterations": args.iterations})
     truth = {c.claim_id: c.gold for c in claims}
+    claim_index = {c.claim_id: i for i, c in enumerate(claims)}
     t0 = time.perf_counter()
     encoder = PromptEncoder(load_tokenizer(), "base")
     print(f"workload: {len(claims)} training claims ({len(claims) // 2} questions) of {args.country} from {args.csv.name}; "
           f"preset {args.preset}: K={config.iterations}, num_seed={config.num_seed}, alpha={config.alpha}; "
           f"tokenizer {SMOLLM2} ({time.perf_counter() - t0:.1f}s to load)")
-    capacities = args.cache_tokens
-    print(f"prefix cache: {args.block}-token blocks, LRU; capacities: "
-          + ", ".join("unbounded" if c is None else f"{c:,} tokens" for c in capacities))
+    capacities = [c for c in args.cache_tokens if c is not None]
+    columns = {f"{ev}@{c // 1024}k": (c, ev) for ev in ("vllm", "lru") for c in capacities} | {"inf": (None, "vllm")}
+    print(SIMULATOR)
+
+    def lanes(orders, evictions=("vllm", "lru")):
+        return {o: {name: PrefixCache(args.block, c, ev) for name, (c, ev) in columns.items() if ev in evictions}
+                for o in orders}
 
     def synthetic():
         return SyntheticScorer(truth, signal=args.signal, prior=args.prior, seed=args.scorer_seed, order_invariant=True)
 
-    lower = PrefixCache(args.block, None)
     runs = {}
-    for name, engine, order, lower_bound in [("a", "fast", "entry", lower), ("b", "reference", "claim", None)]:
-        caches = [PrefixCache(args.block, c, eviction="lru") for c in capacities]
-        backend = SimulatedBackend(synthetic(), encoder, caches, lower_bound)
+    plan = [("a", "fast", "entry", lanes(ORDERS)), ("b", "reference", "claim", lanes(["engine"], ("vllm",)))]
+    for name, engine, order, caches in plan:
+        backend = SimulatedBackend(synthetic(), encoder, args.block, caches, claim_index,
+                                   lower_bound=name == "a", record=name == "a")
         cfg = config.model_copy(update={"engine": engine, "context_order": order})
         start = time.perf_counter()
         result = run_icm(claims, backend, cfg, show_progress=not args.quiet)
         runs[name] = (result, backend, time.perf_counter() - start)
 
     same = runs["a"][0].trace.select(TRAJECTORY_COLUMNS).equals(runs["b"][0].trace.select(TRAJECTORY_COLUMNS))
-    res_a = runs["a"][0]
+    res_a, back_a = runs["a"][0], runs["a"][1]
     print(f"trajectory: {res_a.counters.proposed} moves tried, {res_a.counters.accepted} accepted, final pool "
           f"{res_a.trace['pool_size'][-1]}, label accuracy vs gold {res_a.trace['train_accuracy'][-1]:.3f}; "
           f"(a) and (b) identical: {same}")
-
-    rows = {}
-    for key in "ab":
-        backend = runs[key][1]
-        rows[key] = {
-            "calls": len(backend.calls),
-            "prompts": sum(c.n_prompts for c in backend.calls),
-            "tokens": sum(c.prompt_tokens for c in backend.calls),
-            "uncached": backend.uncached,
-        }
-    low = runs["a"][1].lower
-    rows["c"] = {"calls": None, "prompts": low["prompts"], "tokens": low["tokens"], "uncached": [low["uncached"]] * len(capacities)}
-    names = {"a": "(a) fast engine", "b": "(b) reference, claim-id order", "c": "(c) lower bound"}
-    cap_names = ["uncached@" + ("inf" if c is None else f"{c // 1024}k") for c in capacities]
-    header = f"{'':32}{'calls':>10}{'prompts':>10}{'prompt tokens':>16}" + "".join(f"{n:>18}" for n in cap_names)
-    print("\n" + header)
-    for key in "abc":
-        r = rows[key]
-        calls = "-" if r["calls"] is None else f"{r['calls']:,}"
-        print(f"{names[key]:32}{calls:>10}{r['prompts']:>10,}{r['tokens']:>16,}" + "".join(f"{u:>18,}" for u in r["uncached"]))
-    a, b, c = rows["a"], rows["b"], rows["c"]
-    print(f"{'ratio a/b':32}{a['calls'] / b['calls']:>10.4f}{a['prompts'] / b['prompts']:>10.3f}{a['tokens'] / b['tokens']:>16.3f}"
-          + "".join(f"{x / y:>18.3f}" for x, y in zip(a["uncached"], b["uncached"], strict=True)))
-    print(f"{'ratio a/c':32}{'-':>10}{a['prompts'] / c['prompts']:>10.3f}{a['tokens'] / c['tokens']:>16.3f}"
-          + "".join(f"{x / y:>18.3f}" for x, y in zip(a["uncached"], c["uncached"], strict=True)))
-    print("(c) is the unbounded-cache bound; it is the same for every capacity column.")
+    start = time.perf_counter()
+    bound = bounded_cache_bound(back_a.trace, args.block, capacities, args.bound_window)
+    bound_seconds = time.perf_counter() - start
+    print_table(runs, columns, bound, args)
+    print_tries(back_a.trace, args.block, capacities, int(res_a.trace['pool_size'][-1]))
+    if args.belady:
+        for c in capacities:
+            u = belady_uncached(back_a.trace, args.block, c)
+            print(f"Belady eviction, order (a), {c:,} tokens: {u:,} uncached = {u / back_a.lower['uncached']:.3f} x (c)")
     print(f"\nbench wall time (synthetic scores; tokenising and cache simulation dominate): "
-          f"(a) {runs['a'][2]:.1f}s, (b) {runs['b'][2]:.1f}s")
+          f"(a) {runs['a'][2]:.1f}s, (b) {runs['b'][2]:.1f}s, bound {bound_seconds:.1f}s")
     if args.wall:
         wall_time_smoke(args)
+
+
+def cell(value, spec: str) -> str:
+    return f"{'-':>20}" if value is None else f"{value:>20{spec}}"
+
+
+def print_table(runs, columns: dict, bound: dict[int, int], args: argparse.Namespace) -> None:
+    back_a, back_b = runs["a"][1], runs["b"][1]
+    low = back_a.lower
+
+    def totals(backend):
+        return len(backend.calls), sum(c.n_prompts for c in backend.calls), sum(c.prompt_tokens for c in backend.calls)
+
+    rows = [("(a) fast engine", *totals(back_a), back_a.uncached["engine"]),
+            ("(a0) (a), calls one way", *totals(back_a), back_a.uncached["prefix"]),
+            ("(a1) (a), token-sorted", *totals(back_a), back_a.uncached["token"]),
+            ("(a2) (a1), caller's direction", *totals(back_a), back_a.uncached["token_kept"]),
+            ("(b) reference, claim-id order", *totals(back_b), back_b.uncached["engine"]),
+            ("(c) bound, unbounded cache", None, low["prompts"], low["tokens"], dict.fromkeys(columns, low["uncached"])),
+            ("(d) bound, this cache", None, None, None,
+             {name: bound[c] if c is not None else low["uncached"] for name, (c, _) in columns.items()})]
+    header = f"{'':32}{'calls':>8}{'prompts':>9}{'prompt tokens':>15}" + "".join(f"{'uncached ' + n:>20}" for n in columns)
+    print("\n" + header)
+    for label, calls, prompts, tokens, uncached in rows:
+        cells = [f"{x:>{w},}" if x is not None else f"{'-':>{w}}" for x, w in ((calls, 8), (prompts, 9), (tokens, 15))]
+        print(f"{label:32}" + "".join(cells) + "".join(cell(uncached.get(n), ",") for n in columns))
+    for label, row in (("(a)", rows[0]), ("(a0)", rows[1]), ("(a1)", rows[2]), ("(a2)", rows[3]), ("(d)", rows[6])):
+        print(f"{label + ' / (c)':32}{'':32}" + "".join(cell(row[4][n] / low["uncached"], ".3f") for n in columns))
+    b = back_b.uncached["engine"]
+    print(f"{'(a) / (b)':32}{'':32}" + "".join(cell(back_a.uncached["engine"][n] / b[n] if n in b else None, ".3f")
+                                              for n in columns))
+    print("Rows: (a) the fast engine's calls in the order it sends them (calls of several prompts alternate the\n"
+          "direction of their prefix-tree walk); (a0) the same calls each in ascending prefix order (the engine before\n"
+          "the alternation); (a1) the same calls sorted by token ids, as scoring/vllm.py sends them to vLLM today;\n"
+          "(a2) token-sorted but keeping the direction the engine chose (first prompt after last: reversed);\n"
+          "(c) every distinct block once; (d) no order and no eviction policy can do better with this cache\n"
+          f"(runs of up to {args.bound_window} consecutive calls; see bounded_cache_bound).")
+
+
+def print_tries(trace, block: int, capacities: list[int], pool_size: int) -> None:
+    """Why a small cache cannot reach (c): one call's prefix trie against the capacity."""
+    tries = [len({h for hashes, _ in call for h in hashes}) * block for call in trace]
+    largest = max(range(len(trace)), key=lambda k: tries[k])
+    evaluation = max(k for k, call in enumerate(trace) if 1 < len(call) <= pool_size)
+    print(f"\nprefix trie of a call (its distinct full blocks): largest {tries[largest]:,} tokens ({len(trace[largest])} "
+          f"prompts); the last single evaluation {tries[evaluation]:,} tokens ({len(trace[evaluation])} prompts); "
+          + ", ".join(f"{sum(t > c for t in tries)} of {len(trace)} calls exceed {c:,}" for c in capacities) + ".")
 
 
 def wall_time_smoke(args: argparse.Namespace) -> None:
@@ -224,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     icm.add_argument("--cache-tokens", type=_capacities, default=_capacities("131072,524288,none"),
                      help="comma-separated simulated KV cache capacities in tokens ('none' = unbounded); "
                           "~500k is an 8B model on one 80 GB GPU")
+    icm.add_argument("--bound-window", type=int, default=16, help="longest run of calls in the bounded-cache bound (d)")
+    icm.add_argument("--belady", action="store_true", help="also replay (a) with Belady's clairvoyant eviction (~1 min)")
     icm.add_argument("--signal", type=float, default=1.0)
     icm.add_argument("--prior", type=float, default=0.5)
     icm.add_argument("--scorer-seed", type=int, default=0)
