@@ -129,24 +129,29 @@ def test_context_order_is_entry_order_of_groups_with_members_adjacent():
 
 
 def test_fast_engine_sends_leave_one_out_prompts_prefix_sorted_in_one_call_alternating_direction():
-    """Each call walks its prefix tree depth first (prompts sharing a prefix adjacent); calls of
-    several prompts alternate direction, so each starts where the previous one ended."""
+    """Each call walks its prefix tree depth first (prompts sharing a prefix adjacent). Calls of one
+    labelling alternate direction; a call of several labellings (a query sent more than once) walks
+    opposite to the last one-labelling call and leaves the alternation alone."""
     claims = make_claims(10)
     scorer = RecordingScorer(truth_of(claims))
     result = run_icm(claims, scorer, icm_config("smoke", iterations=30, num_seed=6), show_progress=False)
     index = {c.claim_id: i for i, c in enumerate(claims)}
     big = [b for b in scorer.batches if len(b) > 3]
     assert big, "expected energy evaluations batched into one call"
-    directions = []
+    last_forwards, kinds = False, set()
     for batch in scorer.batches:
         keys = [prefix_order((index[r.query.claim_id], tuple((index[c.claim_id], y) for c, y in r.context))) for r in batch]
         if len(batch) > 1:
             assert keys in (sorted(keys), sorted(keys, reverse=True))
-            directions.append(keys == sorted(keys))
+            forwards = keys == sorted(keys)
+            assert forwards != last_forwards
+            several = len({r.query.claim_id for r in batch}) < len(batch)
+            kinds.add(several)
+            if not several:
+                last_forwards = forwards
         for r in batch:
             assert r.kind == "base" and r.query.claim_id not in {c.claim_id for c, _ in r.context}
-    assert directions[::2] == [True] * len(directions[::2])
-    assert directions[1::2] == [False] * len(directions[1::2])
+    assert kinds == {True, False}, "expected calls of one and of several labellings"
     assert result.counters.backend_calls == len(scorer.batches)
 
 

@@ -11,9 +11,10 @@ Both engines follow the same algorithm; only the model work differs (exactness: 
   are sorted as token-free row sequences, so prompts sharing a prefix are adjacent (a depth-first
   walk of their prefix tree). A proposal for a labelled claim is the leave-one-out score of the
   last energy evaluation (a memo hit).
-- Cache-aware order (cost only): consecutive calls of several prompts walk their prefix trees in
-  opposite directions, so a call starts with the prompts whose prefixes the previous call
-  computed last, the ones a bounded KV cache still holds (benchmarks/bench.py, docs/gpus.md).
+- Cache-aware order (cost only): consecutive evaluations of one labelling walk their prefix
+  trees in opposite directions, and a call of several labellings (ConsistencyFix options) walks
+  opposite to the last one, so a call starts with the prompts whose prefixes were computed last,
+  the ones a bounded KV cache still holds (benchmarks/bench.py, docs/gpus.md).
 
 Engines never touch the random generator, so the search's RNG call sequence is the same for both.
 
@@ -105,7 +106,7 @@ class FastEngine(ReferenceEngine):
         super().__init__(pool, scorer, config)
         self.score_memo: OrderedDict[tuple[int, bytes], float] = OrderedDict()
         self.energy_memo: dict[bytes, Energy] = {}
-        self.walk_backwards = False  # direction of the next call of several prompts
+        self.last_walk_backwards = True  # direction of the last one-labelling call of several prompts
 
     def score(self, items: list[Item]) -> list[float]:
         self.stats.prompts_needed += len(items)
@@ -120,7 +121,7 @@ class FastEngine(ReferenceEngine):
         for (query, context), s in zip(self._energy_items(labelling), state.scores, strict=True):
             self._remember((query, context_key(context)), s)
 
-    def _fetch(self, items: list[Item]) -> list[float]:
+    def _fetch(self, items: list[Item], labellings: int = 1) -> list[float]:
         keys = [(q, context_key(ctx)) for q, ctx in items]
         known: dict[tuple[int, bytes], float] = {}
         missing: dict[tuple[int, bytes], Item] = {}
@@ -134,26 +135,30 @@ class FastEngine(ReferenceEngine):
             else:
                 missing[key] = item
         if missing:
-            order = self._call_order(missing)
+            order = self._call_order(missing, labellings)
             scores = self._checked(self.scorer.score([self.request(missing[k]) for k in order]), len(order))
             for key, s in zip(order, scores, strict=True):
                 known[key] = s
                 self._remember(key, s)
         return [known[key] for key in keys]
 
-    def _call_order(self, missing: dict[tuple[int, bytes], Item]) -> list[tuple[int, bytes]]:
-        """Prefix order, reversed on every other call of several prompts.
+    def _call_order(self, missing: dict[tuple[int, bytes], Item], labellings: int) -> list[tuple[int, bytes]]:
+        """Prefix order, walked opposite to the last one-labelling call; only one-labelling calls
+        set the direction, so they alternate.
 
-        A bounded cache evicts what was used longest ago. When the next call needs more of the
-        previous call's prefixes than the cache holds, walking it in the same direction asks for
-        the oldest blocks first, each new block evicting one the call needs next, so nearly all
-        miss; the opposite direction uses the most recent blocks before anything evicts them."""
+        A bounded cache evicts what was used longest ago. When a call needs more of the previous
+        call's prefixes than the cache holds, walking it in the same direction asks for the oldest
+        blocks first, each new block evicting one the call needs next, so nearly all miss; the
+        opposite direction uses the most recent blocks before anything evicts them. A call of
+        several labellings leaves the direction alone: measured on the seed workload
+        (benchmarks/bench.py), letting it flip too gains at 128k tokens and loses at 512k."""
         order = sorted(missing, key=lambda k: prefix_order(missing[k]))
-        if len(order) > 1:
-            if self.walk_backwards:
-                order.reverse()
-            self.walk_backwards = not self.walk_backwards
-        return order
+        if len(order) < 2:
+            return order
+        backwards = not self.last_walk_backwards
+        if labellings == 1:
+            self.last_walk_backwards = backwards
+        return order[::-1] if backwards else order
 
     def _remember(self, key: tuple[int, bytes], s: float) -> None:
         if self.config.score_memo_size == 0:
@@ -173,7 +178,7 @@ class FastEngine(ReferenceEngine):
             else:
                 todo[key] = lab
         items = {key: self._energy_items(lab) for key, lab in todo.items()}
-        scores = self._fetch([item for group in items.values() for item in group])  # one backend call
+        scores = self._fetch([item for group in items.values() for item in group], len(items))  # one backend call
         start = 0
         for key, lab in todo.items():
             n = len(items[key])
