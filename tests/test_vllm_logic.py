@@ -10,7 +10,6 @@ import sys
 import types
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from persona_icm.config import VllmEngineArgs, build_config
@@ -20,8 +19,6 @@ from persona_icm.scoring.vllm import (
     engine_kwargs,
     load_engine,
     log_odds,
-    prefix_order,
-    restore_order,
     sampling_kwargs,
     supports_logprob_token_ids,
 )
@@ -40,29 +37,6 @@ def stub_output(logprobs: dict[int, float]):
     """Stub of a vLLM RequestOutput holding one generated step's {token id: Logprob}."""
     step = {t: SimpleNamespace(logprob=v) for t, v in logprobs.items()}
     return SimpleNamespace(outputs=[SimpleNamespace(logprobs=[step])], num_cached_tokens=0)
-
-
-def test_prefix_order_puts_shared_prefixes_next_to_each_other_and_restores_order():
-    rng = np.random.default_rng(0)
-    prefixes = [list(rng.integers(0, 50, size=n)) for n in (30, 5, 30)]
-    labelled = [(g, p + list(rng.integers(0, 50, size=int(rng.integers(1, 6))))) for g, p in enumerate(prefixes) for _ in range(4)]
-    shuffled = [labelled[i] for i in rng.permutation(len(labelled))]
-    prompts = [p for _, p in shuffled]
-    order = prefix_order(prompts)
-    assert [prompts[i] for i in order] == sorted(prompts)
-    groups_sent = [shuffled[i][0] for i in order]
-    runs = 1 + sum(a != b for a, b in zip(groups_sent, groups_sent[1:], strict=False))
-    assert runs == 3, f"prompts sharing a prefix were split up: {groups_sent}"
-    # a backend that answers in send order comes back in the caller's order
-    answers_in_send_order = [float(sum(prompts[i])) for i in order]
-    assert restore_order(answers_in_send_order, order) == [float(sum(p)) for p in prompts]
-    with pytest.raises(ValueError, match="3 results for 2 prompts"):
-        restore_order([1.0, 2.0, 3.0], [1, 0])
-
-
-def test_prefix_order_keeps_identical_prompts_and_empty_input():
-    assert prefix_order([]) == []
-    assert prefix_order([[3, 1], [3, 1], [2]]) == [2, 0, 1]
 
 
 def test_logprob_path_prefers_logprob_token_ids_and_falls_back():
@@ -144,28 +118,20 @@ def test_processed_logprobs_are_an_error_on_both_paths():
     assert log_odds("allowed_token_ids", [stub_output({7: 0.0}), stub_output({9: -3.0})], 7, 9) == 3.0
 
 
-def test_an_engine_that_died_is_dropped_and_the_retry_builds_a_new_one(monkeypatch, tmp_path):
-    """vLLM is replaced by a stub module (no vLLM in this venv): LLM() counts the engines built;
-    the first engine's generate() dies like an engine core that crashed (EngineDeadError)."""
-    from persona_icm.config import ModelSpec
-    from persona_icm.scoring import make_scorer
-    from tests.tiny_model import write_tiny_model
-
-    built, shut_down = [], []
-
-    class EngineDead(RuntimeError):
-        pass
+def install_stub_vllm(monkeypatch, generate) -> list:
+    """Replace vLLM by a stub module (no vLLM in this venv); LLM() records the engines it builds,
+    and each engine's generate(prompts, params) is `generate(engine, prompts, params)`."""
+    built = []
 
     class StubLLM:
         def __init__(self, **kwargs):
             built.append(self)
-            core = SimpleNamespace(shutdown=lambda: shut_down.append(self))
+            self.shut_down = False
+            core = SimpleNamespace(shutdown=lambda: setattr(self, "shut_down", True))
             self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=512), engine_core=core)
 
         def generate(self, prompts, params, use_tqdm=False):
-            if self is built[0]:
-                raise EngineDead("EngineCore encountered an issue")
-            return [stub_output({p["logprob_token_ids"][0]: -1.0, p["logprob_token_ids"][1]: -2.0}) for p in params]
+            return generate(self, prompts, params)
 
     class StubSamplingParams(dict):
         __struct_fields__ = NewSamplingParams.__struct_fields__
@@ -179,18 +145,68 @@ def test_an_engine_that_died_is_dropped_and_the_retry_builds_a_new_one(monkeypat
     for name, module in (("vllm", stub), ("vllm.inputs", inputs), ("vllm.platforms", platforms)):
         monkeypatch.setitem(sys.modules, name, module)
     load_engine.cache_clear()
+    return built
+
+
+@pytest.fixture
+def stub_engines():
+    yield
+    from persona_icm.scoring import release_local_models
+
+    release_local_models()
+    load_engine.cache_clear()
+
+
+def answer_first_candidate(engine, prompts, params):
+    return [stub_output({p["logprob_token_ids"][0]: -1.0, p["logprob_token_ids"][1]: -2.0}) for p in params]
+
+
+def test_an_engine_that_died_is_dropped_and_the_retry_builds_a_new_one(monkeypatch, tmp_path, stub_engines):
+    """The first engine's generate() dies like an engine core that crashed (EngineDeadError)."""
+    from persona_icm.config import ModelSpec
+    from persona_icm.scoring import make_scorer
+    from tests.tiny_model import write_tiny_model
+
+    class EngineDead(RuntimeError):
+        pass
+
+    def generate(engine, prompts, params):
+        if engine is built[0]:
+            raise EngineDead("EngineCore encountered an issue")
+        return answer_first_candidate(engine, prompts, params)
+
+    built = install_stub_vllm(monkeypatch, generate)
     spec = ModelSpec(backend="vllm", name=str(write_tiny_model(tmp_path / "tiny", head_dim=64)))
     request = [ScoreRequest((), make_claims(2)[0])]
-    try:
-        first = make_scorer(spec)
-        with pytest.raises(EngineDead):
-            first.score(request)
-        assert shut_down == [built[0]] and first.closed
-        retry = make_scorer(spec)
-        assert retry is not first and retry.llm is built[1]
-        assert retry.score(request) == [pytest.approx(1.0)]
-    finally:
-        from persona_icm.scoring import release_local_models
+    first = make_scorer(spec)
+    with pytest.raises(EngineDead):
+        first.score(request)
+    assert built[0].shut_down and first.closed
+    retry = make_scorer(spec)
+    assert retry is not first and retry.llm is built[1]
+    assert retry.score(request) == [pytest.approx(1.0)]
 
-        release_local_models()
-        load_engine.cache_clear()
+
+def test_prompts_go_to_the_engine_in_the_callers_order(monkeypatch, tmp_path, stub_engines):
+    """The caller schedules for the prefix cache (the ICM fast engine alternates its walk); the
+    backend must not re-sort. Scores come back matched to their prompts."""
+    from persona_icm.config import ModelSpec
+    from persona_icm.scoring import make_scorer
+    from tests.tiny_model import write_tiny_model
+
+    sent = []
+
+    def generate(engine, prompts, params):
+        sent.extend(p["prompt_token_ids"] for p in prompts)
+        return [stub_output({p["logprob_token_ids"][0]: -float(len(q["prompt_token_ids"])), p["logprob_token_ids"][1]: 0.0})
+                for q, p in zip(prompts, params, strict=True)]
+
+    install_stub_vllm(monkeypatch, generate)
+    scorer = make_scorer(ModelSpec(backend="vllm", name=str(write_tiny_model(tmp_path / "tiny", head_dim=64))))
+    claims = make_claims(6)
+    demos = tuple((c, 1) for c in claims[:4])
+    requests = [ScoreRequest(demos[:k], claims[5]) for k in (4, 0, 3, 1)]  # neither in token order nor its reverse
+    expected = [scorer.encoder("base").encode(r) for r in requests]
+    scores = scorer.score(requests)
+    assert sent == expected
+    assert scores == [pytest.approx(-len(ids)) for ids in expected]

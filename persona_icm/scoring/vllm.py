@@ -13,8 +13,9 @@ the raw logits (`logprobs_mode="raw_logprobs"`):
 Never top-k `logprobs=k` (a candidate outside the top k has no value) and never
 `prompt_logprobs` (skips the prefix cache, materialises tokens x vocab).
 
-Requests are sent sorted by their token ids, so prompts that share demos (a shared token prefix)
-are adjacent and hit vLLM's prefix cache; results come back in the caller's order.
+Requests are sent in the caller's order: the caller schedules for the prefix cache (the ICM fast
+engine sends prompts that share demos next to each other, and alternates the walk's direction
+so the next call starts where this one's blocks are freshest), and a re-sort here would undo it.
 """
 
 from __future__ import annotations
@@ -38,21 +39,6 @@ from persona_icm.scoring.base import (
 )
 
 LogprobPath = Literal["token_ids", "allowed_token_ids"]
-
-
-def prefix_order(prompts: Sequence[Sequence[int]]) -> list[int]:
-    """Indices of `prompts` in lexicographic order of their token ids: shared prefixes end up adjacent."""
-    return sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
-
-
-def restore_order(values_in_order: Sequence[float], order: Sequence[int]) -> list[float]:
-    """Inverse of sending `[x[i] for i in order]`: puts the j-th result back at position order[j]."""
-    if len(values_in_order) != len(order):
-        raise ValueError(f"{len(values_in_order)} results for {len(order)} prompts")
-    out: list[float] = [0.0] * len(order)
-    for j, i in enumerate(order):
-        out[i] = values_in_order[j]
-    return out
 
 
 def supports_logprob_token_ids(sampling_params_cls: type) -> bool:
@@ -195,12 +181,11 @@ class VllmScorer(CallLog):
         encoders = [self.encoder(r.kind) for r in requests]
         prompts = [enc.encode(r) for enc, r in zip(encoders, requests, strict=True)]
         check_lengths(prompts, requests, self.max_prompt_tokens, "max_prompt_tokens, or the vLLM engine's max_model_len - 1")
-        order = prefix_order(prompts)
-        per_prompt = [sampling_kwargs(self.logprob_path, encoders[i].true_id, encoders[i].false_id) for i in order]
+        per_prompt = [sampling_kwargs(self.logprob_path, enc.true_id, enc.false_id) for enc in encoders]
         engine_prompts, engine_params = [], []
-        for i, kwargs_list in zip(order, per_prompt, strict=True):
+        for prompt, kwargs_list in zip(prompts, per_prompt, strict=True):
             for kwargs in kwargs_list:
-                engine_prompts.append(TokensPrompt(prompt_token_ids=prompts[i]))
+                engine_prompts.append(TokensPrompt(prompt_token_ids=prompt))
                 engine_params.append(SamplingParams(**kwargs))
         try:
             outputs = self.llm.generate(engine_prompts, engine_params, use_tqdm=len(engine_prompts) >= 64)
@@ -210,9 +195,9 @@ class VllmScorer(CallLog):
             self.close()  # a dead engine core must not serve the retry: make_scorer builds a new one
             raise
         scores, pos = [], 0
-        for i, kwargs_list in zip(order, per_prompt, strict=True):
+        for enc, kwargs_list in zip(encoders, per_prompt, strict=True):
             n = len(kwargs_list)
-            scores.append(log_odds(self.logprob_path, outputs[pos : pos + n], encoders[i].true_id, encoders[i].false_id))
+            scores.append(log_odds(self.logprob_path, outputs[pos : pos + n], enc.true_id, enc.false_id))
             pos += n
         cached = [o.num_cached_tokens for o in outputs]
         self.record(
@@ -221,4 +206,4 @@ class VllmScorer(CallLog):
             cached_tokens=sum_or_none(cached),
             wall=time.perf_counter() - start,
         )
-        return restore_order(scores, order)
+        return scores
