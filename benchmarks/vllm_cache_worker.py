@@ -12,8 +12,7 @@ The first max_num_seqs setting runs the ICM search through the project's vllm ba
 (make_scorer -> VllmScorer -> persona_icm.icm.run_icm); every later setting starts a fresh engine
 with that max_num_seqs and replays the same backend calls (the same token ids, in the same order,
 one `generate` per call), so all settings see identical prompts. The KV pool is pinned with
-vLLM's `num_gpu_blocks_override` (VllmEngineArgs has no such field; the worker adds it to the
-engine's keyword arguments) so the capacity in tokens is known exactly.
+`vllm.num_gpu_blocks_override` so the capacity in tokens is known exactly.
 
 OUT: {"vllm_version", "logprob_path", "search": {...}, "settings": [{"engine": {block_size,
 num_gpu_blocks, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching},
@@ -82,19 +81,13 @@ def main(spec_path: str, out_path: str) -> None:
 
     spec = json.loads(open(spec_path).read())
     num_blocks = int(spec["num_blocks"])
-    real_engine_kwargs = backend.engine_kwargs
-
-    def pinned_engine_kwargs(*args, **kwargs):
-        return real_engine_kwargs(*args, **kwargs) | {"num_gpu_blocks_override": num_blocks}
-
-    backend.engine_kwargs = pinned_engine_kwargs  # load_engine looks it up at call time
 
     claims = [Claim(**c) for c in spec["claims"]]
     config = IcmConfig(**spec["icm"])
     out: dict = {"vllm_version": vllm.__version__, "settings": []}
 
     def engine_args(max_num_seqs: int) -> VllmEngineArgs:
-        return VllmEngineArgs(**spec["engine_args"], max_num_seqs=max_num_seqs)
+        return VllmEngineArgs(**spec["engine_args"], max_num_seqs=max_num_seqs, num_gpu_blocks_override=num_blocks)
 
     first, *rest = spec["max_num_seqs"]
     start = time.perf_counter()

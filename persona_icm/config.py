@@ -104,6 +104,10 @@ class VllmEngineArgs(_Section):
     enable_prefix_caching: bool = True
     enforce_eager: bool = Field(False, description="Skip graph capture/compilation: engine starts in seconds, not minutes.")
     block_size: int | None = Field(None, ge=1, description="KV block (prefix-cache granularity); vLLM default.")
+    num_gpu_blocks_override: int | None = Field(
+        None, ge=2, description="Pin the KV cache to this many blocks (capacity = (blocks - 1) x block_size tokens); "
+        "default: what gpu_memory_utilization leaves. For reproducible cache behaviour and `persona-icm plan`'s estimate.",
+    )
     seed: int = 0
 
 

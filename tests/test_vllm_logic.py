@@ -77,6 +77,9 @@ def test_engine_args_come_from_config_and_force_raw_logprobs():
     assert engine_kwargs("m", VllmEngineArgs(), "auto", on_cpu=False)["dtype"] == "bfloat16"
     assert engine_kwargs("m", VllmEngineArgs(), "float16", on_cpu=True)["dtype"] == "float16"
     assert "quantization" not in kwargs and "block_size" not in kwargs  # None = vLLM's own default
+    assert "num_gpu_blocks_override" not in kwargs
+    pinned = VllmEngineArgs(block_size=32, num_gpu_blocks_override=65)
+    assert engine_kwargs("m", pinned, on_cpu=True)["num_gpu_blocks_override"] == 65  # 64 x 32 = 2,048 KV tokens
     assert hash(spec.base_model.vllm) == hash(VllmEngineArgs(max_model_len=4096, kv_cache_dtype="fp8"))
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         VllmEngineArgs(tensor_parallel_size=0)
