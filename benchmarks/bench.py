@@ -310,8 +310,8 @@ def print_table(runs, columns: dict, bound: dict[int, int], args: argparse.Names
     b = back_b.uncached["engine"]
     print(f"{'(a) / (b)':32}{'':32}" + "".join(cell(back_a.uncached["engine"][n] / b[n] if n in b else None, ".3f")
                                               for n in columns))
-    print("Rows: (a) the fast engine's calls in the order it sends them (calls of several prompts alternate the\n"
-          "direction of their prefix-tree walk); (a0) the same calls each in ascending prefix order (the engine before\n"
+    print("Rows: (a) the fast engine's calls in the order it sends them (one-labelling calls alternate the direction\n"
+          "of their prefix-tree walk, a ConsistencyFix call walks opposite to the last one); (a0) the same calls each in ascending prefix order (the engine before\n"
           "the alternation); (a1) the same calls sorted by token ids, as scoring/vllm.py sends them to vLLM today;\n"
           "(a2) token-sorted but keeping the direction the engine chose (first prompt after last: reversed);\n"
           "(c) every distinct block once; (d) no order and no eviction policy can do better with this cache\n"
