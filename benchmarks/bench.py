@@ -9,9 +9,8 @@ trajectory; every prompt is tokenised with the real offline SmolLM2 tokenizer (p
 and replayed through simulated prefix caches (persona_icm/kv_cache.py: 16-token blocks, chained
 block hashes, vLLM v1's eviction and plain LRU; what is and is not modelled is printed).
 
-  (a) fast engine, context in pool-entry order, its calls replayed in the order it sends them,
-      (a0) each call in one direction (the engine before the alternation), (a1) sorted by token
-      ids as scoring/vllm.py sends them, (a2) token-sorted in the direction the engine chose;
+  (a) fast engine, context in pool-entry order, its calls replayed in the order it sends them
+      (scoring/vllm.py keeps it), and (a0) each call in one direction (before the alternation);
   (b) reference engine with the earlier code's prompt order (groups in claim-id order), one
       backend call per prompt;
   (c) lower bound: every distinct prompt the trajectory needs, through an unbounded cache
@@ -75,8 +74,6 @@ def load_tokenizer():
 ORDERS = {
     "engine": "as the engine sends them",
     "prefix": "every call one way (the engine's order before the alternation)",
-    "token": "sorted by token ids (what scoring/vllm.py sends vLLM)",
-    "token_kept": "sorted by token ids, reversed when the caller's first prompt sorts after its last",
 }
 
 
@@ -111,7 +108,7 @@ class SimulatedBackend:
         prompts = [(block_hashes(x, self.block), len(x)) for x in ids]
         cached = None
         for order, caches in self.lanes.items():
-            sequence = [prompts[i] for i in self._order(order, requests, ids)]
+            sequence = [prompts[i] for i in self._order(order, requests)]
             for name, cache in caches.items():
                 hits = sum(cache.admit(hashes, n) for hashes, n in sequence)
                 self.uncached[order][name] += sum(n for _, n in sequence) - hits
@@ -124,14 +121,10 @@ class SimulatedBackend:
         self.calls.append(CallRecord(len(requests), sum(map(len, ids)), cached, time.perf_counter() - start, "icm"))
         return scores
 
-    def _order(self, order: str, requests: list[ScoreRequest], ids: list[list[int]]) -> list[int]:
+    def _order(self, order: str, requests: list[ScoreRequest]) -> list[int]:
         positions = range(len(requests))
         if order == "prefix":
             return sorted(positions, key=lambda i: prefix_order(self._item(requests[i])))
-        if order in ("token", "token_kept"):
-            ascending = sorted(positions, key=lambda i: ids[i])
-            backwards = order == "token_kept" and ids[0] > ids[-1]
-            return ascending[::-1] if backwards else ascending
         return list(positions)
 
     def _item(self, request: ScoreRequest):
@@ -294,8 +287,6 @@ def print_table(runs, columns: dict, bound: dict[int, int], args: argparse.Names
 
     rows = [("(a) fast engine", *totals(back_a), back_a.uncached["engine"]),
             ("(a0) (a), calls one way", *totals(back_a), back_a.uncached["prefix"]),
-            ("(a1) (a), token-sorted", *totals(back_a), back_a.uncached["token"]),
-            ("(a2) (a1), caller's direction", *totals(back_a), back_a.uncached["token_kept"]),
             ("(b) reference, claim-id order", *totals(back_b), back_b.uncached["engine"]),
             ("(c) bound, unbounded cache", None, low["prompts"], low["tokens"], dict.fromkeys(columns, low["uncached"])),
             ("(d) bound, this cache", None, None, None,
@@ -305,16 +296,15 @@ def print_table(runs, columns: dict, bound: dict[int, int], args: argparse.Names
     for label, calls, prompts, tokens, uncached in rows:
         cells = [f"{x:>{w},}" if x is not None else f"{'-':>{w}}" for x, w in ((calls, 8), (prompts, 9), (tokens, 15))]
         print(f"{label:32}" + "".join(cells) + "".join(cell(uncached.get(n), ",") for n in columns))
-    for label, row in (("(a)", rows[0]), ("(a0)", rows[1]), ("(a1)", rows[2]), ("(a2)", rows[3]), ("(d)", rows[6])):
+    for label, row in (("(a)", rows[0]), ("(a0)", rows[1]), ("(d)", rows[4])):
         print(f"{label + ' / (c)':32}{'':32}" + "".join(cell(row[4][n] / low["uncached"], ".3f") for n in columns))
     b = back_b.uncached["engine"]
     print(f"{'(a) / (b)':32}{'':32}" + "".join(cell(back_a.uncached["engine"][n] / b[n] if n in b else None, ".3f")
                                               for n in columns))
-    print("Rows: (a) the fast engine's calls in the order it sends them (one-labelling calls alternate the direction\n"
-          "of their prefix-tree walk, a ConsistencyFix call walks opposite to the last one); (a0) the same calls each in ascending prefix order (the engine before\n"
-          "the alternation); (a1) the same calls sorted by token ids, as scoring/vllm.py sends them to vLLM today;\n"
-          "(a2) token-sorted but keeping the direction the engine chose (first prompt after last: reversed);\n"
-          "(c) every distinct block once; (d) no order and no eviction policy can do better with this cache\n"
+    print("Rows: (a) the fast engine's calls in the order it sends them, which scoring/vllm.py keeps (one-labelling\n"
+          "calls alternate the direction of their prefix-tree walk, a ConsistencyFix call walks opposite to the last\n"
+          "one); (a0) the same calls each in ascending prefix order (the engine before the alternation); (c) every\n"
+          "distinct block once; (d) no order and no eviction policy can do better with this cache\n"
           f"(runs of up to {args.bound_window} consecutive calls; see bounded_cache_bound).")
 
 
