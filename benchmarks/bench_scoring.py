@@ -1,19 +1,21 @@
 """Benchmark of the hf backend: throughput with and without shared-prefix KV reuse (prints figures).
 
     python -m benchmarks.bench_scoring [--model smollm2-135m-instruct] [--workload loo shared]
+    python -m benchmarks.bench_scoring --workload loo --demos 16 --prompts 16   # 16 prompts of ~790 tokens
 
 Workloads (synthetic GOQA-like claims of one country, ~35 tokens per demo row):
-  fix     a consistency fix: the leave-one-out prompts of three labellings of a `--demos`-demo pool
-          that differ only in the last question's two labels (one backend call in the search).
+  fix     a consistency fix: the leave-one-out prompts of three labellings of a pool of `--demos` / 3
+          demos that differ only in the last question's two labels (one backend call in the search).
   loo     ICM's pattern: `--prompts` prompts over a `--demos`-demo pool; the first min(prompts,
           demos) leave one demo out (the scored claim becomes the query), the rest are held-out
           queries on the full pool.
   shared  evaluation's pattern: `--queries` queries on one context of about `--prefix-tokens` tokens.
-Each workload runs twice in one process, prefix_reuse off and on, and prints wall time, prompt
-tokens, computed tokens, forward slots (token positions run through the model, padding included),
-tokens/s (prompt tokens per wall second), the max |difference| between the two runs, and the
-prefix-trie bound: the tokens of the prompts' distinct prefixes, the least any reuse computes
-(the hf backend computes exactly that, plus one token per prompt that is a prefix of another).
+Each workload runs twice in one process, prefix_reuse off and on, and prints wall and process CPU
+time (CPU time is steadier on a shared machine), prompt tokens, computed tokens, forward slots
+(token positions run through the model, padding included), tokens/s (prompt tokens per wall
+second), the max |difference| between the two runs, and the prefix-trie bound: the tokens of the
+prompts' distinct prefixes, the least any reuse computes (the hf backend computes exactly that,
+plus one token per prompt that is a prefix of another).
 """
 
 from __future__ import annotations
@@ -83,12 +85,12 @@ def shared_requests(queries: int, prefix_tokens: int, tokens_per_row: int) -> li
 def run(scorer, requests: list[ScoreRequest], reuse: bool) -> tuple[list[float], dict]:
     scorer.prefix_reuse = reuse
     slots = scorer.forward_tokens
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     scores = scorer.score(requests)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     call = scorer.calls[-1]
     computed = call.prompt_tokens - (call.cached_tokens or 0)
-    return scores, {"wall": wall, "prompt": call.prompt_tokens, "computed": computed, "slots": scorer.forward_tokens - slots}
+    return scores, {"wall": wall, "cpu": cpu, "prompt": call.prompt_tokens, "computed": computed, "slots": scorer.forward_tokens - slots}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,14 +134,14 @@ def main(argv: list[str] | None = None) -> None:
         for reuse in (False, True):
             scores, stats = run(scorer, requests, reuse)
             results[reuse] = (scores, stats)
-            print(f"  prefix_reuse={reuse!s:5}  wall {stats['wall']:7.1f} s  prompt tokens {stats['prompt']:7d}  "
+            print(f"  prefix_reuse={reuse!s:5}  wall {stats['wall']:6.1f} s  cpu {stats['cpu']:6.1f} s  prompt tokens {stats['prompt']:7d}  "
                   f"computed {stats['computed']:7d}  forward slots {stats['slots']:7d}  "
                   f"{stats['prompt'] / stats['wall']:8.0f} prompt tok/s  {stats['computed'] / stats['wall']:7.0f} computed tok/s")
         off, on = results[False][1], results[True][1]
         diff = max(abs(a - b) for a, b in zip(results[False][0], results[True][0], strict=True))
         print(f"  computed {on['computed']} / trie bound {bound} = {on['computed'] / bound:.3f} "
               f"(forward slots / bound {on['slots'] / bound:.3f}); {off['computed'] / on['computed']:.2f}x fewer computed "
-              f"tokens than no reuse; speed-up {off['wall'] / on['wall']:.2f}x wall; max |score difference| {diff:.2e}")
+              f"tokens than no reuse; speed-up {off['wall'] / on['wall']:.2f}x wall, {off['cpu'] / on['cpu']:.2f}x cpu; max |score difference| {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ class HFScorer(CallLog):
         order = [i for i in trie_order(ids) if same[i] == i]
         base, cached = DynamicCache(), []
         computed = 0
-        bar = self._bar(len(ids))
+        bar = self._bar(len(order))
         for path, leaves in trie_walk(order, ids):
             keep = common_prefix_length(cached, path)
             base.crop(keep - len(cached))
