@@ -13,6 +13,7 @@ from persona_icm.charts import write_report
 from persona_icm.config import build_config
 from persona_icm.evaluate import evaluate_country
 from persona_icm.icm import run_icm
+from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 from persona_icm.warehouse import (
     open_warehouse,
     write_aggregate,
@@ -20,7 +21,6 @@ from persona_icm.warehouse import (
     write_results,
     write_run,
 )
-from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 
 QUERIES = Path(__file__).resolve().parent.parent / "warehouse" / "queries"
 COUNTRIES = {"Atlantis": 14, "Lemuria": 10}  # test groups differ: the aggregate must weight them
