@@ -71,11 +71,12 @@ def test_hf_scores_equal_one_at_a_time_reference(model, tokenizer, claims, prefi
 @pytest.mark.parametrize("workload", ["leave_one_out", "three_labellings"])
 def test_prefix_reuse_computes_exactly_the_prefix_trie(model, tokenizer, claims, workload, batch_size, max_padding):
     """Each distinct prefix once (the trie bound), whatever the batch shape, with exact scores.
-    max_padding=inf puts suffixes forked at different depths into one batch."""
+    max_padding=inf puts suffixes forked at different depths into one batch. pass_tokens=0: every
+    shared token is worth its own pass (the default trades a few; see the next test)."""
     requests = leave_one_out(claims, 14) if workload == "leave_one_out" else three_labellings(claims, 10)
     enc = PromptEncoder(tokenizer)
     bound = trie_tokens([enc.encode(r) for r in requests])
-    scorer = HFScorer(model, tokenizer, batch_size=batch_size, max_padding=max_padding, progress=False)
+    scorer = HFScorer(model, tokenizer, batch_size=batch_size, max_padding=max_padding, pass_tokens=0, progress=False)
     assert scorer.score(requests) == pytest.approx(reference_scores(model, tokenizer, requests), abs=1e-5)
     call = scorer.calls[-1]
     computed = call.prompt_tokens - call.cached_tokens
@@ -87,6 +88,16 @@ def test_prefix_reuse_computes_exactly_the_prefix_trie(model, tokenizer, claims,
         assert 0 <= padding <= 0.1 * computed
     elif workload == "leave_one_out":
         assert padding > 0  # rows of different forks (and suffix lengths) shared a batch
+
+
+@pytest.mark.parametrize("workload", ["leave_one_out", "three_labellings"])
+def test_by_default_prefix_reuse_stays_within_ten_percent_of_the_trie(model, tokenizer, claims, workload):
+    requests = leave_one_out(claims, 14) if workload == "leave_one_out" else three_labellings(claims, 10)
+    bound = trie_tokens([PromptEncoder(tokenizer).encode(r) for r in requests])
+    scorer = HFScorer(model, tokenizer, batch_size=4, progress=False)
+    assert scorer.score(requests) == pytest.approx(reference_scores(model, tokenizer, requests), abs=1e-5)
+    computed = scorer.calls[-1].prompt_tokens - scorer.calls[-1].cached_tokens
+    assert bound <= computed <= 1.1 * bound
 
 
 def test_shared_context_scores_each_query_on_one_prefill(model, tokenizer, claims):
