@@ -6,6 +6,8 @@
   hosted API cannot be reached from the test machine.
 - `reference_scores`: the straightforward scoring path (one prompt, full forward, log_softmax).
 - `hold`: a second process holding a DuckDB file's lock.
+- `deployment_runs`, `icm_task_states`: what a Prefect server recorded (flow runs of a deployment,
+  the icm-search task runs of some flow runs).
 """
 
 from __future__ import annotations
@@ -143,3 +145,25 @@ def hold(path: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
+
+
+def deployment_runs(client, deployment: str) -> list:
+    """The flow runs of `deployment` ("flow/deployment") on the client's server."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    dep = client.read_deployment_by_name(deployment)
+    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def icm_task_states(client, flow_run_ids: list) -> list[str]:
+    """Sorted state names of the icm-search task runs in the flow runs `flow_run_ids`."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="icm-search")),
+                                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
+    return sorted(r.state.name for r in runs)

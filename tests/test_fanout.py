@@ -36,11 +36,10 @@ def idle_deployment(pool: str) -> str:
 def children_of(deployment: str):
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name(deployment)
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from tests.helpers import deployment_runs
 
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+    with get_client(sync_client=True) as client:
+        return deployment_runs(client, deployment)
 
 
 def test_a_child_that_never_finishes_is_cancelled_at_the_bound_and_its_country_fails(harness):

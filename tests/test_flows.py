@@ -54,19 +54,11 @@ def _with_subflows(client, flow_run_id: str) -> list[str]:
 def _icm_task_states(flow_run_id: str) -> list[str]:
     """State names of the icm-search task runs under the flow run (they run in its subflows)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterId,
-        TaskRunFilter,
-        TaskRunFilterName,
-    )
+
+    from tests.helpers import icm_task_states
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="icm-search")),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=_with_subflows(client, flow_run_id))),
-        )
-    return sorted(r.state.name for r in runs)
+        return icm_task_states(client, _with_subflows(client, flow_run_id))
 
 
 def _parent_log(flow_run_id: str) -> str:

@@ -96,13 +96,6 @@ def rehearsal_parameters(work: Path) -> dict:
     return params
 
 
-def flow_runs(client, deployment: str):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    dep = client.read_deployment_by_name(deployment)
-    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
-
-
 def search_progress(client, run) -> float:
     """The ICM search progress artifact of a country flow run (0 before the search starts)."""
     from prefect.client.schemas.filters import (
@@ -186,6 +179,7 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from persona_icm.warehouse import open_warehouse
+    from tests.helpers import deployment_runs
 
     params = rehearsal_parameters(stack["work"])
     checkpoints = stack["work"] / "storage" / "checkpoints"
@@ -195,7 +189,7 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
         parent = run_deployment("persona-icm/rehearsal", parameters=params, timeout=0)
 
         def country_mid_search():
-            running = [r for r in flow_runs(client, "persona-icm-country/country") if r.state_name == "Running"]
+            running = [r for r in deployment_runs(client, "persona-icm-country/country") if r.state_name == "Running"]
             progressed = [(search_progress(client, r), r) for r in running]
             progressed = [(p, r) for p, r in progressed if 0 < p <= 50]
             if progressed and list(checkpoints.glob("*.ckpt")):
@@ -217,7 +211,7 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
         lost_after = time.monotonic() - killed_at
         final = wait("the rehearsal's end", lambda: (s := client.read_flow_run(parent.id).state).is_final() and s, BOUND)
         marks["parent final"] = time.monotonic() - t0
-        children = {d: flow_runs(client, d) for d in ("persona-icm-country/country", "persona-icm-chat/chat")}
+        children = {d: deployment_runs(client, d) for d in ("persona-icm-country/country", "persona-icm-chat/chat")}
         parent_run = client.read_flow_run(parent.id)
         retried = [r for r in children["persona-icm-country/country"] if r.name == victim.name and r.id != victim.id]
         resumed = [log.message for r in retried for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id])))

@@ -61,32 +61,13 @@ def wait_for_deployments(names: list[str], log: Path, timeout: float = 120) -> N
                     time.sleep(1)
 
 
-def runs_of(client, deployment: str):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    dep = client.read_deployment_by_name(deployment)
-    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
-
-
-def icm_task_states(client, flow_run_ids: list) -> list[str]:
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterId,
-        TaskRunFilter,
-        TaskRunFilterName,
-    )
-
-    runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="icm-search")),
-                                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
-    return sorted(r.state.name for r in runs)
-
-
 def test_each_country_and_seed_searches_in_its_own_flow_run_and_the_countries_take_them_from_the_cache(children, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.experiment import persona_icm
     from persona_icm.warehouse import open_warehouse
     from tests.goqa_fixtures import make_rows, write_goqa
+    from tests.helpers import deployment_runs, icm_task_states
     from tests.tiny_model import write_tiny_model
 
     warehouse = tmp_path / "warehouse" / "persona_icm.duckdb"
@@ -106,8 +87,8 @@ def test_each_country_and_seed_searches_in_its_own_flow_run_and_the_countries_ta
     run_id = state.result()
 
     with get_client(sync_client=True) as client:
-        searches = runs_of(client, "persona-icm-search/search")
-        countries = runs_of(client, "persona-icm-country/country")
+        searches = deployment_runs(client, "persona-icm-search/search")
+        countries = deployment_runs(client, "persona-icm-country/country")
         assert sorted(r.name for r in searches) == sorted(f"{c}, seed {s}" for c in COUNTRIES for s in (0, 1))
         assert {r.state_name for r in searches + countries} == {"Completed"}
         assert icm_task_states(client, [r.id for r in searches]) == ["Completed"] * 4
