@@ -196,12 +196,11 @@ def check_model_host(config: RunConfig, roles: tuple[str, ...] = ("base_model", 
 def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> None:
     """One request to an OpenAI-compatible model before anything runs: it answers, serves the
     model and returns both candidates (persona_icm.scoring.openai.OpenAIScorer.probe)."""
-    import httpx
-
     from persona_icm.scoring import make_scorer
     from persona_icm.scoring.base import ProcessedLogprobs, ScoreRequest
     from persona_icm.scoring.openai import (
         CandidateNotReturned,
+        EndpointError,
         EndpointUnavailable,
         ModelNotServed,
         NoLogprobsError,
@@ -210,8 +209,8 @@ def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> No
     kind = "chat" if role == "chat_model" else "base"
     try:
         make_scorer(spec, api_key=api_key).probe(ScoreRequest((), query, kind))
-    except (EndpointUnavailable, ModelNotServed, CandidateNotReturned, NoLogprobsError, ProcessedLogprobs,
-            httpx.HTTPError) as error:
+    except (EndpointError, EndpointUnavailable, ModelNotServed, CandidateNotReturned, NoLogprobsError,
+            ProcessedLogprobs) as error:
         raise InputError(f"{role} {spec.name!r} at {spec.openai.base_url}: {one_line(str(error))}") from None
 
 
