@@ -37,6 +37,7 @@ from tasks.evaluation import CHAT_METHOD, MethodResult
 from tasks.fanout import run_remotely
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
 from tasks.report import report
+from tasks.results import JSON
 
 COUNTRY_DEPLOYMENT = "persona-icm-country/country"
 SEARCH_DEPLOYMENT = "persona-icm-search/search"
@@ -110,7 +111,8 @@ def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fa
     return chat_flow(config, parts, run_id)
 
 
-@flow(name="persona-icm", log_prints=True)
+# Its result (the run_id) is not kept; a failure's exception is, in PREFECT_HOME/storage: as JSON.
+@flow(name="persona-icm", log_prints=True, persist_result=False, result_serializer=JSON)
 def persona_icm(
     preset: Preset = "smoke",
     overrides: dict[str, Any] | None = None,
