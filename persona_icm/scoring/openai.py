@@ -163,7 +163,7 @@ class OpenAIScorer(CallLog):
 
     # -- one request ------------------------------------------------------------------------
     def _post(self, path: str, body: dict) -> dict:
-        # The errors raised here are built after the `except` block, so that no httpx exception
+        # The errors are raised after the `except` block, so that no httpx exception
         # (which holds the request and its Authorization header) is their __cause__ or __context__.
         url = f"{self.base_url}{path}"
         try:
