@@ -253,7 +253,8 @@ class IcmSearch:
         labels = self.labelling.labels
         weights = np.ones(len(self.pool))
         for i, y in enumerate(labels):
-            if y == UNLABELLED and labels[self.pool.sibling(i)] != UNLABELLED:
+            sibling = self.pool.sibling(i)
+            if y == UNLABELLED and sibling is not None and labels[sibling] != UNLABELLED:
                 weights[i] = self.config.unlabelled_sibling_weight
         return weights
 
