@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -382,12 +383,28 @@ def test_result_frames_and_progress():
 
 def test_bad_claims_are_named():
     claims = make_claims(3)
-    with pytest.raises(ValueError, match="exactly two"):
-        run_icm(claims[:-1], SyntheticScorer(truth_of(claims)), icm_config("smoke"), show_progress=False)
+    third = dataclasses.replace(claims[2], group_id=claims[0].group_id)  # a group of three
+    with pytest.raises(ValueError, match="at most two"):
+        run_icm([*claims[:2], third, *claims[3:]], SyntheticScorer(truth_of(claims)), icm_config("smoke"),
+                show_progress=False)
     with pytest.raises(ValueError, match="unique"):
         run_icm(claims + claims[:1], SyntheticScorer(truth_of(claims)), icm_config("smoke"), show_progress=False)
     with pytest.raises(ValueError, match="num_seed"):
         run_icm(claims, SyntheticScorer(truth_of(claims)), icm_config("seed"), show_progress=False)
+
+
+def test_a_group_of_one_is_searched_like_the_forks_cut_group():
+    """The fork's split cuts one group (its other claim is in neither split): the pool takes it
+    as a group of one, with no sibling and no consistency pair, on both engines alike."""
+    claims = make_claims(15, seed=7)[:-1]
+    config = icm_config("smoke", iterations=60, seed=7, num_seed=6)
+    fast, _ = run(claims, config)
+    ref, _ = run(claims, config.model_copy(update={"engine": "reference"}))
+    assert trajectory(fast).equals(trajectory(ref)) and fast.labels.equals(ref.labels)
+    pool = Pool.from_claims(claims)
+    assert pool.sibling(len(claims) - 1) is None and pool.sibling(0) == 1
+    lone = Labelling.empty(len(claims)).with_labels(pool, [(len(claims) - 1, 1), (0, 1), (1, 1)])
+    assert lone.inconsistent_pairs(pool) == [(0, 1)]
 
 
 @pytest.mark.slow
