@@ -100,8 +100,6 @@ class DataConfig(_Section):
         """Options of the balanced rule have no meaning in the fork's chain: refused, never ignored."""
         if self.protocol != "fork":
             return self
-        from persona_icm.fork_subset import fork_subset
-
         wrong = []
         if self.corpus != "goqa":
             wrong.append(f"corpus {self.corpus!r} (its questions are not the fork's)")
@@ -117,12 +115,6 @@ class DataConfig(_Section):
             raise ValueError(
                 f"protocol 'fork' takes the fork's 180 questions as its chain does; {', '.join(wrong)} "
                 "belong(s) to protocol 'balanced' (set data.protocol=balanced)"
-            )
-        outside = [c for c in self.countries if c not in fork_subset().countries]
-        if outside:
-            raise ValueError(
-                f"protocol 'fork' has the fork's 14 countries ({', '.join(fork_subset().countries)}); "
-                f"not {', '.join(repr(c) for c in outside)} (set data.protocol=balanced for others)"
             )
         return self
 

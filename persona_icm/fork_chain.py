@@ -67,6 +67,12 @@ def fork_claims(
     """Steps 1-4: the claims of the requested countries (the `claims` table's columns), in the
     fork's record order, and a report of what was matched."""
     check_countries(cfg.countries, selections["country"].unique().sort().to_list())
+    outside = [c for c in cfg.countries if c not in fork_subset().countries]
+    if outside:
+        raise DataError(
+            f"protocol 'fork' has the fork's 14 countries ({', '.join(fork_subset().countries)}); "
+            f"not {', '.join(repr(c) for c in outside)} (set data.protocol=balanced for other countries)"
+        )
     records = fork_records(questions, selections, cfg.dataset)
     rows = records.rows()
     question, country, share = (records[c].to_list() for c in ("question", "country", "share"))

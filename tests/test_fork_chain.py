@@ -13,12 +13,24 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from persona_icm.claims import DataError, build_dataset, dataset_from_file, load_country_split, prepare_dataset
+from persona_icm.claims import (
+    DataError,
+    build_dataset,
+    dataset_from_file,
+    load_country_split,
+    prepare_dataset,
+)
 from persona_icm.config import DataConfig, build_config
 from persona_icm.fork_subset import fork_subset
 from persona_icm.goqa import read_goqa
 from persona_icm.warehouse import open_warehouse
-from tests.goqa_fixtures import FORK_CHAIN_COUNTRIES, make_fork_chain_rows, make_rows, write_goqa
+from tests.goqa_fixtures import (
+    COUNTRIES,
+    FORK_CHAIN_COUNTRIES,
+    make_fork_chain_rows,
+    make_rows,
+    write_goqa,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::persona_icm.goqa.GoqaWarning")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -127,10 +139,13 @@ def test_protocol_seeds_options_and_dataset_id(tmp_path):
     assert build_config("control").data.protocol == "balanced"
     for wrong, says in (({"question_list": "q.txt"}, "question_list"), ({"require_all_countries": True}, "require_all"),
                         ({"drop_non_substantive": True}, "drop_non_substantive"), ({"corpus": "control"}, "corpus"),
-                        ({"question_sources": ["WVS"]}, "question_sources"), ({"countries": ["Canada"]}, "'Canada'")):
+                        ({"question_sources": ["WVS"]}, "question_sources")):
         with pytest.raises(ValidationError, match=f"(?s)protocol 'fork'.*{says}"):
             DataConfig(**wrong)
         DataConfig(protocol="balanced", **wrong)
-    goqa = write_goqa(tmp_path / "goqa.csv", make_rows(24, 4))
+    goqa = write_goqa(tmp_path / "goqa.csv", make_rows(24, 4, [*COUNTRIES, "Canada"]))
+    with pytest.raises(DataError, match="protocol 'fork' has the fork's 14 countries.*not 'Canada'"):
+        dataset_from_file(DataConfig(goqa_path=goqa, countries=["France", "Canada"]))
+    assert dataset_from_file(DataConfig(goqa_path=goqa, countries=["Canada"], protocol="balanced"))[1].claims.height
     ids = {p: dataset_from_file(DataConfig(goqa_path=goqa, protocol=p))[1].dataset_id for p in ("fork", "balanced")}
     assert ids["fork"] != ids["balanced"]
