@@ -59,7 +59,8 @@ def test_claims_and_splits_equal_the_forks_own_on_a_generated_file(tmp_path):
     with open_warehouse(tmp_path / "w.duckdb") as wh:
         for dataset, by_country in expected["claims"].items():
             assert sorted(by_country) == sorted(FORK_CHAIN_COUNTRIES)  # Canada is not one of the fork's countries
-            cfg = DataConfig(goqa_path=goqa, dataset=dataset, countries=FORK_CHAIN_COUNTRIES)
+            cfg = build_config("seed", {"data": {"goqa_path": str(goqa), "dataset": dataset,
+                                                 "countries": FORK_CHAIN_COUNTRIES}}).data  # the seed preset's data
             ds = prepare_dataset(wh, cfg, data_dir=tmp_path / "data")
             sizes = {(c, s): n for c, s, n in wh.sql(
                 "SELECT country, split, n_claims FROM split_sizes WHERE dataset_id = ?", [ds.dataset_id]).iter_rows()}
@@ -110,7 +111,8 @@ def test_claims_and_splits_equal_the_forks_own_on_the_seed_subset_file():
     if _sha256(path) != expected["goqa_sha256"]:
         pytest.skip(f"{path} is not the seed subset file the fixture was made from (sha256 {expected['goqa_sha256']})")
     for dataset, by_country in expected["splits"].items():
-        cfg = DataConfig(goqa_path=path, dataset=dataset, countries=list(fork_subset().countries))
+        cfg = build_config("seed", {"data": {"goqa_path": str(path), "dataset": dataset,
+                                             "countries": list(fork_subset().countries)}}).data
         _, ds = dataset_from_file(cfg)
         for country, splits in by_country.items():
             mine = ds.country_split(country)
