@@ -218,13 +218,16 @@ def test_report_has_three_valid_charts_and_references_them(warehouse, tmp_path):
 
 
 @pytest.mark.integration
-def test_report_renders_every_chart_in_headless_chromium(warehouse, tmp_path):
+@pytest.mark.parametrize("which,run_id", [("warehouse", "r1"), ("fork_warehouse", "r-fork")])  # r-fork: + the comparison
+def test_report_renders_every_chart_in_headless_chromium(request, which, run_id, tmp_path):
     from tests import browser
 
     if not browser.available():
         pytest.skip("needs Debian chromium and chromium-driver (.ci/run installs them)")
-    wh, *_ = warehouse
-    files = write_report(wh.sql, "r1", tmp_path)
+    wh = request.getfixturevalue(which)
+    wh = wh[0] if isinstance(wh, tuple) else wh
+    files = write_report(wh.sql, run_id, tmp_path)
+    assert ("published_comparison" in files.charts) == (run_id == "r-fork")
     with browser.chromium() as page:
         page.open(browser.file_url(files.html))
         drawn = page.run(
@@ -234,7 +237,10 @@ def test_report_renders_every_chart_in_headless_chromium(warehouse, tmp_path):
                          marks: svg ? svg.querySelectorAll('path, line, rect, circle, text').length : 0};
                });"""
         )
+        verdicts = page.run("return [...document.querySelectorAll('td')].filter(td => "
+                            "['inside', 'outside'].includes(td.textContent)).length")
         errors = [e for e in page.console() if e.get("level") == "SEVERE"]
+    assert verdicts == (16 if run_id == "r-fork" else 0)  # one line per published (country, method)
     assert {d["id"] for d in drawn} == set(files.charts)
     for chart in drawn:
         assert chart["width"] > 200 and chart["height"] > 150 and chart["marks"] > 20, chart
