@@ -300,7 +300,8 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         "bars: 95% interval. "
         "All countries: the sizes every country has, then the whole pools pooled, at their mean size.",
         "icm_trace": "ICM search per iteration: objective U, mutual predictability P, inconsistencies I, "
-        "and the accuracy of the current labels against gold (monitoring only).",
+        "and the accuracy of the current labels against gold (monitoring only). With icm.consistency=false "
+        "(preset fork) U is alpha*P and I is only counted.",
         "published_comparison": "This run's test claim accuracy with its 95% interval per country and method, and the "
         "persona-elicitation fork's published number (Llama-3.1-70B base) as a black cross; all countries: "
         "weighted by test size. The table below says whether each published number falls inside the interval.",
