@@ -280,7 +280,7 @@ def test_a_fork_protocol_run_is_set_beside_every_published_number_with_its_verdi
     wh.con.execute("UPDATE runs SET finished_at = now() - INTERVAL 1 HOUR WHERE run_id = 'r-nochat'")
     wh.con.execute("UPDATE runs SET finished_at = now() + INTERVAL 1 HOUR WHERE run_id IN ('r-two', 'r-balanced')")
     frame = wh.sql((QUERIES / "compare_with_published.sql").read_text())
-    assert frame.height == 16 and frame["country"][-1] == "ALL"
+    assert frame.height == 16 and frame["country"][-1] == "ALL" and set(frame["preset"]) == {"fork"}
     line = frame.filter(country="France", method="icm").row(0, named=True)
     assert line["difference_pct"] == pytest.approx(round(100 * ours["accuracy"] - 68.6, 1), abs=0.11)
     assert line["published_in_interval"] == france["published_in_interval"]
