@@ -210,6 +210,11 @@ class IcmConfig(_Section):
     )
     consistency: bool = Field(True, description="False drops I from U and skips ConsistencyFix (ablation).")
     num_seed: int = Field(12, ge=2, description="Claims labelled at random (balanced) before the search.")
+    seed_claims: Literal["random", "first"] = Field(
+        "random",
+        description="Which claims get the seed labels: `num_seed` drawn at random (the paper), or the first "
+        "`num_seed` training claims in split order (the fork). Their balanced labels are shuffled by the search's RNG.",
+    )
     iterations: int = Field(
         1000, ge=1, description="K in Algorithm 1; when not given, 1500 for data.dataset='all' (the fork's setting)."
     )
@@ -273,7 +278,7 @@ class EvalConfig(_Section):
     seed: int = Field(0, description="Seeds demo sampling, orders, random-matched flips and the bootstrap.")
 
 
-Preset = Literal["seed", "paper", "smoke", "control"]
+Preset = Literal["seed", "fork", "paper", "smoke", "control"]
 PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 
 
@@ -305,6 +310,13 @@ class RunConfig(_Section):
 
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
+    # The fork's search as it ran, to set beside its published table (docs/method.md "Departures"):
+    # no consistency term (its I was always 0), demos in claim order, seed labels on the first
+    # num_seed training claims, fp8 KV cache on vLLM (its engine's setting). Data as `seed`.
+    "fork": {
+        "base_model": {"vllm": {"kv_cache_dtype": "fp8"}},
+        "icm": {"consistency": False, "context_order": "claim", "seed_claims": "first"},
+    },
     "paper": {"icm": {"alpha": 50.0, "initial_T": 10.0, "final_T": 0.01, "beta": 0.99}},
     # The plumbing check: about 2.5 minutes on a 2-core CPU with the offline SmolLM2-135M.
     "smoke": {

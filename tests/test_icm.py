@@ -103,6 +103,7 @@ def test_same_seed_same_trace_and_different_seed_different_trace():
         ("paper", 2, {}),
         ("smoke", 3, {"schedule": "exp"}),
         ("smoke", 4, {"score_memo_size": 50}),  # LRU evictions change cost, never the result
+        ("fork", 5, {}),  # no consistency term, claim-order demos, seed labels on the first claims
     ],
 )
 def test_fast_engine_follows_the_reference_trajectory_with_fewer_prompts_and_calls(preset, seed, over):
@@ -154,6 +155,28 @@ def test_fast_engine_sends_leave_one_out_prompts_prefix_sorted_in_one_call_alter
             assert r.kind == "base" and r.query.claim_id not in {c.claim_id for c, _ in r.context}
     assert kinds == {True, False}, "expected calls of one and of several labellings"
     assert result.counters.backend_calls == len(scorer.batches)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_fork_seeding_labels_the_first_claims_balanced_with_the_seeded_shuffle(engine):
+    """seed_claims="first" (preset fork): the first num_seed claims in the order given, half True,
+    the assignment drawn by the search's RNG; "random" (the paper's) picks other claims."""
+    claims = make_claims(10, seed=3)
+
+    def seeded(**over):
+        config = icm_config("fork", iterations=1, num_seed=6, engine=engine, **over)
+        search = IcmSearch(claims, SyntheticScorer(truth_of(claims)), config)
+        search.seed_pool()
+        return search.labelling.labels
+
+    first = {seed: seeded(seed=seed) for seed in range(6)}
+    for labels in first.values():
+        assert all(y != -1 for y in labels[:6]) and all(y == -1 for y in labels[6:])
+        assert sum(labels[:6]) == 3  # balanced, and no ConsistencyFix (fork: consistency off) moved them
+    assert len({labels[:6] for labels in first.values()}) > 1  # the seed shuffles the assignment
+    assert seeded(seed=0) == first[0]
+    at_random = [seeded(seed=seed, seed_claims="random") for seed in range(6)]
+    assert any(any(y != -1 for y in labels[6:]) for labels in at_random)
 
 
 # -- ConsistencyFix -------------------------------------------------------------------------
