@@ -34,7 +34,7 @@ REQUIRED_COLUMNS = ("question", "selections", "options", "source")
 SHARE_SUM_TOLERANCE = 0.02
 # Bump when parsing changes what lands in the tables: a file ingested by an older parser is
 # then re-ingested instead of skipped.
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 
 _DEFAULTDICT = re.compile(r"^\s*defaultdict\(\s*<class 'list'>\s*,\s*(\{.*\})\s*\)\s*$", re.S)
 
@@ -154,7 +154,8 @@ def parse_selections(text: str, where: str) -> dict[str, list[float]]:
 
 
 def parse_options(text: str, where: str) -> list[str]:
-    """The option texts from an options cell; numeric options become text (1.0 -> '1')."""
+    """The option texts from an options cell; a numeric option becomes Python's text of it (1.0 -> '1.0'),
+    as the fork's chain writes it."""
     try:
         value = ast.literal_eval(text.strip()) if text else None
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
@@ -169,11 +170,7 @@ def parse_options(text: str, where: str) -> list[str]:
 
 
 def _option_text(option: str | int | float) -> str:
-    if isinstance(option, str):
-        return option
-    if isinstance(option, float) and option.is_integer():
-        return str(int(option))
-    return str(option)
+    return option if isinstance(option, str) else str(option)
 
 
 def _is_number(x: object) -> bool:

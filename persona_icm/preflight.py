@@ -100,7 +100,8 @@ def check_data(config: RunConfig) -> tuple[goqa.GoqaTable, claims.Dataset, dict[
                 f"lower icm.num_seed to <= {len(split.train)} or raise data.train_cap"
             )
         for side, cap, claims_ in (("train", data.train_cap, split.train), ("test", data.test_cap, split.test)):
-            if cap // 2 * 2 > len(claims_):  # a cap is a maximum (docs/method.md: the fork capped train at min(75%, 125)), not an error
+            limit = cap if data.protocol == "fork" else cap // 2 * 2  # balanced caps round down to whole groups
+            if limit > len(claims_):  # a cap is a maximum (docs/method.md: the fork capped train at min(75%, 125)), not an error
                 warnings.warn(
                     f"{country}: data.{side}_cap={cap} is larger than the data; using its {len(claims_)} {side} claims",
                     InputWarning,

@@ -16,9 +16,10 @@ and its zero-shot base prompt is the title, the format line, the empty line and 
 `Format: Q: "<survey question>" | Op: "<answer option>" | Is Most Popular Opinion in France: True or False`,
 no empty line, and a zero-shot prompt that keeps the anchors and the `---`.
 
-The only departures from the fork, in both layouts: a prompt ends in ":" with no trailing space
-(the fork's trailing space splits " True" into two tokens for Llama-3-style tokenizers), and the
-score is the exact log P(" True") - log P(" False") at the next token.
+The departures from the fork's base prompt, in both layouts: a prompt ends in ":" with no trailing
+space (the fork's trailing space splits " True" into two tokens for Llama-3-style tokenizers), and
+the score is the exact log P(" True") - log P(" False") at the next token. docs/method.md
+("Departures from the fork and the paper") lists the others.
 
 Zero-shot chat is one user turn through the tokenizer's chat template with the generation prompt,
 scoring "True" vs "False" as the first assistant token. Its text is `CHAT_INSTRUCTION` (the

@@ -51,7 +51,10 @@ BAD = {
     "not_goqa": (["--goqa-path", "{not_goqa}"], ["people.csv is not a GOQA file", "missing column"]),
     "malformed_row": (["--goqa-path", "{malformed}"], ["malformed.csv", "row", "France"]),
     "unknown_country": (["--set", 'data.countries=["France", "Atlantis"]'], ["unknown country", "Atlantis"]),
-    "question_list_matches_nothing": (["--set", "data.question_list={questions}"], ["question list", "matches"]),
+    "question_list_matches_nothing": (
+        ["--set", "data.protocol=balanced", "--set", "data.question_list={questions}"], ["question list", "matches"]
+    ),
+    "question_list_under_fork_protocol": (["--set", "data.question_list={questions}"], ["data", "question_list", "protocol 'balanced'"]),
     "alpha_negative": (["--set", "icm.alpha=-1"], ["icm.alpha", "greater than or equal to 0", "got -1"]),
     "k_zero": (["--set", "icm.iterations=0"], ["icm.iterations", "greater than or equal to 1"]),
     "cap_below_minimum": (["--set", "data.test_cap=1"], ["data.test_cap"]),
@@ -108,8 +111,8 @@ def test_good_input_passes_preflight_and_a_cap_above_the_data_only_warns(inputs)
     assert {c: len(s.train) for c, s in checked.splits.items()} == {c: 12 for c in COUNTRIES}
     assert checked.window == 4096 and 0 < max(checked.longest_prompt.values()) < 4096
     # The spec's caps are maxima (train min(75%, 125)): above the data they warn, never fail.
-    with pytest.warns(InputWarning, match="data.train_cap=400 is larger than the data"):
-        check_run(build_config("smoke", {**overrides, "data": {**overrides["data"], "train_cap": 400}}))
+    with pytest.warns(InputWarning, match="data.test_cap=400 is larger than the data"):
+        check_run(build_config("smoke", {**overrides, "data": {**overrides["data"], "test_cap": 400}}))
 
 
 def test_longest_prompt_bound_is_the_real_pool_prompt(inputs):

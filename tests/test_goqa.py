@@ -37,7 +37,7 @@ def test_reads_the_goqa_format_with_its_awkward_rows(tmp_path):
     assert table.n_empty_question_rows == 1
     assert table.questions.height == len(rows) - 1
     wvs = table.questions.filter(table.questions["source"] == "WVS").row(0, named=True)
-    assert wvs["options"] == ["Not important at all", "1", "2", "3.5", "Very important", "Don't know"]
+    assert wvs["options"] == ["Not important at all", "1.0", "2.0", "3.5", "Very important", "Don't know"]  # as Python and the fork write them
     assert wvs["question"].count("\n") == 2  # multi-line text kept
     assert wvs["question_id"] == question_id(wvs["question"], wvs["options"], "WVS")
     tie = table.selections.filter(
