@@ -14,8 +14,6 @@ the base model is released. Only this flow's process writes the warehouse.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +28,7 @@ from flows.country import CountryResult, country_flow
 from persona_icm.claims import CountrySplit
 from persona_icm.config import Preset, RunConfig
 from persona_icm.preflight import build_checked_config
+from persona_icm.run_identity import run_id_for
 from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
 from tasks.data import ingest_goqa, write_claims_and_splits
@@ -43,12 +42,6 @@ COUNTRY_DEPLOYMENT = "persona-icm-country/country"
 SEARCH_DEPLOYMENT = "persona-icm-search/search"
 CHAT_DEPLOYMENT = "persona-icm-chat/chat"
 LOCAL_BACKENDS = ("hf", "vllm")
-
-
-def run_id_for(config: RunConfig, dataset_id: str, code: str) -> str:
-    """Same config, data and code -> same run_id, so a re-run replaces its rows."""
-    digest = hashlib.sha256(json.dumps([config.model_dump(mode="json"), dataset_id, code], sort_keys=True).encode())
-    return f"{config.preset}-{digest.hexdigest()[:12]}"
 
 
 def with_tensor_parallel_size(overrides: dict[str, Any] | None, size: int | None) -> dict[str, Any] | None:

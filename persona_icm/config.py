@@ -354,5 +354,10 @@ def build_config(preset: str = "seed", overrides: dict[str, Any] | None = None) 
     """The preset's values, then `overrides` (nested dicts) on top; validated."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if "preset" in (overrides or {}):  # it would relabel this preset's values, not apply the other's
+        raise ValueError(
+            f"preset cannot be set as an override (got preset={overrides['preset']!r}); choose it with --preset "
+            "(the flow's `preset` parameter)"
+        )
     values = _merge({"preset": preset}, PRESETS[preset])
     return RunConfig.model_validate(_merge(values, overrides or {}))

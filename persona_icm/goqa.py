@@ -77,6 +77,8 @@ def resolve_goqa_path(goqa_path: str | Path | None = None, data_dir: Path = DATA
     goqa_path = goqa_path or os.environ.get("GOQA_PATH") or None
     if goqa_path is not None:
         path = Path(goqa_path)
+        if path.is_dir():
+            raise GoqaFormatError(f"GOQA file {path} is a directory, not a CSV file (from --goqa-path / GOQA_PATH)")
         if not path.is_file():
             raise FileNotFoundError(f"GOQA file {path} does not exist (from --goqa-path / GOQA_PATH)")
         return path
@@ -206,8 +208,10 @@ def read_goqa(path: str | Path, origin: str | None = None) -> GoqaTable:
             f"{path} is not a GOQA file: missing column(s) {', '.join(missing)} "
             f"(found: {', '.join(raw.columns) or 'none'}; expected {', '.join(REQUIRED_COLUMNS)})"
         )
+    if raw.height == 0:
+        raise GoqaFormatError(f"{path} has a header but no data rows")
 
-    questions, selections, seen = [], [], {}
+    questions, selections, seen, rows_seen = [], [], {}, {}
     n_empty, bad_sums = 0, []
     for row_idx, row in enumerate(raw.select(REQUIRED_COLUMNS).iter_rows(named=True)):
         question = (row["question"] or "").strip()
@@ -218,6 +222,13 @@ def read_goqa(path: str | Path, origin: str | None = None) -> GoqaTable:
         options = parse_options(row["options"], where)
         shares = parse_selections(row["selections"], where)
         source = (row["source"] or "").strip()
+        row_key = (question, tuple(options), source, tuple((c, tuple(v)) for c, v in shares.items()))
+        if row_key in rows_seen:  # it would enter the data twice: two groups of one question in one split
+            raise GoqaFormatError(
+                f"{where}: an exact copy of data row {rows_seen[row_key] + 1} (same question, options, source "
+                "and shares); remove one of them"
+            )
+        rows_seen[row_key] = row_idx
         key = (question, tuple(options), source)
         occurrence = seen.get(key, 0)
         seen[key] = occurrence + 1
@@ -231,6 +242,8 @@ def read_goqa(path: str | Path, origin: str | None = None) -> GoqaTable:
             if abs(sum(country_shares) - 1) > SHARE_SUM_TOLERANCE:
                 bad_sums.append(f"row {row_idx + 1} {country!r} sums to {sum(country_shares):.3f}")
             selections.extend((qid, country, k, s) for k, s in enumerate(country_shares))
+    if not questions:
+        raise GoqaFormatError(f"{path} has no data row with a question ({n_empty} rows, every question empty)")
     if bad_sums:
         warnings.warn(
             f"{path}: {len(bad_sums)} share list(s) do not sum to 1 +- {SHARE_SUM_TOLERANCE} "

@@ -16,26 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLES = ["runs", "icm_labels", "icm_trace", "predictions", "demos", "metrics", "model_calls"]
 
 
-@pytest.fixture(scope="session")
-def smoke_inputs(tmp_path_factory):
-    from tests.goqa_fixtures import make_rows, write_goqa
-    from tests.tiny_model import write_tiny_model
-
-    work = tmp_path_factory.mktemp("smoke")
-    model = str(write_tiny_model(work / "tiny-llama"))
-    overrides = {
-        "data": {"goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, ["United States", "France"]))),
-                 "countries": ["United States", "France"],
-                 "train_cap": 12, "test_cap": 8},
-        "base_model": {"backend": "hf", "name": model},
-        "chat_model": {"backend": "hf", "name": model},
-        "icm": {"num_seed": 4, "iterations": 6},
-        "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 100},
-        "warehouse_path": str(work / "warehouse" / "persona_icm.duckdb"),
-    }
-    return overrides
-
-
 def _counts(warehouse_path):
     from persona_icm.warehouse import open_warehouse
 
