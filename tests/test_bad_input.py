@@ -93,12 +93,12 @@ BAD = {
     "goqa_header_only": (["--goqa-path", "{header_only}"], ["header_only.csv has a header but no data rows"]),
     "goqa_exact_duplicate_row": (
         ["--goqa-path", "{duplicated}"],
-        ["duplicated.csv, data row 6 (", "Binary question 2", "exact copy of data row 3"],
+        ["duplicated.csv, data row 6 (", "drinking alcohol is moral", "exact copy of data row 3"],
     ),
-    "question_list_directory": (["--set", "data.question_list={work}/a_folder.txt"], ["data.question_list", "a_folder.txt is a directory"]),
-    "question_list_missing": (["--set", "data.question_list={work}/nope.txt"], ["data.question_list", "nope.txt does not exist"]),
-    "question_list_empty_csv": (["--set", "data.question_list={work}/empty.csv"], ["data.question_list", "empty.csv is empty"]),
-    "question_list_not_utf8": (["--set", "data.question_list={work}/latin1.csv"], ["data.question_list", "latin1.csv is not UTF-8"]),
+    "question_list_directory": (["--set", "data.protocol=balanced", "--set", "data.question_list={work}/a_folder.txt"], ["data.question_list", "a_folder.txt is a directory"]),
+    "question_list_missing": (["--set", "data.protocol=balanced", "--set", "data.question_list={work}/nope.txt"], ["data.question_list", "nope.txt does not exist"]),
+    "question_list_empty_csv": (["--set", "data.protocol=balanced", "--set", "data.question_list={work}/empty.csv"], ["data.question_list", "empty.csv is empty"]),
+    "question_list_not_utf8": (["--set", "data.protocol=balanced", "--set", "data.question_list={work}/latin1.csv"], ["data.question_list", "latin1.csv is not UTF-8"]),
     "chat_template_format_spec": (
         ["--set", "chat_model.name={model}", "--set", "chat_model.prompts.chat_template={work}/wide_template.txt"],
         ["chat_model.prompts.chat_template", "{question:>100000000}", "format spec", "plain {question}"],

@@ -126,7 +126,7 @@ def test_claims_and_splits_equal_the_forks_own_on_the_seed_subset_file():
 
 def test_a_repeated_binary_text_stops_as_the_forks_binary_chain_does(tmp_path):
     rows = make_rows(n_binary=8, n_multi=0)
-    rows.append({**rows[0], "options": ["Agree", "Disagree"]})
+    rows.append({**rows[0], "options": ["Agree, mostly", "Disagree, mostly"]})
     goqa = write_goqa(tmp_path / "goqa.csv", rows)
     with pytest.raises(DataError, match="has 4 options in '.*the fork's binary chain stops"):
         dataset_from_file(DataConfig(goqa_path=goqa, countries=["United States"]))
