@@ -13,7 +13,7 @@ from prefect import flow
 from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
 from tasks.checks import check_model_host
-from tasks.evaluation import CHAT_METHOD, MethodResult, evaluate_method
+from tasks.evaluation import MethodResult, chat_methods, evaluate_method
 from tasks.results import JSON
 from tasks.storage import result_storage
 
@@ -21,11 +21,14 @@ from tasks.storage import result_storage
 @flow(name="persona-icm-chat", persist_result=True, result_storage=result_storage(), result_serializer=JSON)
 def chat_flow(
     config: RunConfig, splits: dict[str, tuple[list[Claim], list[Claim]]], run_id: str, remote: bool = False
-) -> dict[str, MethodResult]:
-    """Zero-shot chat predictions per country (`splits`: country -> (train, test))."""
+) -> dict[str, list[MethodResult]]:
+    """The chat-model methods' predictions per country (`splits`: country -> (train, test))."""
     if remote:
         check_model_host(config, roles=("chat_model",))
     return {
-        country: evaluate_method(CHAT_METHOD, country, train, test, {}, config.eval, config.base_model, config.chat_model, run_id)
+        country: [
+            evaluate_method(method, country, train, test, {}, config.eval, config.base_model, config.chat_model, run_id)
+            for method in chat_methods(config.eval.methods)
+        ]
         for country, (train, test) in splits.items()
     }

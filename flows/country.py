@@ -14,7 +14,7 @@ from prefect import flow
 from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
 from tasks.checks import check_model_host
-from tasks.evaluation import CHAT_METHOD, MethodResult, evaluate_method
+from tasks.evaluation import MethodResult, chat_methods, evaluate_method
 from tasks.results import JSON, Result
 from tasks.search import SearchResult, icm_search
 from tasks.storage import checkpoint_dir, result_storage
@@ -45,6 +45,6 @@ def country_flow(
     evaluations = [
         evaluate_method(method, country, train, test, labels, config.eval, config.base_model, None, run_id)
         for method in config.eval.methods
-        if method != CHAT_METHOD
+        if method not in chat_methods(config.eval.methods)
     ]
     return CountryResult(country=country, searches=searches, evaluations=evaluations)

@@ -32,7 +32,7 @@ from persona_icm.run_identity import run_id_for
 from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
 from tasks.data import ingest_goqa, write_claims_and_splits
-from tasks.evaluation import CHAT_METHOD, MethodResult
+from tasks.evaluation import MethodResult, chat_methods
 from tasks.fanout import run_remotely
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
 from tasks.report import report
@@ -92,7 +92,7 @@ def searches_remotely(config: RunConfig, splits: list[CountrySplit], timeout: fl
     }
 
 
-def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float) -> dict[str, MethodResult]:
+def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float) -> dict[str, list[MethodResult]]:
     """The zero-shot chat baseline, with no base model alive beside the chat model."""
     parts = {s.country: (s.train, s.test) for s in splits}
     local = config.chat_model is not None and config.chat_model.backend in LOCAL_BACKENDS
@@ -141,10 +141,10 @@ def persona_icm(
         else:
             results = [country_flow(config, s.country, s.train, s.test, run_id) for s in splits]
         timings["countries"] = time.perf_counter() - clock - timings["data"]
-        chat = chat_baseline(config, splits, run_id, fan_out, timeout) if CHAT_METHOD in config.eval.methods else {}
+        chat = chat_baseline(config, splits, run_id, fan_out, timeout) if chat_methods(config.eval.methods) else {}
         timings["chat"] = time.perf_counter() - clock - timings["data"] - timings["countries"]
         for result in results:
-            evaluations = result.evaluations + ([chat[result.country]] if result.country in chat else [])
+            evaluations = result.evaluations + chat.get(result.country, [])
             persist_country(
                 warehouse, run_id, result.country, result.searches, evaluations,
                 config.eval.bootstrap_samples, config.eval.seed,

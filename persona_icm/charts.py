@@ -22,20 +22,12 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
+from persona_icm.methods import methods
+
 # read(sql, params) -> frame: the warehouse's query function (charts never open DuckDB).
 Read = Callable[[str, dict], pl.DataFrame]
 
-METHOD_ORDER = ["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior_golden", "option_prior_icm"]
-METHOD_LABELS = {
-    "icm": "ICM labels",
-    "golden": "golden labels",
-    "random_matched": "random, ICM-matched",
-    "zero_shot_base": "zero-shot base",
-    "zero_shot_chat": "zero-shot chat",
-    "option_prior_golden": "option prior (golden)",
-    "option_prior_icm": "option prior (ICM)",
-}
-METHOD_COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#7f7f7f", "#9467bd", "#bcbd22", "#17becf"]
+OTHER_METHOD_COLOUR = "#8c564b"  # a method in the warehouse that is no longer registered
 AGGREGATE = "All countries (weighted)"
 METRICS = {"accuracy": "claim accuracy", "group_accuracy": "group accuracy"}
 
@@ -86,11 +78,13 @@ class ReportFiles:
     charts: dict[str, tuple[Path, Path]]  # name -> (png, svg)
 
 
-def _method_scale(methods: list[str]) -> alt.Scale:
-    present = [m for m in METHOD_ORDER if m in methods] + sorted(set(methods) - set(METHOD_ORDER))
-    labels = [METHOD_LABELS.get(m, m) for m in present]
-    colors = [METHOD_COLORS[METHOD_ORDER.index(m)] if m in METHOD_ORDER else "#8c564b" for m in present]
-    return alt.Scale(domain=labels, range=colors)
+def _method_scale(names: list[str]) -> alt.Scale:
+    """Labels and colours of the methods present, in registration order (persona_icm/methods.py)."""
+    registered = {m.name: m for m in methods()}
+    present = [m for m in registered if m in names] + sorted(set(names) - set(registered))
+    labels = [registered[m].label if m in registered else m for m in present]
+    colours = [registered[m].colour if m in registered else OTHER_METHOD_COLOUR for m in present]
+    return alt.Scale(domain=labels, range=colours)
 
 
 def _without_lone_aggregate(frame: pl.DataFrame) -> pl.DataFrame:
@@ -102,7 +96,7 @@ def _without_lone_aggregate(frame: pl.DataFrame) -> pl.DataFrame:
 
 def _labelled(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(
-        pl.col("method").replace_strict(METHOD_LABELS, default=pl.col("method")).alias("method_label")
+        pl.col("method").replace_strict({m.name: m.label for m in methods()}, default=pl.col("method")).alias("method_label")
     )
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from persona_icm import methods as methods_registry
+
 DEFAULT_COUNTRIES = ["United States", "France", "Japan"]
 FORK_DRAW_SEED = 42  # pandas random_state of the fork's False-option draw (transform_opinions.py)
 FORK_SPLIT_SEED = 733244742  # the seed the fork passes to load_data (src/experiments/ICM.py)
@@ -260,8 +262,11 @@ class IcmConfig(_Section):
 
 ITERATIONS_ALL_DATASET = 1500  # the fork's K for dataset "all"
 
-EvalMethod = Literal["icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior"]
-EVAL_METHODS: tuple[str, ...] = get_args(EvalMethod)
+
+
+def _methods_schema(schema: dict[str, Any]) -> None:
+    """JSON schema of eval.methods: the registered names, read when the schema is built."""
+    schema["items"] = {**schema.get("items", {}), "enum": methods_registry.config_names()}
 
 
 class EvalConfig(_Section):
@@ -270,12 +275,23 @@ class EvalConfig(_Section):
         default_factory=lambda: [10, 20, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000],
         description="Accuracy-vs-demos sizes (claims); those below the pool size are run, plus the pool. [] = no curve.",
     )
-    methods: list[EvalMethod] = Field(
-        default_factory=lambda: list(EVAL_METHODS),
-        description="option_prior runs with golden and with ICM labels (option_prior_golden/_icm).",
+    methods: list[str] = Field(
+        default_factory=methods_registry.config_names,
+        description="Evaluation methods (persona_icm/methods.py); option_prior runs with golden and with ICM "
+        "labels (option_prior_golden/_icm).",
+        json_schema_extra=_methods_schema,
     )
     bootstrap_samples: int = Field(1000, ge=100)
     seed: int = Field(0, description="Seeds demo sampling, orders, random-matched flips and the bootstrap.")
+
+    @field_validator("methods")
+    @classmethod
+    def _registered_methods(cls, values: list[str]) -> list[str]:
+        registered = methods_registry.config_names()
+        unknown = [v for v in values if v not in registered]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; registered: {', '.join(registered)}")
+        return values
 
 
 Preset = Literal["seed", "fork", "paper", "smoke", "control"]

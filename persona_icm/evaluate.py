@@ -1,6 +1,7 @@
 """Many-shot evaluation of labelled demo sets on held-out claims (docs/method.md "Evaluation protocol").
 
-For one country: ICM labels, golden labels and accuracy-matched random labels of the same demo
+Which methods exist, and what each needs and produces, is persona_icm/methods.py; this module
+runs them. For one country: ICM labels, golden labels and accuracy-matched random labels of the same demo
 claims are each shown to the base model in `eval_repeats` seeded random orders, and every test
 claim is scored after the identical demo context: one backend call per (method, demo set, order).
 Zero-shot base and zero-shot chat are scored once (deterministic). `option_prior_*` is the
@@ -11,8 +12,8 @@ size and each repeat; golden, ICM and random-matched labels use the same sampled
 Outputs (polars), the source of truth for every metric (see persona_icm/metrics.py):
 - predictions(run_id, country, method, experiment, n_demos, repeat, icm_seed, claim_id, group_id,
   score, pred, gold): one row per test claim per evaluated prompt set.
-  method: icm | golden | random_matched | zero_shot_base | zero_shot_chat | option_prior_golden |
-  option_prior_icm. experiment: "main" (the headline comparison: full demo pool, zero-shot)
+  method: a registered method's stored name (persona_icm/methods.py: icm | golden | random_matched |
+  zero_shot_base | zero_shot_chat | option_prior_golden | option_prior_icm). experiment: "main" (the headline comparison: full demo pool, zero-shot)
   or "curve" (sub-sampled demo sets). n_demos: target demo count (the pool size for "main",
   0 for zero-shot); whole groups are sampled, so a curve prompt holds at most n_demos demos.
   repeat: order index (0 for zero-shot and option prior, which do not depend on order).
@@ -39,6 +40,10 @@ from tqdm.auto import tqdm
 
 from persona_icm.claims import Claim
 from persona_icm.config import EvalConfig
+from persona_icm.methods import Method, methods
+from persona_icm.methods import method as method_record
+from persona_icm.methods import accuracy_matched_labels as accuracy_matched_labels  # noqa: F401 (re-exported)
+from persona_icm.methods import option_prior_scores as option_prior_scores  # noqa: F401 (re-exported)
 from persona_icm.scoring.base import ClaimScorer, ScoreRequest, record_calls
 
 log = logging.getLogger(__name__)
@@ -156,23 +161,6 @@ def sample_whole_groups(pool: Sequence[Claim], n: int, rng: np.random.Generator)
     return [c for c in pool if c.group_id in taken]
 
 
-def accuracy_matched_labels(
-    claims: Sequence[Claim], icm: Labels, rng: np.random.Generator
-) -> list[int]:
-    """Gold labels of `claims` with a random subset flipped, as many as ICM gets wrong on them."""
-    n_wrong = sum(icm[c.claim_id] != c.gold for c in claims)
-    flip = set(rng.choice(len(claims), size=n_wrong, replace=False).tolist())
-    return [1 - c.gold if i in flip else c.gold for i, c in enumerate(claims)]
-
-
-def option_prior_scores(context: Sequence[tuple[Claim, int]], test: Sequence[Claim]) -> list[float]:
-    """Per test claim: demos with the same option text labelled True minus those labelled False."""
-    votes: dict[str, int] = {}
-    for claim, label in context:
-        votes[claim.option] = votes.get(claim.option, 0) + (1 if label == 1 else -1)
-    return [float(votes.get(c.option, 0)) for c in test]
-
-
 def _check_inputs(
     train: Sequence[Claim], test: Sequence[Claim], icm_runs: Mapping[int, Labels]
 ) -> None:
@@ -208,6 +196,7 @@ def plan_prompt_sets(
 ) -> list[_PromptSet]:
     """Every demo context to evaluate, in the order the Generator is drawn (see module doc)."""
     sets: list[_PromptSet] = []
+    demo_methods = [m for m in methods() if m.uses_demos and not m.model_free]
     pools: list[tuple[int, list[Claim]]] = (
         [
             (seed, [c for c in train if c.claim_id in labels])
@@ -224,15 +213,13 @@ def plan_prompt_sets(
             for repeat in range(config.eval_repeats):
                 chosen = pool if experiment == "main" else sample_whole_groups(pool, n, rng)
                 ordered = [chosen[i] for i in rng.permutation(len(chosen))]
-                matched = accuracy_matched_labels(ordered, icm, rng) if icm else None
-                labelled = {"golden": [c.gold for c in ordered]}
-                if icm:
-                    labelled["icm"] = [icm[c.claim_id] for c in ordered]
-                    labelled["random_matched"] = matched
-                for method, labels in labelled.items():
+                for method in demo_methods:
+                    labels = method.produce(ordered, icm, rng)
+                    if labels is None:
+                        continue
                     sets.append(
                         _PromptSet(
-                            method,
+                            method.name,
                             experiment,
                             n,
                             repeat,
@@ -268,45 +255,53 @@ def evaluate_country(
     _check_inputs(train, test, icm_runs)
     rng = rng if rng is not None else np.random.default_rng(config.seed)
     country = test[0].country
-    methods = set(config.methods)
-    skipped: dict[str, str] = {}
-    if not icm_runs:
-        for method in ("icm", "random_matched"):
-            if method in methods:
-                skipped[method] = "no ICM labels given"
-    if "zero_shot_chat" in methods and chat_scorer is None:
-        skipped["zero_shot_chat"] = "no chat model configured"
-    for method, reason in skipped.items():
-        log.warning("evaluation of %s skipped for %s: %s", method, country, reason)
+    requested = [m for m in methods() if m.config_name in set(config.methods)]
+    skipped = _skipped(requested, bool(icm_runs), chat_scorer is not None)
+    for name, reason in skipped.items():
+        log.warning("evaluation of %s skipped for %s: %s", name, country, reason)
+    runnable = [m for m in requested if _unavailable(m, bool(icm_runs), chat_scorer is not None) is None]
+    names = {m.name for m in runnable}
 
     planned = plan_prompt_sets(train, icm_runs, config, rng)
-    prompt_sets = [p for p in planned if p.method in methods]
-    if "zero_shot_base" in methods:
-        prompt_sets.append(_PromptSet("zero_shot_base", "main", 0, 0, NO_ICM_SEED, ()))
-    if "zero_shot_chat" in methods and chat_scorer is not None:
-        prompt_sets.append(_PromptSet("zero_shot_chat", "main", 0, 0, NO_ICM_SEED, (), kind="chat"))
+    prompt_sets = [p for p in planned if p.method in names]
+    prompt_sets += [
+        _PromptSet(m.name, "main", 0, 0, NO_ICM_SEED, (), kind="chat" if m.uses_chat_model else "base")
+        for m in runnable
+        if not m.uses_demos
+    ]
 
     scored = _score_prompt_sets(scorer, chat_scorer, prompt_sets, test, batched, progress)
 
-    if "option_prior" in methods:
-        for p in planned:
-            # Order does not change a vote count: one row per demo set (main: repeat 0 only).
-            if p.method in ("golden", "icm") and (p.experiment == "curve" or p.repeat == 0):
-                prior = _PromptSet(
-                    f"option_prior_{p.method}",
-                    p.experiment,
-                    p.n_demos,
-                    p.repeat,
-                    p.icm_seed,
-                    p.context,
-                )
-                scored.append((prior, option_prior_scores(p.context, test)))
+    model_free = [m for m in runnable if m.model_free]
+    for p in planned:
+        for m in model_free:
+            # Order does not change these scores: one row per demo set (main: repeat 0 only).
+            if p.method == m.scores_demos_of and (p.experiment == "curve" or p.repeat == 0):
+                derived = _PromptSet(m.name, p.experiment, p.n_demos, p.repeat, p.icm_seed, p.context)
+                scored.append((derived, m.produce(p.context, test)))
 
     return EvalResult(
         _predictions_frame(run_id, country, scored, test),
         _demos_frame(run_id, country, scored),
         skipped,
     )
+
+
+def _unavailable(method: Method, have_icm: bool, have_chat: bool) -> str | None:
+    """Why `method` cannot run here, or None."""
+    if method.uses_icm_labels and not have_icm:
+        return "no ICM labels given"
+    if method.uses_chat_model and not have_chat:
+        return "no chat model configured"
+    return None
+
+
+def _skipped(requested: list[Method], have_icm: bool, have_chat: bool) -> dict[str, str]:
+    """eval.methods names none of whose stored methods can run, with the reason."""
+    reasons: dict[str, list[str | None]] = {}
+    for m in requested:
+        reasons.setdefault(m.config_name, []).append(_unavailable(m, have_icm, have_chat))
+    return {name: why[0] for name, why in reasons.items() if all(why)}
 
 
 def _as_runs(icm_labels: Mapping[int, Labels] | Labels | None) -> dict[int, dict[str, int]]:
@@ -378,7 +373,7 @@ def _demos_frame(
             c.gold,
         )
         for p, _ in scored
-        if not p.method.startswith("option_prior")
+        if not method_record(p.method).model_free
         for i, (c, label) in enumerate(p.context)
     ]
     return pl.DataFrame(rows, schema=DEMO_SCHEMA, orient="row")

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from persona_icm.evaluate import NO_ICM_SEED
+from persona_icm.methods import zero_shot_names
 
 ALL_COUNTRIES = "ALL"
 METRIC_SCHEMA = {
@@ -65,7 +66,7 @@ def aggregate_countries(outcomes: pl.DataFrame, n_boot: int = 1000, seed: int = 
     for run_id, run in _parts(outcomes, ["run_id"]):
         n_countries = run["country"].n_unique()
         main = run.filter(pl.col("experiment") == "main")
-        curve = run.filter(pl.col("n_demos") > 0, ~pl.col("method").str.starts_with("zero_shot"))
+        curve = run.filter(pl.col("n_demos") > 0, ~pl.col("method").is_in(zero_shot_names()))
         for label, frame, keys in (("main", main, ["method"]), ("curve", curve, ["method", "n_demos"])):
             for key, part in _parts(frame, keys):
                 if part["country"].n_unique() < n_countries:

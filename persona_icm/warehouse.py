@@ -26,6 +26,8 @@ import duckdb
 import polars as pl
 import tenacity
 
+from persona_icm.methods import REGISTRY_COLUMNS, registry_rows
+
 DEFAULT_PATH = Path("warehouse/persona_icm.duckdb")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "warehouse" / "schema.sql"
 _VERSION_LINE = re.compile(r"^--\s*schema_version:\s*(\d+)\s*$", re.M)
@@ -235,6 +237,23 @@ def apply_schema(con: duckdb.DuckDBPyConnection, schema_path: Path = SCHEMA_PATH
     return version
 
 
+def sync_methods(con: duckdb.DuckDBPyConnection) -> None:
+    """Make the `methods` table the registry's rows (persona_icm/methods.py), in one transaction;
+    writes nothing when they are equal already."""
+    columns = ", ".join(REGISTRY_COLUMNS)
+    rows = registry_rows()
+    if con.execute(f"SELECT {columns} FROM methods ORDER BY position").fetchall() == rows:
+        return
+    con.begin()
+    try:
+        con.execute("DELETE FROM methods")
+        con.executemany(f"INSERT INTO methods ({columns}) VALUES ({', '.join('?' * len(REGISTRY_COLUMNS))})", rows)
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()
+
+
 def _is_lock_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "Could not set lock" in str(exc)
 
@@ -307,6 +326,7 @@ def open_warehouse(
     if not read_only:
         try:
             apply_schema(con, schema_path)
+            sync_methods(con)
         except BaseException:
             con.close()
             raise

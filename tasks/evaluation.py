@@ -12,11 +12,17 @@ from prefect import get_run_logger, task
 from persona_icm.claims import Claim
 from persona_icm.config import EvalConfig, ModelSpec
 from persona_icm.evaluate import evaluate_country
+from persona_icm.methods import uses_chat_model
 from persona_icm.scoring.base import calls_frame, record_calls
 from tasks.common import GPU, ProgressArtifact, model_name, scorer_for
 from tasks.results import JSON, Frame, Result
 
-CHAT_METHOD = "zero_shot_chat"  # the one method that uses the chat model, and only it
+
+
+def chat_methods(names: list[str]) -> list[str]:
+    """The eval.methods names scored by the chat model (persona_icm/methods.py), which run after
+    the base model's work, with the chat model alone."""
+    return [name for name in names if uses_chat_model(name)]
 
 
 class MethodResult(Result):
@@ -41,8 +47,8 @@ def evaluate_method(
 ) -> MethodResult:
     """Predictions of one method on `country`'s test claims (demos: each ICM search's pool;
     icm_labels: ICM seed -> claim_id -> label).
-    zero_shot_chat loads only the chat model (none: the method is skipped)."""
-    if method == CHAT_METHOD:
+    A chat-model method (zero_shot_chat) loads only the chat model (none: the method is skipped)."""
+    if uses_chat_model(method):
         scorer, chat = None, scorer_for(chat_model) if chat_model is not None else None
     else:
         scorer, chat = scorer_for(base_model), None

@@ -1,4 +1,4 @@
--- schema_version: 10
+-- schema_version: 11
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -161,11 +161,26 @@ CREATE TABLE IF NOT EXISTS icm_trace (
     PRIMARY KEY (run_id, country, icm_seed, iteration)
 );
 
+-- The registered evaluation methods (persona_icm/methods.py), one row per stored method name.
+-- persona_icm.warehouse fills it from the registry on every read-write open (replacing the rows
+-- in one transaction when they differ), so the views below take what a method is from here.
+CREATE TABLE IF NOT EXISTS methods (
+    method           VARCHAR PRIMARY KEY,    -- as stored in predictions.method
+    position         INTEGER NOT NULL,       -- registration order: the charts' order
+    label            VARCHAR NOT NULL,       -- chart label
+    colour           VARCHAR NOT NULL,       -- chart colour
+    config_name      VARCHAR NOT NULL,       -- the eval.methods name that runs it
+    uses_icm_labels  BOOLEAN NOT NULL,
+    uses_chat_model  BOOLEAN NOT NULL,
+    uses_demos       BOOLEAN NOT NULL,       -- false: zero-shot
+    in_curve         BOOLEAN NOT NULL        -- in accuracy_vs_examples
+);
+
 -- One row per test claim per evaluated prompt set (persona_icm/evaluate.py PREDICTION_SCHEMA).
 CREATE TABLE IF NOT EXISTS predictions (
     run_id      VARCHAR NOT NULL,
     country     VARCHAR NOT NULL,
-    method      VARCHAR NOT NULL,            -- icm | golden | random_matched | zero_shot_base | zero_shot_chat | option_prior_*
+    method      VARCHAR NOT NULL,            -- a row of `methods`: icm | golden | random_matched | zero_shot_base | ...
     experiment  VARCHAR NOT NULL,            -- main (headline: whole pool / zero-shot) | curve (sub-sampled demos)
     n_demos     INTEGER NOT NULL,
     "repeat"    INTEGER NOT NULL,            -- demo order index
@@ -301,7 +316,8 @@ WITH n_countries AS (
 cells AS (
     SELECT *, 'main' AS cell, NULL::INTEGER AS cell_n_demos FROM accuracy WHERE experiment = 'main'
     UNION ALL
-    SELECT *, 'curve', n_demos FROM accuracy WHERE n_demos > 0 AND method NOT LIKE 'zero_shot%'
+    SELECT *, 'curve', n_demos FROM accuracy
+    WHERE n_demos > 0 AND method NOT IN (SELECT method FROM methods WHERE NOT uses_demos)
 ),
 orders AS (
     SELECT run_id, method, cell, cell_n_demos, icm_seed, "repeat",
@@ -360,7 +376,7 @@ CREATE OR REPLACE VIEW accuracy_vs_examples AS
 SELECT run_id, country, method, experiment, n_demos, n_orders, accuracy, accuracy_std, ci_low, ci_high,
        group_accuracy, group_ci_low, group_ci_high
 FROM results_by_country
-WHERE method IN ('golden', 'icm', 'random_matched') AND n_demos > 0
+WHERE method IN (SELECT method FROM methods WHERE in_curve) AND n_demos > 0
 UNION ALL
 SELECT a.run_id, 'ALL' AS country, a.method, a.experiment, coalesce(a.n_demos, p.mean_pool)::INTEGER AS n_demos,
        a.n_orders, a.accuracy, a.accuracy_std, a.ci_low, a.ci_high, a.group_accuracy, a.group_ci_low, a.group_ci_high
@@ -370,7 +386,7 @@ LEFT JOIN (
     FROM results_by_country WHERE experiment = 'main' GROUP BY run_id, method
 ) p ON p.run_id = a.run_id AND p.method = a.method
 WHERE (a.experiment = 'curve' OR (a.experiment = 'main' AND a.n_demos IS NULL))  -- equal pools: the curve has them
-  AND a.method IN ('golden', 'icm', 'random_matched');
+  AND a.method IN (SELECT method FROM methods WHERE in_curve);
 
 -- ---------------------------------------------------------------- reference numbers (docs/method.md)
 
