@@ -22,7 +22,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
-from persona_icm.methods import methods
+from persona_icm.methods import listed, methods
 
 # read(sql, params) -> frame: the warehouse's query function (charts never open DuckDB).
 Read = Callable[[str, dict], pl.DataFrame]
@@ -79,8 +79,8 @@ class ReportFiles:
 
 
 def _method_scale(names: list[str]) -> alt.Scale:
-    """Labels and colours of the methods present, in registration order (persona_icm/methods.py)."""
-    registered = {m.name: m for m in methods()}
+    """Labels and colours of the methods present, in listing order (persona_icm/methods.py)."""
+    registered = {m.name: m for m in listed()}
     present = [m for m in registered if m in names] + sorted(set(names) - set(registered))
     labels = [registered[m].label if m in registered else m for m in present]
     colours = [registered[m].colour if m in registered else OTHER_METHOD_COLOUR for m in present]

@@ -6,8 +6,8 @@ chart label and colour, what the method uses (ICM labels, the chat model, demons
 whether it is in the accuracy-vs-demos curve, and the function that produces its labels or scores.
 Config validation, evaluate.py's dispatch, metrics.py, the charts, the Prefect tasks and the
 warehouse views (through the `methods` table, filled from `registry_rows()` when the warehouse is
-opened) all read these records. Registration order is the order of the config's default list, of
-the evaluation and of the charts.
+opened) all read these records. Registration order is the order in which a demo set's methods are
+scored; `position` orders the config's default list and the charts (unset: after the others).
 
 What `produce` is, by kind:
 - a demo method (uses_demos, no `scores_demos_of`): `produce(claims, icm, rng) -> labels | None`,
@@ -48,6 +48,7 @@ class Method:
     uses_demos: bool = True
     in_curve: bool = False  # drawn in the accuracy-vs-demos chart (view accuracy_vs_examples)
     scores_demos_of: str | None = None  # model-free: scores the demo sets of this method itself
+    position: int | None = None  # place in eval.methods' default and in the charts; None: last
     produce: Callable[..., Any] | None = None
 
     @property
@@ -90,8 +91,14 @@ def unregister(name: str) -> None:
 
 
 def methods() -> list[Method]:
-    """Every registered method, in registration order."""
+    """Every registered method, in registration order (the order of evaluation)."""
     return list(_REGISTRY.values())
+
+
+def listed() -> list[Method]:
+    """Every registered method in listing order: by `position`, then unpositioned ones as registered."""
+    order = list(_REGISTRY.values())
+    return sorted(order, key=lambda m: (m.position is None, m.position or 0, order.index(m)))
 
 
 def method(name: str) -> Method:
@@ -103,8 +110,8 @@ def method(name: str) -> Method:
 
 
 def config_names() -> list[str]:
-    """The names eval.methods accepts, in registration order (the default list)."""
-    return list(dict.fromkeys(m.config_name for m in _REGISTRY.values()))
+    """The names eval.methods accepts, in listing order (the default list)."""
+    return list(dict.fromkeys(m.config_name for m in listed()))
 
 
 def stored_methods(config_name: str) -> list[Method]:
@@ -129,28 +136,30 @@ REGISTRY_COLUMNS = ("method", "position", "label", "colour", "config_name", "use
 def registry_rows() -> list[tuple[Any, ...]]:
     """The `methods` table of the warehouse (warehouse/schema.sql): one row per stored name."""
     rows = []
-    for position, m in enumerate(_REGISTRY.values()):
+    for position, m in enumerate(listed()):
         record = {**asdict(m), "method": m.name, "position": position, "config_name": m.config_name}
         rows.append(tuple(record[c] for c in REGISTRY_COLUMNS))
     return rows
 
 
 # ---------------------------------------------------------------- the methods
+# Registered golden first: each demo set is scored golden, ICM, random-matched (`position` lists ICM first).
 
 
-@registers("icm", label="ICM labels", colour="#1f77b4", uses_icm_labels=True, in_curve=True)
-def icm_labels(claims: Sequence[Claim], icm: Labels, rng: np.random.Generator) -> list[int] | None:
-    """The ICM search's label of each demo claim."""
-    return [icm[c.claim_id] for c in claims] if icm else None
-
-
-@registers("golden", label="golden labels", colour="#2ca02c", in_curve=True)
+@registers("golden", label="golden labels", colour="#2ca02c", in_curve=True, position=1)
 def golden_labels(claims: Sequence[Claim], icm: Labels, rng: np.random.Generator) -> list[int]:
     """The gold label of each demo claim."""
     return [c.gold for c in claims]
 
 
-@registers("random_matched", label="random, ICM-matched", colour="#ff7f0e", uses_icm_labels=True, in_curve=True)
+@registers("icm", label="ICM labels", colour="#1f77b4", uses_icm_labels=True, in_curve=True, position=0)
+def icm_labels(claims: Sequence[Claim], icm: Labels, rng: np.random.Generator) -> list[int] | None:
+    """The ICM search's label of each demo claim."""
+    return [icm[c.claim_id] for c in claims] if icm else None
+
+
+@registers("random_matched", label="random, ICM-matched", colour="#ff7f0e", uses_icm_labels=True, in_curve=True,
+           position=2)
 def accuracy_matched_labels(claims: Sequence[Claim], icm: Labels, rng: np.random.Generator) -> list[int] | None:
     """Gold labels of `claims` with a random subset flipped, as many as ICM gets wrong on them."""
     if not icm:
@@ -160,8 +169,9 @@ def accuracy_matched_labels(claims: Sequence[Claim], icm: Labels, rng: np.random
     return [1 - c.gold if i in flip else c.gold for i, c in enumerate(claims)]
 
 
-register(Method("zero_shot_base", label="zero-shot base", colour="#7f7f7f", uses_demos=False))
-register(Method("zero_shot_chat", label="zero-shot chat", colour="#9467bd", uses_demos=False, uses_chat_model=True))
+register(Method("zero_shot_base", label="zero-shot base", colour="#7f7f7f", uses_demos=False, position=3))
+register(Method("zero_shot_chat", label="zero-shot chat", colour="#9467bd", uses_demos=False, uses_chat_model=True,
+                position=4))
 
 
 def option_prior_scores(context: Sequence[tuple[Claim, int]], test: Sequence[Claim]) -> list[float]:
@@ -173,6 +183,6 @@ def option_prior_scores(context: Sequence[tuple[Claim, int]], test: Sequence[Cla
 
 
 register(Method("option_prior_golden", label="option prior (golden)", colour="#bcbd22", option="option_prior",
-                scores_demos_of="golden", produce=option_prior_scores))
+                scores_demos_of="golden", position=5, produce=option_prior_scores))
 register(Method("option_prior_icm", label="option prior (ICM)", colour="#17becf", option="option_prior",
-                uses_icm_labels=True, scores_demos_of="icm", produce=option_prior_scores))
+                uses_icm_labels=True, scores_demos_of="icm", position=6, produce=option_prior_scores))
