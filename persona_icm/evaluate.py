@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from persona_icm.claims import Claim
 from persona_icm.config import EvalConfig
 from persona_icm.methods import Method, methods
-from persona_icm.methods import method as method_record
 from persona_icm.methods import accuracy_matched_labels as accuracy_matched_labels  # noqa: F401 (re-exported)
+from persona_icm.methods import method as method_record
 from persona_icm.methods import option_prior_scores as option_prior_scores  # noqa: F401 (re-exported)
 from persona_icm.scoring.base import ClaimScorer, ScoreRequest, record_calls
 

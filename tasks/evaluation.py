@@ -18,7 +18,6 @@ from tasks.common import GPU, ProgressArtifact, model_name, scorer_for
 from tasks.results import JSON, Frame, Result
 
 
-
 def chat_methods(names: list[str]) -> list[str]:
     """The eval.methods names scored by the chat model (persona_icm/methods.py), which run after
     the base model's work, with the chat model alone."""
