@@ -89,7 +89,7 @@ def sample_results():
     return {
         "search": search,
         "country": CountryResult(country="France", searches={0: search, 3: search}, evaluations=[method, skipped]),
-        "chat": {"France": method, "Japan": skipped},
+        "chat": {"France": [method], "Japan": [skipped]},  # flows.chat.chat_flow: country -> chat-model methods
     }
 
 
