@@ -13,8 +13,9 @@ from persona_icm.claims import Claim
 from persona_icm.config import EvalConfig, ModelSpec
 from persona_icm.evaluate import evaluate_country
 from persona_icm.scoring.base import calls_frame, record_calls
-from tasks.common import GPU, ProgressArtifact, model_name, scorer_for
+from tasks.progress import ProgressArtifact
 from tasks.results import JSON, Frame, Result
+from tasks.scorers import GPU, model_name, scorer_for
 
 CHAT_METHOD = "zero_shot_chat"  # the one method that uses the chat model, and only it
 
