@@ -139,3 +139,19 @@ def test_a_run_on_a_registered_backend_fills_the_warehouse(dummy, harness, smoke
     assert {"icm", "golden", "zero_shot_base", "zero_shot_chat"} <= methods
     assert golden > 0.5  # the dummy's scores lean towards the gold labels its demos show
     assert {spec.backend for spec, _, _ in BUILT} == {"dummy"}
+
+
+def test_the_registry_and_config_load_no_model_library():
+    """Naming, validating and asking about backends imports neither torch, transformers nor vLLM
+    (their records name their functions as strings, imported when a model loads)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from persona_icm import backends; from persona_icm.config import ModelSpec;"
+        "import persona_icm.scoring, persona_icm.preflight;"
+        "specs = [ModelSpec(backend=b) for b in backends.names()];"
+        "print([backends.in_process(s.backend) for s in specs], [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[True, False, True] []"
