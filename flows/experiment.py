@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 
 from flows.chat import chat_flow
 from flows.country import CountryResult, country_flow
+from persona_icm import backends
 from persona_icm.claims import CountrySplit
 from persona_icm.config import Preset, RunConfig
 from persona_icm.preflight import build_checked_config
@@ -41,7 +42,6 @@ from tasks.results import JSON
 COUNTRY_DEPLOYMENT = "persona-icm-country/country"
 SEARCH_DEPLOYMENT = "persona-icm-search/search"
 CHAT_DEPLOYMENT = "persona-icm-chat/chat"
-LOCAL_BACKENDS = ("hf", "vllm")
 
 
 def with_tensor_parallel_size(overrides: dict[str, Any] | None, size: int | None) -> dict[str, Any] | None:
@@ -95,7 +95,7 @@ def searches_remotely(config: RunConfig, splits: list[CountrySplit], timeout: fl
 def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float) -> dict[str, list[MethodResult]]:
     """The zero-shot chat baseline, with no base model alive beside the chat model."""
     parts = {s.country: (s.train, s.test) for s in splits}
-    local = config.chat_model is not None and config.chat_model.backend in LOCAL_BACKENDS
+    local = config.chat_model is not None and backends.in_process(config.chat_model.backend)
     if fan_out and local:
         parameters = {"config": config.model_dump(mode="json"), "splits": parts, "run_id": run_id, "remote": True}
         return run_remotely(CHAT_DEPLOYMENT, parameters, "zero-shot chat", timeout)

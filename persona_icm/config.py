@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from persona_icm import backends
 from persona_icm import methods as methods_registry
 
 DEFAULT_COUNTRIES = ["United States", "France", "Japan"]
@@ -186,7 +187,7 @@ class PromptConfig(_Section):
 class ModelSpec(_Section):
     """Which model scores claims, and how (persona_icm/scoring)."""
 
-    backend: Literal["hf", "vllm", "openai"] = "hf"
+    backend: str = Field("hf", description="A registered scoring backend (persona_icm/backends.py): hf, vllm, openai.")
     name: str = Field(
         "smollm2-135m-instruct",
         description="Demo model name (smollm2-135m-instruct, gemma-3-270m, qwen2.5-coder-0.5b-instruct), "
@@ -201,6 +202,12 @@ class ModelSpec(_Section):
     openai: OpenAISpec = Field(default_factory=OpenAISpec)
     vllm: VllmEngineArgs = Field(default_factory=VllmEngineArgs)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        backends.get(name)  # ValueError naming the registered backends
+        return name
 
 
 class IcmConfig(_Section):

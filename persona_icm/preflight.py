@@ -10,7 +10,6 @@ The flow calls it first (a task without retries: waiting does not fix bad input)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import warnings
@@ -20,7 +19,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import ValidationError
 
-from persona_icm import claims, goqa
+from persona_icm import backends, claims, goqa
 from persona_icm.claims import CountrySplit
 from persona_icm.config import ModelSpec, RunConfig, build_config
 from persona_icm.warehouse import warehouse_file_problem
@@ -173,7 +172,7 @@ def check_data(config: RunConfig) -> tuple[goqa.GoqaTable, claims.Dataset, dict[
 
 
 def model_folder(spec: ModelSpec) -> str:
-    """The local folder (or cached hub snapshot) of a hf/vllm model; InputError when there is none
+    """The local folder (or cached hub snapshot) of an in-process model (hf, vllm); InputError when there is none
     and the hub cannot be asked (HF_HUB_OFFLINE) or does not know it."""
     from persona_icm.scoring.models import DEMO_MODELS, resolve
 
@@ -203,21 +202,6 @@ def model_folder(spec: ModelSpec) -> str:
     return location
 
 
-def prompt_window(spec: ModelSpec, folder: str) -> int | None:
-    """The longest prompt (tokens) the backend will accept for `spec`, when it can be known here."""
-    from transformers import AutoConfig
-
-    limits = [spec.max_prompt_tokens]
-    model_limit = getattr(AutoConfig.from_pretrained(folder).get_text_config(), "max_position_embeddings", None)
-    if spec.backend == "vllm":
-        engine_len = spec.vllm.max_model_len or model_limit
-        limits.append(engine_len - 1 if engine_len else None)
-    else:
-        limits.append(model_limit)
-    known = [x for x in limits if x]
-    return min(known) if known else None
-
-
 def longest_prompt_tokens(encoder, split: CountrySplit) -> int:
     """Tokens of the longest base prompt the run builds for this country: every train claim as a
     demo (the full ICM pool, also the largest evaluation demo set) with its longer label, then the
@@ -229,51 +213,33 @@ def longest_prompt_tokens(encoder, split: CountrySplit) -> int:
     return sum(max(len(a), len(b)) for a, b in zip(*by_label, strict=True))
 
 
-def visible_gpus() -> int:
-    """CUDA devices this process may use (after CUDA_VISIBLE_DEVICES); 0 without CUDA."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def check_model_host(config: RunConfig, roles: tuple[str, ...] = ("base_model", "chat_model")) -> None:
-    """Where a local model will run: vLLM is installed and its tensor-parallel group fits the
-    GPUs this process sees. Runs in the process that loads the model (a gpu worker's flow run)."""
+    """Where a model runs in process: what its backend needs of the host (vLLM: the package, and
+    GPUs for its tensor-parallel group). Runs in the process that loads the model (a gpu worker's flow run)."""
     for role in roles:
         spec = getattr(config, role)
-        if spec is None or spec.backend != "vllm":
-            continue
-        tp, gpus = spec.vllm.tensor_parallel_size, visible_gpus()
-        if tp > 1 and tp > gpus:
-            devices = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
-            raise InputError(
-                f"{role}: vllm.tensor_parallel_size={tp} but this process sees {gpus} GPU(s) "
-                f"(CUDA_VISIBLE_DEVICES={devices}); give its worker {tp} GPUs or lower tensor_parallel_size"
-            )
-        if importlib.util.find_spec("vllm") is None:
-            raise InputError(f"{role}: backend 'vllm' needs the vllm package in this environment (pip install 'persona-icm[gpu]')")
+        problem = None if spec is None else backends.get(spec.backend).problem_on_this_host(spec)
+        if problem:
+            raise InputError(f"{role}: {problem}")
 
 
 def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> None:
-    """One request to an OpenAI-compatible model before anything runs: it answers, serves the
-    model and returns both candidates (persona_icm.scoring.openai.OpenAIScorer.probe)."""
+    """One request to a remote model before anything runs: it answers, serves the model and
+    returns both candidates (e.g. persona_icm.scoring.openai.OpenAIScorer.probe). Its API key
+    resolves as the run's will (scoring.openai.resolve_api_key)."""
     from persona_icm.scoring import make_scorer
     from persona_icm.scoring.base import ProcessedLogprobs, ScoreRequest
-    from persona_icm.scoring.openai import (
-        CandidateNotReturned,
-        EndpointError,
-        EndpointUnavailable,
-        ModelNotServed,
-        NoLogprobsError,
-    )
+    from persona_icm.scoring.openai import MissingApiKey
 
+    backend = backends.get(spec.backend)
     kind = "chat" if role == "chat_model" else "base"
     try:
-        make_scorer(spec, api_key=api_key).probe(ScoreRequest((), query, kind))
-    except (EndpointError, EndpointUnavailable, ModelNotServed, CandidateNotReturned, NoLogprobsError,
-            ProcessedLogprobs) as error:
+        scorer = make_scorer(spec, api_key=api_key)
+    except MissingApiKey as error:
+        raise InputError(f"{role}: {error}") from None
+    try:
+        scorer.probe(ScoreRequest((), query, kind))
+    except (*backend.errors("non_retryable"), *backend.errors("unavailable"), ProcessedLogprobs) as error:
         raise InputError(f"{role} {spec.name!r} at {spec.openai.base_url}: {one_line(str(error))}") from None
 
 
@@ -299,19 +265,17 @@ def check_models(
                 read_chat_template(spec.prompts.chat_template)
             except (OSError, ValueError) as error:
                 raise InputError(f"{role}.prompts.chat_template: {one_line(str(error))}") from None
-        if spec.backend == "openai":
-            api = spec.openai
+        backend = backends.get(spec.backend)
+        if not backend.in_process:
             key = (api_keys or {}).get(role)
-            if key is None and api.api_key_secret:
+            if key is None and spec.openai.api_key_secret:
                 continue  # the flow's check passes the Secret block's value; without it nothing can be asked
-            if key is None and api.api_key_env and not os.environ.get(api.api_key_env):
-                raise InputError(f"{role}: environment variable {api.api_key_env} (the API key for {api.base_url}) is not set")
             probe_endpoint(role, spec, some_query, key)
             continue
         folder = model_folder(spec)
         if role == "chat_model":
             continue
-        window = prompt_window(spec, folder)
+        window = backend.window(spec, folder)
         if window is None:
             return {}, None
         from transformers import AutoTokenizer

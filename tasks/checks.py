@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from persona_icm import preflight
 from persona_icm.config import RunConfig
 from persona_icm.preflight import Preflight
-from tasks.common import api_key_from_secret
+from tasks.scorers import api_key_from_secret
 
 
 @task(name="check-inputs", cache_policy=NO_CACHE, retries=0)

@@ -14,8 +14,9 @@ from persona_icm.config import EvalConfig, ModelSpec
 from persona_icm.evaluate import evaluate_country
 from persona_icm.methods import uses_chat_model
 from persona_icm.scoring.base import calls_frame, record_calls
-from tasks.common import GPU, ProgressArtifact, model_name, scorer_for
+from tasks.progress import ProgressArtifact
 from tasks.results import JSON, Frame, Result
+from tasks.scorers import GPU, model_name, scorer_for
 
 
 def chat_methods(names: list[str]) -> list[str]:

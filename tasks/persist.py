@@ -23,10 +23,11 @@ from prefect.states import Crashed
 from persona_icm.config import RunConfig
 from persona_icm.run_status import RUNNING, claim_run, finish_run
 from persona_icm.warehouse import open_warehouse, write_aggregate, write_evaluation, write_results
-from tasks.common import ROOT, model_name
 from tasks.evaluation import MethodResult
+from tasks.scorers import model_name
 from tasks.search import SearchResult
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout, whose commit is the code version
 
 def code_version() -> str:
     """git commit of the checkout, with "-dirty" when it has uncommitted changes."""

@@ -10,7 +10,12 @@ from prefect.cache_policies import NO_CACHE
 
 from persona_icm.charts import AGGREGATE, HEADLINE_SQL, write_report
 from persona_icm.warehouse import open_warehouse
-from tasks.common import artifact_key
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    text = "-".join(parts).lower()
+    return "".join(ch if ch.isalnum() and ch.isascii() else "-" for ch in text).strip("-")
 
 
 def reports_dir(warehouse_path: Path) -> Path:

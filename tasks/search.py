@@ -13,14 +13,10 @@ from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig, ModelSpec
 from persona_icm.icm import default_run_key, label_of, run_icm
 from persona_icm.scoring.base import calls_frame, record_calls
-from tasks.common import (
-    GPU,
-    ProgressArtifact,
-    model_name,
-    retry_helps,
-    scorer_for,
-)
+from tasks.progress import ProgressArtifact
 from tasks.results import JSON, Frame, Result
+from tasks.retry import retry_helps
+from tasks.scorers import GPU, model_name, scorer_for
 from tasks.storage import CheckpointMirror, result_storage
 
 

@@ -217,7 +217,7 @@ def test_search_retries_only_failures_that_waiting_can_fix():
         EndpointUnavailable,
         NoLogprobsError,
     )
-    from tasks.common import retry_helps
+    from tasks.retry import retry_helps
     from tasks.search import icm_search
 
     def failed_with(error):

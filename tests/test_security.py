@@ -153,7 +153,7 @@ def test_api_key_is_sent_but_never_logged_stored_or_in_errors(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_flow_reads_the_key_from_a_prefect_secret_block_and_never_logs_it(harness, monkeypatch, caplog):
-    """A flow scoring through tasks.common.scorer_for with `openai.api_key_secret`: the key comes
+    """A flow scoring through tasks.scorers.scorer_for with `openai.api_key_secret`: the key comes
     from the Secret block (the env var is unset), reaches the STUB server, and appears in none of
     the flow run's logs (read back from the Prefect API) nor the captured log records."""
     from prefect import flow, get_run_logger
@@ -164,7 +164,7 @@ def test_flow_reads_the_key_from_a_prefect_secret_block_and_never_logs_it(harnes
 
     from persona_icm.config import ModelSpec
     from persona_icm.scoring.base import ScoreRequest
-    from tasks.common import scorer_for
+    from tasks.scorers import scorer_for
     from tests.helpers import GOOD, StubServer
     from tests.tiny_model import make_claims
 
@@ -246,7 +246,7 @@ def test_an_http_error_is_endpoint_error_with_status_url_and_redacted_body(statu
     headers, the key included."""
     from persona_icm.scoring.base import ScoreRequest
     from persona_icm.scoring.openai import EndpointError, OpenAIScorer
-    from tasks.common import retry_helps
+    from tasks.retry import retry_helps
     from tests.helpers import StubServer
     from tests.tiny_model import make_claims
 
@@ -315,11 +315,11 @@ def test_no_other_endpoint_error_holds_the_key(monkeypatch):
 
 
 def test_missing_secret_block_is_a_clear_error(monkeypatch):
-    """tasks.common.api_key_from_secret with Secret.load replaced by a STUB that fails as Prefect does."""
+    """tasks.scorers.api_key_from_secret with Secret.load replaced by a STUB that fails as Prefect does."""
     from prefect.blocks.system import Secret
 
     from persona_icm.config import ModelSpec
-    from tasks.common import api_key_from_secret
+    from tasks.scorers import api_key_from_secret
 
     def no_block(name, *args, **kwargs):
         raise ValueError(f"Unable to find block document named {name} for block type secret")

@@ -339,3 +339,16 @@ def load_hf_scorer(
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
     return HFScorer(model, tokenizer, **kwargs)
+
+
+def scorer_from_spec(spec, api_key: str | None = None) -> HFScorer:
+    """The backend registry's factory (persona_icm/backends.py) for a ModelSpec with backend "hf"."""
+    return load_hf_scorer(
+        spec.name,
+        dtype=spec.dtype,
+        device=spec.device,
+        batch_size=spec.batch_size,
+        prefix_reuse=spec.prefix_reuse,
+        kv_budget_bytes=spec.kv_budget_gb * 1e9,
+        max_prompt_tokens=spec.max_prompt_tokens,
+    )

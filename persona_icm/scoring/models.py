@@ -135,3 +135,17 @@ def load_tokenizer(name: str):
     with tempfile.TemporaryDirectory(prefix=f".{name}-") as tmp:
         gguf = model.locate_gguf(Path(tmp))
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def position_limit(folder: str) -> int | None:
+    """The model's window in tokens (its config's max_position_embeddings), when it names one."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(folder).get_text_config(), "max_position_embeddings", None)
+
+
+def model_window(spec, folder: str) -> int | None:
+    """The hf backend's prompt-window rule: the smaller of max_prompt_tokens and the model's window."""
+    from persona_icm.scoring.base import prompt_limit
+
+    return prompt_limit(spec.max_prompt_tokens, position_limit(folder))

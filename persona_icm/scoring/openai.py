@@ -24,8 +24,9 @@ candidates (preflight calls it for every OpenAI-compatible model).
 Retries: 429, 5xx, timeouts and connection errors are retried with exponential backoff and
 jitter (tenacity); other HTTP errors fail at once with `EndpointError` (status, URL and the
 server's message). When the retries are used up, `EndpointUnavailable` names the endpoint, the
-attempts and the last failure. The API key is given by the caller (the flow reads a Prefect Secret
-block) or read from the environment variable named in the spec; it lives only in the client's
+attempts and the last failure. The API key is resolved in one place, `resolve_api_key`: given by the
+caller (the flow reads a Prefect Secret block) or read from the environment variable named in the
+spec; it lives only in the client's
 Authorization header, never logged. No error holds or chains httpx's request (its headers carry
 the key): every exception raised here is one of this module's, made of text, and every text quoted
 from a response goes through persona_icm.redaction.redact first (the key, Authorization and
@@ -81,6 +82,49 @@ class CandidateNotReturned(RuntimeError):
     """A candidate token was not among the returned top-k log-probs, so its log-prob is unknown."""
 
 
+class MissingApiKey(ValueError):
+    """The environment variable that should hold the API key is not set."""
+
+
+def resolve_api_key(given: str | None, env_var: str | None, base_url: str) -> str | None:
+    """The API key for `base_url`: `given` (the flow passes a Prefect Secret block's value), else the
+    value of the environment variable `env_var`, else None when no variable is named (a server
+    without keys). MissingApiKey when the variable is named but not set; the key is never in a message."""
+    if given is not None or not env_var:
+        return given
+    key = os.environ.get(env_var)
+    if not key:
+        raise MissingApiKey(f"environment variable {env_var} (the API key for {base_url}) is not set")
+    return key
+
+
+def scorer_from_spec(spec, api_key: str | None = None) -> OpenAIScorer:
+    """The backend registry's factory (persona_icm/backends.py) for a ModelSpec with backend "openai";
+    `api_key` wins over `openai.api_key_env` (resolve_api_key)."""
+    api = spec.openai
+    api_key = resolve_api_key(api_key, api.api_key_env, api.base_url)  # before loading a tokenizer
+    tokenizer = None
+    if api.mode == "allowed_token_ids":
+        from transformers import AutoTokenizer
+
+        from persona_icm.scoring.models import resolve
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve(api.tokenizer or spec.name))
+    return OpenAIScorer(
+        base_url=api.base_url,
+        model=api.model or spec.name,
+        api_key_env=api.api_key_env,
+        api_key=api_key,
+        mode=api.mode,
+        top_logprobs=api.top_logprobs,
+        tokenizer=tokenizer,
+        timeout_seconds=api.timeout_seconds,
+        max_attempts=api.max_attempts,
+        backoff_seconds=api.backoff_seconds,
+        max_concurrency=api.max_concurrency,
+    )
+
+
 def _retryable(err: BaseException) -> bool:
     if isinstance(err, EndpointError):
         return err.retryable
@@ -110,10 +154,7 @@ class OpenAIScorer(CallLog):
     ):
         super().__init__()
         headers = {}
-        if api_key is None and api_key_env:
-            api_key = os.environ.get(api_key_env)
-            if not api_key:
-                raise ValueError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
+        api_key = resolve_api_key(api_key, api_key_env, base_url)
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._api_key = SecretStr(api_key or "")

@@ -21,6 +21,8 @@ so the next call starts where this one's blocks are freshest), and a re-sort her
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 import threading
 import time
 import warnings
@@ -207,3 +209,42 @@ class VllmScorer(CallLog):
             wall=time.perf_counter() - start,
         )
         return scores
+
+
+def scorer_from_spec(spec, api_key: str | None = None) -> VllmScorer:
+    """The backend registry's factory (persona_icm/backends.py) for a ModelSpec with backend "vllm"."""
+    from persona_icm.scoring.models import resolve
+
+    return VllmScorer(resolve(spec.name), spec.vllm, dtype=spec.dtype, max_prompt_tokens=spec.max_prompt_tokens)
+
+
+def engine_window(spec, folder: str) -> int | None:
+    """The vllm backend's prompt-window rule: the smaller of max_prompt_tokens and the engine's
+    max_model_len - 1 (max_model_len defaults to the model's window)."""
+    from persona_icm.scoring.models import position_limit
+
+    engine_len = spec.vllm.max_model_len or position_limit(folder)
+    return prompt_limit(spec.max_prompt_tokens, engine_len - 1 if engine_len else None)
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process may use (after CUDA_VISIBLE_DEVICES); 0 without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def host_problem(spec) -> str | None:
+    """What this process lacks to run `spec` on vLLM: GPUs for its tensor-parallel group, or vLLM itself."""
+    tp, gpus = spec.vllm.tensor_parallel_size, visible_gpus()
+    if tp > 1 and tp > gpus:
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        return (
+            f"vllm.tensor_parallel_size={tp} but this process sees {gpus} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={devices}); give its worker {tp} GPUs or lower tensor_parallel_size"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        return "backend 'vllm' needs the vllm package in this environment (pip install 'persona-icm[gpu]')"
+    return None
