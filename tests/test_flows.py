@@ -18,8 +18,8 @@ TABLES = ["runs", "icm_labels", "icm_trace", "predictions", "demos", "metrics", 
 
 @pytest.fixture(scope="session")
 def smoke_inputs(tmp_path_factory):
+    from persona_icm.tiny_model import write_tiny_model
     from tests.goqa_fixtures import make_rows, write_goqa
-    from tests.tiny_model import write_tiny_model
 
     work = tmp_path_factory.mktemp("smoke")
     model = str(write_tiny_model(work / "tiny-llama"))

@@ -117,8 +117,8 @@ def test_api_key_is_sent_but_never_logged_stored_or_in_errors(tmp_path, monkeypa
     from persona_icm.scoring import make_scorer
     from persona_icm.scoring.base import ScoreRequest
     from persona_icm.scoring.openai import EndpointUnavailable
+    from persona_icm.tiny_model import make_claims
     from tests.helpers import GOOD, StubServer
-    from tests.tiny_model import make_claims
 
     monkeypatch.setenv("FAKE_PROVIDER_KEY", FAKE_KEY)
     server = StubServer()
@@ -163,9 +163,9 @@ def test_flow_reads_the_key_from_a_prefect_secret_block_and_never_logs_it(harnes
 
     from persona_icm.config import ModelSpec
     from persona_icm.scoring.base import ScoreRequest
+    from persona_icm.tiny_model import make_claims
     from tasks.common import scorer_for
     from tests.helpers import GOOD, StubServer
-    from tests.tiny_model import make_claims
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     Secret(value=FAKE_KEY).save("persona-icm-test-key", overwrite=True)
