@@ -15,6 +15,9 @@ COPY persona_icm ./persona_icm
 COPY tasks ./tasks
 COPY flows ./flows
 COPY warehouse ./warehouse
+# scripts/gpu_check.sh, the acceptance check of a GPU box (docs/gpus.md), runs in the image too
+COPY scripts ./scripts
+COPY benchmarks ./benchmarks
 # Every package at its constraints/gpu.txt pin: the image's vLLM and torch already are, so pip
 # keeps them; anything the image holds at another version (fastapi, prefect's deps) is replaced.
 RUN pip install --no-cache-dir -c constraints/gpu.txt -e '.[gpu,storage]'

@@ -6,11 +6,14 @@
 #
 #   scripts/gpu_check.sh [--tolerance 1e-3] [--dtype float32] ...   (python -m benchmarks.gpu_check -h)
 #
-# Env: PYTHON, the interpreter of the venv with vLLM (default .venv/bin/python; .venv-vllm/bin/python
-# for vLLM's CPU build). Needs no network: the model is built on the spot and the hub is offline.
+# Env: PYTHON, the interpreter with vLLM (default .venv/bin/python if it exists, else python3;
+# .venv-vllm/bin/python for vLLM's CPU build). Needs no network: the model is built on the spot and the hub is offline.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python3
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
+fi
 cd "$ROOT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
