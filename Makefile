@@ -18,7 +18,7 @@ PIP_PLAN := $(if $(PIP_REPORT),--dry-run --ignore-installed --use-feature=fast-d
 
 .PHONY: venv gpu-constraints test test-marked lint clean run plan rehearsal control stop models models-small models-gemma vllm-venv
 
-$(INSTALLED): pyproject.toml $(GPU_CONSTRAINTS)
+$(INSTALLED): pyproject.toml $(if $(ON_GPU),$(GPU_CONSTRAINTS))
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(if $(ON_GPU)$(PIP_REPORT),,$(BIN)/pip install -q torch==$(TORCH_VERSION))
