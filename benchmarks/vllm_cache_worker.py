@@ -6,7 +6,9 @@ Records what vLLM's prefix cache really did on an ICM search, so the bench can r
 prompts through the simulator (persona_icm.kv_cache / benchmarks.bench PrefixCache).
 
 SPEC: {"model": folder, "claims": [Claim fields...], "icm": {IcmConfig fields}, "num_blocks": N,
-       "engine_args": {VllmEngineArgs fields, block_size among them}, "max_num_seqs": [m1, m2, ...]}
+       "engine_args": {VllmEngineArgs fields, block_size among them}, "max_num_seqs": [m1, m2, ...],
+       optional "dtype": ModelSpec.dtype (default "auto"),
+       optional "requests": [{"context": [[claim, label]...], "query": claim, "kind": "base"|"chat"}...]}
 
 The first max_num_seqs setting runs the ICM search through the project's vllm backend
 (make_scorer -> VllmScorer -> persona_icm.icm.run_icm); every later setting starts a fresh engine
@@ -18,7 +20,8 @@ OUT: {"vllm_version", "logprob_path", "search": {...}, "settings": [{"engine": {
 num_gpu_blocks, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching},
 "start_seconds", "run_seconds", "calls": [{"prompts": [[ids]...], "cached": [n...]}...]}...]}
 with each call's prompts in the order they were sent and vLLM's RequestOutput.num_cached_tokens
-for each.
+for each; with "requests", also "scores": their log-odds from the search's scorer, after the search
+(scripts/gpu_check.sh compares them with the hf backend).
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ class RecordingLLM:
 
     def __getattr__(self, name):
         return getattr(self._llm, name)
+
+
+def decode_request(d: dict):
+    from persona_icm.claims import Claim
+    from persona_icm.scoring.base import ScoreRequest
+
+    return ScoreRequest(tuple((Claim(**c), int(y)) for c, y in d["context"]), Claim(**d["query"]), d["kind"])
 
 
 def engine_info(llm) -> dict:
@@ -91,7 +101,8 @@ def main(spec_path: str, out_path: str) -> None:
 
     first, *rest = spec["max_num_seqs"]
     start = time.perf_counter()
-    scorer = make_scorer(ModelSpec(backend="vllm", name=spec["model"], vllm=engine_args(first)))
+    model = ModelSpec(backend="vllm", name=spec["model"], dtype=spec.get("dtype", "auto"), vllm=engine_args(first))
+    scorer = make_scorer(model)
     started = time.perf_counter() - start
     recorder = RecordingLLM(scorer.llm)
     scorer.llm = recorder
@@ -111,11 +122,13 @@ def main(spec_path: str, out_path: str) -> None:
     out["settings"].append({"engine": engine_info(recorder._llm), "start_seconds": started,
                             "run_seconds": time.perf_counter() - start, "calls": recorder.calls})
     scorer.llm = recorder._llm
+    if spec.get("requests"):
+        out["scores"] = scorer.score([decode_request(d) for d in spec["requests"]])
     scorer.close()
 
     for max_num_seqs in rest:  # replays: a fresh engine (empty cache), the same calls in the same order
         start = time.perf_counter()
-        llm = backend.load_engine(spec["model"], engine_args(max_num_seqs), "auto")
+        llm = backend.load_engine(spec["model"], engine_args(max_num_seqs), spec.get("dtype", "auto"))
         started = time.perf_counter() - start
         recorder = RecordingLLM(llm)
         start = time.perf_counter()

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 from persona_icm.config import VllmEngineArgs  # noqa: E402
 from persona_icm.scoring.base import ScoreRequest  # noqa: E402
 from persona_icm.scoring.openai import OpenAIScorer  # noqa: E402
+from persona_icm.tiny_model import make_claims  # noqa: E402
 from tests.helpers import GOOD, StubServer, completion_reply  # noqa: E402
-from tests.tiny_model import make_claims  # noqa: E402
 
 
 def timed(fn):

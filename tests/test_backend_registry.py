@@ -82,8 +82,8 @@ def test_a_registered_backend_flows_through_config_scorer_preflight_and_retry(du
     from persona_icm.preflight import InputError, check_run
     from persona_icm.scoring import make_scorer, release_local_models
     from persona_icm.scoring.base import ScoreRequest
+    from persona_icm.tiny_model import make_claims
     from tasks.retry import retry_helps
-    from tests.tiny_model import make_claims
 
     config = build_config("smoke", dummy_overrides(smoke_inputs))
     assert config.base_model.backend == "dummy" and backends.names() == ["dummy", "hf", "openai", "vllm"]

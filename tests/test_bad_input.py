@@ -22,7 +22,7 @@ COUNTRIES = ["United States", "France"]
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from tests.tiny_model import write_tiny_model
+    from persona_icm.tiny_model import write_tiny_model
 
     work = tmp_path_factory.mktemp("bad_input")
     goqa = write_goqa(work / "goqa.csv", make_rows(24, 4, COUNTRIES))

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_two_runs_started_at_once_without_a_server_both_complete(tmp_path):
+    from persona_icm.tiny_model import write_tiny_model
     from tests.goqa_fixtures import make_rows, write_goqa
-    from tests.tiny_model import write_tiny_model
 
     goqa = write_goqa(tmp_path / "goqa.csv", make_rows(24, 4, ["United States", "France"]))
     model = write_tiny_model(tmp_path / "tiny-llama")

@@ -44,8 +44,8 @@ ITERATIONS = 200  # long enough that a kill aimed at an early checkpoint lands m
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
+    from persona_icm.tiny_model import write_tiny_model
     from tests.goqa_fixtures import make_rows, write_goqa
-    from tests.tiny_model import write_tiny_model
 
     work = tmp_path_factory.mktemp("crash_inputs")
     return {

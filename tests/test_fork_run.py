@@ -21,8 +21,8 @@ COUNTRIES = ["United States", "France"]
 
 def run_preset(preset: str, harness: str, tmp_path: Path) -> Path:
     """`python -m flows.cli run --preset PRESET` at smoke size on a generated GOQA file; its warehouse."""
+    from persona_icm.tiny_model import write_tiny_model
     from tests.goqa_fixtures import make_rows, write_goqa
-    from tests.tiny_model import write_tiny_model
 
     model = str(write_tiny_model(tmp_path / "tiny-llama"))
     goqa = write_goqa(tmp_path / "goqa.csv", make_rows(24, 4, COUNTRIES))

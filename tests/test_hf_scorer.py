@@ -7,8 +7,8 @@ from benchmarks.bench_scoring import trie_tokens
 from persona_icm.prompts import PromptEncoder
 from persona_icm.scoring.base import ScoreRequest
 from persona_icm.scoring.hf import HFScorer, trie_order, trie_walk
+from persona_icm.tiny_model import build_model, build_tokenizer, make_claims
 from tests.helpers import reference_scores
-from tests.tiny_model import build_model, build_tokenizer, make_claims
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from persona_icm.config import build_config
 from persona_icm.icm import TRAJECTORY_COLUMNS, run_icm
 from persona_icm.scoring.hf import HFScorer
-from tests.tiny_model import build_model, build_tokenizer, make_claims
+from persona_icm.tiny_model import build_model, build_tokenizer, make_claims
 
 DECISIONS = ["iteration", "claim_id", "previous_label", "proposal", "changed", "fixes", "accepted", "I", "pool_size", "accepted_total"]
 

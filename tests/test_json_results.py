@@ -125,8 +125,8 @@ def test_a_cached_search_is_stored_as_json_and_a_cache_hit_is_identical(harness,
     from prefect.results import ResultRecord
 
     from persona_icm.config import IcmConfig, ModelSpec
+    from persona_icm.tiny_model import make_claims, write_tiny_model
     from tasks.search import icm_search
-    from tests.tiny_model import make_claims, write_tiny_model
 
     results = tmp_path / "results"
     search = icm_search.with_options(result_storage=results)

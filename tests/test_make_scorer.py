@@ -6,8 +6,8 @@ from persona_icm.scoring.base import ClaimScorer, ScoreRequest
 from persona_icm.scoring.hf import HFScorer
 from persona_icm.scoring.models import DEMO_MODELS, resolve
 from persona_icm.scoring.openai import OpenAIScorer
+from persona_icm.tiny_model import make_claims, write_tiny_model
 from tests.helpers import reference_scores
-from tests.tiny_model import make_claims, write_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from persona_icm.scoring.openai import (
     NoLogprobsError,
     OpenAIScorer,
 )
+from persona_icm.tiny_model import build_tokenizer, make_claims
 from tests.helpers import (
     GOOD,
     ModelListingStub,
@@ -24,7 +25,6 @@ from tests.helpers import (
     completion_reply,
     forced_reply,
 )
-from tests.tiny_model import build_tokenizer, make_claims
 
 
 @pytest.fixture

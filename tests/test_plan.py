@@ -9,8 +9,8 @@ import pytest
 from persona_icm import cli, cost
 from persona_icm.config import IcmConfig
 from persona_icm.prompts import PromptEncoder
+from persona_icm.tiny_model import build_tokenizer, make_claims
 from tests.goqa_fixtures import make_rows, write_goqa
-from tests.tiny_model import build_tokenizer, make_claims
 
 COUNTRIES = ["United States", "France"]
 
@@ -36,7 +36,7 @@ def test_a_search_costs_no_more_than_its_prompts_and_a_bigger_cache_never_more()
 
 
 def test_plan_prints_each_country_and_the_total_without_loading_model_weights(tmp_path, capsys):
-    from tests.tiny_model import write_tiny_model
+    from persona_icm.tiny_model import write_tiny_model
 
     model = write_tiny_model(tmp_path / "tiny-llama")
     for weights in model.glob("*.safetensors"):

@@ -2,7 +2,7 @@ import pytest
 
 from persona_icm.prompts import PromptEncoder, _appended_token, header_text, prompt_text
 from persona_icm.scoring.base import ScoreRequest
-from tests.tiny_model import build_tokenizer, make_claims
+from persona_icm.tiny_model import build_tokenizer, make_claims
 
 
 @pytest.fixture(scope="module")

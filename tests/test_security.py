@@ -118,8 +118,8 @@ def test_api_key_is_sent_but_never_logged_stored_or_in_errors(tmp_path, monkeypa
     from persona_icm.scoring import make_scorer
     from persona_icm.scoring.base import ScoreRequest
     from persona_icm.scoring.openai import EndpointUnavailable
+    from persona_icm.tiny_model import make_claims
     from tests.helpers import GOOD, StubServer
-    from tests.tiny_model import make_claims
 
     monkeypatch.setenv("FAKE_PROVIDER_KEY", FAKE_KEY)
     server = StubServer()
@@ -164,9 +164,9 @@ def test_flow_reads_the_key_from_a_prefect_secret_block_and_never_logs_it(harnes
 
     from persona_icm.config import ModelSpec
     from persona_icm.scoring.base import ScoreRequest
+    from persona_icm.tiny_model import make_claims
     from tasks.scorers import scorer_for
     from tests.helpers import GOOD, StubServer
-    from tests.tiny_model import make_claims
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     Secret(value=FAKE_KEY).save("persona-icm-test-key", overwrite=True)
@@ -246,9 +246,9 @@ def test_an_http_error_is_endpoint_error_with_status_url_and_redacted_body(statu
     headers, the key included."""
     from persona_icm.scoring.base import ScoreRequest
     from persona_icm.scoring.openai import EndpointError, OpenAIScorer
+    from persona_icm.tiny_model import make_claims
     from tasks.retry import retry_helps
     from tests.helpers import StubServer
-    from tests.tiny_model import make_claims
 
     server = StubServer()
     server.default = ("echo", status)
@@ -282,8 +282,8 @@ def test_no_other_endpoint_error_holds_the_key(monkeypatch):
         NoLogprobsError,
         OpenAIScorer,
     )
+    from persona_icm.tiny_model import make_claims
     from tests.helpers import StubServer, echo_headers
-    from tests.tiny_model import make_claims
 
     server = StubServer()
     query = ScoreRequest((), make_claims(1)[0])

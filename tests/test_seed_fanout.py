@@ -65,10 +65,10 @@ def test_each_country_and_seed_searches_in_its_own_flow_run_and_the_countries_ta
     from prefect.client.orchestration import get_client
 
     from flows.experiment import persona_icm
+    from persona_icm.tiny_model import write_tiny_model
     from persona_icm.warehouse import open_warehouse
     from tests.goqa_fixtures import make_rows, write_goqa
     from tests.helpers import deployment_runs, icm_task_states
-    from tests.tiny_model import write_tiny_model
 
     warehouse = tmp_path / "warehouse" / "persona_icm.duckdb"
     overrides = {

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from persona_icm.scoring.base import ScoreRequest
+from persona_icm.tiny_model import make_claims
 from tests.helpers import reference_scores
-from tests.tiny_model import make_claims
 
 pytestmark = [
     pytest.mark.slow,

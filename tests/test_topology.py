@@ -4,28 +4,12 @@ show what would be installed, started and run."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def gpus(tmp_path):
-    """env with a STUB nvidia-smi that lists `n` GPUs, as `nvidia-smi -L` does."""
-    stub = tmp_path / "bin" / "nvidia-smi"
-    stub.parent.mkdir()
-    stub.write_text('#!/bin/sh\ni=0\nwhile [ $i -lt "$STUB_GPUS" ]; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; i=$((i+1)); done\n')
-    stub.chmod(0o755)
-
-    def env(n: int, **extra: str) -> dict[str, str]:
-        return {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "STUB_GPUS": str(n), **extra}
-
-    return env
 
 
 def plan(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -40,10 +24,11 @@ def make_venv_commands(env: dict[str, str], tmp_path: Path) -> list[str]:
 
 def test_make_run_installs_vllm_on_a_gpu_machine_and_cpu_torch_elsewhere(gpus, tmp_path):
     on_gpu = make_venv_commands(gpus(2), tmp_path)
-    assert any("-e '.[dev,cpu-models,gpu]'" in c for c in on_gpu), on_gpu
+    assert any("-c constraints/gpu.txt -e '.[dev,cpu-models,gpu,storage]'" in c for c in on_gpu), on_gpu
     assert not any("torch==" in c for c in on_gpu)  # vLLM brings the torch it was built for
     on_cpu = make_venv_commands(gpus(0), tmp_path)
     assert any("-e '.[dev,cpu-models]'" in c for c in on_cpu) and any("torch==2.13.0" in c for c in on_cpu)
+    assert not any("constraints/gpu.txt" in c for c in on_cpu)  # the CPU venv resolves freely (docs/gpus.md)
 
 
 def test_a_gpu_worker_owns_tensor_parallel_size_gpus(gpus):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from persona_icm.scoring.base import ScoreRequest
-from tests.tiny_model import make_claims, write_tiny_model
+from persona_icm.tiny_model import make_claims, write_tiny_model
 
 pytestmark = pytest.mark.integration
 

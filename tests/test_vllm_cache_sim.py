@@ -48,7 +48,7 @@ def test_comparison_replays_calls_in_order_with_the_engines_capacity():
 
 @pytest.mark.integration
 def test_simulator_predicts_vllm_cached_tokens(vllm_python, tmp_path):
-    from tests.tiny_model import write_tiny_model
+    from persona_icm.tiny_model import write_tiny_model
 
     model_dir = write_tiny_model(tmp_path / "tiny-llama", add_bos=True, head_dim=64)
     spec = make_spec(model_dir, n_claims=16, iterations=30, cache_tokens=1024, block=32, max_num_seqs=[16, 1])

@@ -22,7 +22,7 @@ from persona_icm.scoring.vllm import (
     sampling_kwargs,
     supports_logprob_token_ids,
 )
-from tests.tiny_model import make_claims
+from persona_icm.tiny_model import make_claims
 
 
 class NewSamplingParams:  # stub: the msgspec field tuple of vLLM >= 0.20
@@ -168,7 +168,7 @@ def test_an_engine_that_died_is_dropped_and_the_retry_builds_a_new_one(monkeypat
     """The first engine's generate() dies like an engine core that crashed (EngineDeadError)."""
     from persona_icm.config import ModelSpec
     from persona_icm.scoring import make_scorer
-    from tests.tiny_model import write_tiny_model
+    from persona_icm.tiny_model import write_tiny_model
 
     class EngineDead(RuntimeError):
         pass
@@ -195,7 +195,7 @@ def test_prompts_go_to_the_engine_in_the_callers_order(monkeypatch, tmp_path, st
     backend must not re-sort. Scores come back matched to their prompts."""
     from persona_icm.config import ModelSpec
     from persona_icm.scoring import make_scorer
-    from tests.tiny_model import write_tiny_model
+    from persona_icm.tiny_model import write_tiny_model
 
     sent = []
 
