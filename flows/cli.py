@@ -83,6 +83,8 @@ def interrupted_line(config: RunConfig, signum: int) -> str:
         run = None
     if run is None:
         return f"interrupted by {name} before the run (preset {config.preset}) was recorded; run the same command again to start it"
+    if run["status"] == "completed":
+        return f"interrupted by {name} after run {run['run_id']} (preset {run['preset']}) completed; `persona-icm report {run['run_id']}` rebuilds its report"
     return (f"interrupted by {name}: run {run['run_id']} (preset {run['preset']}) stopped; "
             "run the same command again to resume from its last checkpoint")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import prefect
+import prefect.main  # noqa: F401  (sets up Prefect's logging: its "Starting temporary server" line shows)
 from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import get_current_settings
 
