@@ -14,10 +14,11 @@ from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
 from tasks.checks import check_model_host
 from tasks.evaluation import CHAT_METHOD, MethodResult, evaluate_method
+from tasks.results import JSON
 from tasks.storage import result_storage
 
 
-@flow(name="persona-icm-chat", persist_result=True, result_storage=result_storage())
+@flow(name="persona-icm-chat", persist_result=True, result_storage=result_storage(), result_serializer=JSON)
 def chat_flow(
     config: RunConfig, splits: dict[str, tuple[list[Claim], list[Claim]]], run_id: str, remote: bool = False
 ) -> dict[str, MethodResult]:

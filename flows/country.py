@@ -9,26 +9,25 @@ engine is gone (flows/chat.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from prefect import flow
 
 from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
 from tasks.checks import check_model_host
 from tasks.evaluation import CHAT_METHOD, MethodResult, evaluate_method
+from tasks.results import JSON, Result
 from tasks.search import SearchResult, icm_search
 from tasks.storage import checkpoint_dir, result_storage
 
 
-@dataclass(frozen=True)
-class CountryResult:
+class CountryResult(Result):
     country: str
     searches: dict[int, SearchResult]  # ICM seed -> its search
     evaluations: list[MethodResult]
 
 
-@flow(name="persona-icm-country", flow_run_name="{country}", persist_result=True, result_storage=result_storage())
+@flow(name="persona-icm-country", flow_run_name="{country}", persist_result=True, result_storage=result_storage(),
+      result_serializer=JSON)
 def country_flow(
     config: RunConfig, country: str, train: list[Claim], test: list[Claim], run_id: str, remote: bool = False
 ) -> CountryResult:
@@ -48,4 +47,4 @@ def country_flow(
         for method in config.eval.methods
         if method != CHAT_METHOD
     ]
-    return CountryResult(country, searches, evaluations)
+    return CountryResult(country=country, searches=searches, evaluations=evaluations)

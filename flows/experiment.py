@@ -2,7 +2,7 @@
 
 Deployed by module path: `flows.experiment:persona_icm`.
 
-Parameters: a preset (seed, paper, smoke) and nested overrides of the run config (editable in
+Parameters: a preset (seed, fork, paper, smoke, control) and nested overrides of the run config (editable in
 the Prefect UI). `fan_out=True` sends each country to the deployment `persona-icm-country/country`
 (gpu pool, one worker per tensor-parallel group of GPUs) and waits for all of them, each wait
 bounded; with several ICM seeds (icm.seeds), each (country, seed) search first runs as its own
@@ -14,8 +14,6 @@ the base model is released. Only this flow's process writes the warehouse.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +28,7 @@ from flows.country import CountryResult, country_flow
 from persona_icm.claims import CountrySplit
 from persona_icm.config import Preset, RunConfig
 from persona_icm.preflight import build_checked_config
+from persona_icm.run_identity import run_id_for
 from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
 from tasks.data import ingest_goqa, write_claims_and_splits
@@ -37,17 +36,12 @@ from tasks.evaluation import CHAT_METHOD, MethodResult
 from tasks.fanout import run_remotely
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
 from tasks.report import report
+from tasks.results import JSON
 
 COUNTRY_DEPLOYMENT = "persona-icm-country/country"
 SEARCH_DEPLOYMENT = "persona-icm-search/search"
 CHAT_DEPLOYMENT = "persona-icm-chat/chat"
 LOCAL_BACKENDS = ("hf", "vllm")
-
-
-def run_id_for(config: RunConfig, dataset_id: str, code: str) -> str:
-    """Same config, data and code -> same run_id, so a re-run replaces its rows."""
-    digest = hashlib.sha256(json.dumps([config.model_dump(mode="json"), dataset_id, code], sort_keys=True).encode())
-    return f"{config.preset}-{digest.hexdigest()[:12]}"
 
 
 def with_tensor_parallel_size(overrides: dict[str, Any] | None, size: int | None) -> dict[str, Any] | None:
@@ -110,7 +104,8 @@ def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fa
     return chat_flow(config, parts, run_id)
 
 
-@flow(name="persona-icm", log_prints=True)
+# Its result (the run_id) is not kept; a failure's exception is, in PREFECT_HOME/storage: as JSON.
+@flow(name="persona-icm", log_prints=True, persist_result=False, result_serializer=JSON)
 def persona_icm(
     preset: Preset = "smoke",
     overrides: dict[str, Any] | None = None,

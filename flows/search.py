@@ -14,11 +14,13 @@ from prefect import flow
 from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
 from tasks.checks import check_model_host
+from tasks.results import JSON
 from tasks.search import icm_search
 from tasks.storage import checkpoint_dir, result_storage
 
 
-@flow(name="persona-icm-search", flow_run_name="{country}, seed {seed}", persist_result=True, result_storage=result_storage())
+@flow(name="persona-icm-search", flow_run_name="{country}, seed {seed}", persist_result=True, result_storage=result_storage(),
+      result_serializer=JSON)
 def search_flow(config: RunConfig, country: str, train: list[Claim], seed: int, remote: bool = False) -> str:
     """Run (or take from the cache) the search of `seed` on `train`; returns its run key."""
     if remote:

@@ -2,7 +2,10 @@
 
 Three charts: (1) test claim and group accuracy by method with 95% intervals, one panel per
 country plus the test-size-weighted aggregate; (2) accuracy against the number of demonstrations (gold, ICM,
-random-matched) with 95% bands; (3) the ICM search trace (U, P, I, train accuracy). Each is
+random-matched) with 95% bands; (3) the ICM search trace (U, P, I, train accuracy). A run that repeats
+the fork's experiment (view published_comparison) gets a fourth: its accuracy and 95% interval beside
+the fork's published number per country and method, with a table saying whether each published
+number falls inside the interval. Each is
 written as PNG and SVG (vl-convert, no browser) and inlined as SVG into `report.html`, which
 needs no network and no JavaScript.
 """
@@ -64,6 +67,15 @@ TRACE_SQL = """
 SELECT country, icm_seed, iteration, U, P, I, T, train_accuracy
 FROM icm_trace WHERE run_id = $run_id
 ORDER BY country, icm_seed, iteration
+"""
+
+
+# The fork's published numbers beside this run's (empty unless the run repeats the fork's experiment).
+COMPARISON_SQL = """
+SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
+       method, dataset, accuracy_pct, ci_low_pct, ci_high_pct, published_pct, published_in_interval
+FROM published_comparison WHERE run_id = $run_id
+ORDER BY country = $aggregate, country, method
 """
 
 
@@ -182,6 +194,32 @@ def accuracy_vs_examples_chart(vs_examples: pl.DataFrame, title: str = "") -> al
     )
 
 
+def published_comparison_chart(comparison: pl.DataFrame, title: str = "") -> alt.Chart:
+    """Per country (and the fork's aggregate) and method: this run's claim accuracy with its 95%
+    interval, and the fork's published number as a black cross."""
+    frame = _labelled(comparison)
+    countries = sorted(c for c in frame["country"].unique().to_list() if c != AGGREGATE) + [AGGREGATE]
+    scale = _method_scale(frame["method"].unique().to_list())
+    tooltip = ["country", "method", alt.Tooltip("accuracy_pct:Q", format=".1f", title="this run %"),
+               alt.Tooltip("ci_low_pct:Q", format=".1f", title="95% low"), alt.Tooltip("ci_high_pct:Q", format=".1f", title="95% high"),
+               alt.Tooltip("published_pct:Q", format=".1f", title="published %"), "published_in_interval"]
+    base = alt.Chart(frame).encode(
+        x=alt.X("method_label:N", title=None, sort=scale.domain, axis=alt.Axis(labelAngle=-35)), tooltip=tooltip,
+    )
+    bars = base.mark_errorbar(ticks=True, thickness=2).encode(
+        y=alt.Y("ci_low_pct:Q", title="test claim accuracy, % (95% CI)", scale=alt.Scale(domain=[0, 100])),
+        y2="ci_high_pct:Q", color=alt.Color("method_label:N", title="this run", scale=scale),
+    )
+    ours = base.mark_point(filled=True, size=70).encode(y="accuracy_pct:Q", color=alt.Color("method_label:N", scale=scale))
+    published = base.mark_point(shape="cross", size=90, color="black", filled=True).encode(y="published_pct:Q")
+    return (
+        alt.layer(bars, ours, published, data=frame)
+        .properties(width=150, height=220)
+        .facet(column=alt.Column("country:N", title=None, sort=countries))
+        .properties(title=title or "This run vs the fork's published numbers (black cross: published)")
+    )
+
+
 TRACE_METRICS = {
     "U": "U = alpha*P - I",
     "P": "P (mutual predictability)",
@@ -251,6 +289,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
     seeds = read(SEEDS_SQL, {"run_id": run_id})
     vs_examples = _without_lone_aggregate(read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE}))
     trace = read(TRACE_SQL, {"run_id": run_id})
+    comparison = read(COMPARISON_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
 
     charts: dict[str, tuple[Path, Path]] = {}
     captions = {
@@ -261,7 +300,11 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         "bars: 95% interval. "
         "All countries: the sizes every country has, then the whole pools pooled, at their mean size.",
         "icm_trace": "ICM search per iteration: objective U, mutual predictability P, inconsistencies I, "
-        "and the accuracy of the current labels against gold (monitoring only).",
+        "and the accuracy of the current labels against gold (monitoring only). With icm.consistency=false "
+        "(preset fork) U is alpha*P and I is only counted.",
+        "published_comparison": "This run's test claim accuracy with its 95% interval per country and method, and the "
+        "persona-elicitation fork's published number (Llama-3.1-70B base) as a black cross; all countries: "
+        "weighted by test size. The table below says whether each published number falls inside the interval.",
     }
     if headline.height:
         charts["accuracy_by_method"] = render(accuracy_by_method_chart(headline, seeds=seeds), out_dir / "accuracy_by_method")
@@ -269,6 +312,8 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         charts["accuracy_vs_examples"] = render(accuracy_vs_examples_chart(vs_examples), out_dir / "accuracy_vs_examples")
     if trace.height:
         charts["icm_trace"] = render(icm_trace_chart(trace), out_dir / "icm_trace")
+    if comparison.height:
+        charts["published_comparison"] = render(published_comparison_chart(comparison), out_dir / "published_comparison")
 
     figures = "".join(
         f'<figure id="{name}">{svg.read_text()}<figcaption>{html.escape(captions[name])} '
@@ -279,6 +324,11 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         "country", "method", "n_demos", "n_test_claims", "accuracy", "ci_low", "ci_high",
         "group_accuracy", "group_ci_low", "group_ci_high",
     )
+    versus = ""
+    if comparison.height:
+        versus = "<h2>Against the published numbers</h2>" + _table_html(comparison.select(
+            "country", "method", "accuracy_pct", "ci_low_pct", "ci_high_pct", "published_pct", "published_in_interval",
+        ))
     config = json.dumps(json.loads(info["config_json"]), indent=2) if info.get("config_json") else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>persona-icm run {html.escape(run_id)}</title>
@@ -289,6 +339,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
 · data {html.escape(str(info.get("dataset_id")))} · code {html.escape(str(info.get("code_version")))}</p>
 {figures}
 <h2>Headline results</h2>{_table_html(summary)}
+{versus}
 <h2>Run configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>
 """

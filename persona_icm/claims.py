@@ -1,5 +1,8 @@
 """Binary claims ("option X is the most popular answer to Q in country C") and per-country splits.
 
+Two protocols (`data.protocol`). "fork" (the default) is the persona-elicitation fork's chain,
+item for item: persona_icm/fork_chain.py. "balanced" is this module's own rule, below.
+
 A group is one (question, country). Its claims are the top option (gold label 1; ties go to the
 lowest option index and are flagged) and one other option drawn with a seeded RNG (label 0), so
 every group holds exactly one True and one False. Splits are at question level with one seeded
@@ -7,7 +10,7 @@ RNG shared by all countries: a question is in the same split in every country. C
 claims and rounded down to whole groups.
 
 Questions: those of `question_sources` (default GAS, i.e. Pew) or those named in a question list
-file; by default only questions with a usable group in every requested country. Groups are left
+file; with require_all_countries only questions with a usable group in every requested country. Groups are left
 out when all shares are 0 (no top option) or fewer than two options remain (after dropping
 non-substantive ones, if asked); the dataset's report counts them.
 
@@ -35,7 +38,7 @@ if TYPE_CHECKING:  # keep `from persona_icm.claims import Claim` free of DuckDB 
     from persona_icm.warehouse import Warehouse
 
 # Bump when building claims or splits changes for the same inputs: it is part of dataset_id.
-CLAIMS_VERSION = 1
+CLAIMS_VERSION = 2
 TIE_TOLERANCE = 1e-9
 # GOQA's "no opinion" answers: Pew's DK/Refused, WVS's Don't know / No answer / Missing; ...
 NON_SUBSTANTIVE = re.compile(
@@ -144,11 +147,28 @@ def dataset_fingerprint(params: dict[str, Any]) -> str:
 
 def dataset_params(cfg: DataConfig, source_sha256: str) -> dict[str, Any]:
     """Everything that shapes the claims and splits (file contents, never file paths)."""
+    if cfg.protocol == "fork":
+        from persona_icm.fork_subset import fork_subset
+
+        return {
+            "claims_version": CLAIMS_VERSION,
+            "protocol": "fork",
+            "source_sha256": source_sha256,
+            "fork_subset_sha256": fork_subset().source_sha256,
+            "dataset": cfg.dataset,
+            "countries": sorted(cfg.countries),
+            "seed": cfg.seed,
+            "split_seed": cfg.split_seed,
+            "train_fraction": cfg.train_fraction,
+            "train_cap": cfg.train_cap,
+            "test_cap": cfg.test_cap,
+        }
     question_list = None
     if cfg.question_list is not None:
         question_list = hashlib.sha256(Path(cfg.question_list).read_bytes()).hexdigest()
     return {
         "claims_version": CLAIMS_VERSION,
+        "protocol": "balanced",
         "source_sha256": source_sha256,
         "dataset": cfg.dataset,
         "countries": sorted(cfg.countries),
@@ -373,8 +393,14 @@ def build_dataset(
     """Claims and splits for `cfg` from one parsed GOQA file (goqa.read_goqa / goqa.load_goqa)."""
     params = dataset_params(cfg, source_sha256)
     dataset_id = dataset_fingerprint(params)
-    claims, report = build_claims(questions, selections, cfg, dataset_id)
-    splits = split_claims(claims, questions, cfg)
+    if cfg.protocol == "fork":
+        from persona_icm.fork_chain import fork_claims, fork_splits
+
+        claims, report = fork_claims(questions, selections, cfg, dataset_id)
+        splits = fork_splits(claims, cfg)
+    else:
+        claims, report = build_claims(questions, selections, cfg, dataset_id)
+        splits = split_claims(claims, questions, cfg)
     sizes = splits.group_by("country", "split").len().sort("country", "split")
     report["split_claims"] = {f"{c}/{s}": n for c, s, n in sizes.iter_rows()}
     used = questions.filter(pl.col("question_id").is_in(claims["question_id"].unique().implode()))

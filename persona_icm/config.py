@@ -12,6 +12,8 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_COUNTRIES = ["United States", "France", "Japan"]
+FORK_DRAW_SEED = 42  # pandas random_state of the fork's False-option draw (transform_opinions.py)
+FORK_SPLIT_SEED = 733244742  # the seed the fork passes to load_data (src/experiments/ICM.py)
 
 
 class _Section(BaseModel):
@@ -21,6 +23,12 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """What GOQA file, which questions and countries, and how claims and splits are made."""
 
+    protocol: Literal["fork", "balanced"] = Field(
+        "fork",
+        description="fork: the persona-elicitation fork's data chain item for item (its 180 Pew questions and 14 "
+        "countries, tie rule, False-option draw, per-country split; persona_icm/fork_chain.py). balanced: every "
+        "question of question_sources (or question_list), one question-level balanced split shared by all countries.",
+    )
     corpus: Literal["goqa", "control"] = Field(
         "goqa",
         description="goqa: GlobalOpinionQA. control: the known-answer control questions (persona_icm/control.py), "
@@ -36,27 +44,78 @@ class DataConfig(_Section):
     question_sources: list[str] = Field(
         default_factory=lambda: ["GAS"],
         min_length=1,
-        description="The rule: questions of these GOQA sources (GAS = Pew).",
+        description="balanced: questions of these GOQA sources (GAS = Pew). fork: must stay ['GAS'].",
     )
     question_list: Path | None = Field(
-        None, description="Plain text or CSV of question texts; replaces the source rule."
+        None, description="balanced: plain text or CSV of question texts; replaces the source rule."
     )
     require_all_countries: bool = Field(
         False,
-        description="False (the fork's rule): each country uses every question it has (a question still falls on the "
-        "same side of the split in every country). True: only questions with a usable group in every requested country.",
+        description="balanced: False, each country uses every question it has (a question still falls on the same "
+        "side of the split in every country); True, only questions with a usable group in every requested country.",
     )
-    drop_non_substantive: bool = Field(False, description="Drop DK/Refused, Don't know, No answer, Missing... first.")
-    seed: int = Field(0, description="Seeds the draw of each group's False option.")
-    split_seed: int = Field(0, description="Seeds the question-level train/test shuffle.")
-    train_fraction: float = Field(0.75, gt=0, lt=1, description="Share of questions on the train side.")
-    train_cap: int = Field(125, ge=2, description="Max train claims per country, rounded down to whole groups.")
-    test_cap: int = Field(50, ge=2, description="Max test claims per country, rounded down to whole groups.")
+    drop_non_substantive: bool = Field(
+        False, description="balanced: drop DK/Refused, Don't know, No answer, Missing... first."
+    )
+    seed: int = Field(
+        None,  # filled in by _protocol_seeds
+        description="Seeds the draw of each group's False option. fork: pandas random_state (default 42, the "
+        "fork's; only `all` draws); balanced: numpy seed (default 0).",
+    )
+    split_seed: int = Field(
+        None,  # filled in by _protocol_seeds
+        description="fork: seed of random.Random shuffling each country's groups (default 733244742, the fork's). "
+        "balanced: seed of the question-level shuffle (default 0).",
+    )
+    train_fraction: float = Field(
+        0.75, gt=0, lt=1,
+        description="fork: train takes int(n*f) claims of a country's n, test int(n*(1-f)), each capped. "
+        "balanced: share of questions on the train side.",
+    )
+    train_cap: int = Field(
+        125, ge=2, description="Max train claims per country (fork: exact, a cut group included; balanced: whole groups)."
+    )
+    test_cap: int = Field(
+        50, ge=2, description="Max test claims per country (fork: exact, a cut group included; balanced: whole groups)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_seeds(cls, values: Any) -> Any:
+        """An unset seed or split_seed takes the protocol's default (the fork's own seeds for "fork")."""
+        if not isinstance(values, dict):
+            return values
+        fork = values.get("protocol", "fork") == "fork"
+        defaults = {"seed": FORK_DRAW_SEED if fork else 0, "split_seed": FORK_SPLIT_SEED if fork else 0}
+        return {**values, **{k: v for k, v in defaults.items() if values.get(k) is None}}
 
     @model_validator(mode="after")
     def _one_source_file(self) -> DataConfig:
         if self.corpus == "control" and self.goqa_path is not None:
             raise ValueError(f"corpus 'control' reads its own file; goqa_path ({self.goqa_path}) must be unset")
+        return self
+
+    @model_validator(mode="after")
+    def _fork_protocol_fits(self) -> DataConfig:
+        """Options of the balanced rule have no meaning in the fork's chain: refused, never ignored."""
+        if self.protocol != "fork":
+            return self
+        wrong = []
+        if self.corpus != "goqa":
+            wrong.append(f"corpus {self.corpus!r} (its questions are not the fork's)")
+        if self.question_list is not None:
+            wrong.append("question_list")
+        if self.question_sources != ["GAS"]:
+            wrong.append(f"question_sources {self.question_sources}")
+        if self.require_all_countries:
+            wrong.append("require_all_countries")
+        if self.drop_non_substantive:
+            wrong.append("drop_non_substantive")
+        if wrong:
+            raise ValueError(
+                f"protocol 'fork' takes the fork's 180 questions as its chain does; {', '.join(wrong)} "
+                "belong(s) to protocol 'balanced' (set data.protocol=balanced)"
+            )
         return self
 
     @field_validator("countries", "question_sources")
@@ -151,6 +210,11 @@ class IcmConfig(_Section):
     )
     consistency: bool = Field(True, description="False drops I from U and skips ConsistencyFix (ablation).")
     num_seed: int = Field(12, ge=2, description="Claims labelled at random (balanced) before the search.")
+    seed_claims: Literal["random", "first"] = Field(
+        "random",
+        description="Which claims get the seed labels: `num_seed` drawn at random (the paper), or the first "
+        "`num_seed` training claims in split order (the fork). Their balanced labels are shuffled by the search's RNG.",
+    )
     iterations: int = Field(
         1000, ge=1, description="K in Algorithm 1; when not given, 1500 for data.dataset='all' (the fork's setting)."
     )
@@ -214,7 +278,7 @@ class EvalConfig(_Section):
     seed: int = Field(0, description="Seeds demo sampling, orders, random-matched flips and the bootstrap.")
 
 
-Preset = Literal["seed", "paper", "smoke", "control"]
+Preset = Literal["seed", "fork", "paper", "smoke", "control"]
 PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 
 
@@ -246,6 +310,13 @@ class RunConfig(_Section):
 
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
+    # The fork's search as it ran, to set beside its published table (docs/method.md "Departures"):
+    # no consistency term (its I was always 0), demos in claim order, seed labels on the first
+    # num_seed training claims, fp8 KV cache on vLLM (its engine's setting). Data as `seed`.
+    "fork": {
+        "base_model": {"vllm": {"kv_cache_dtype": "fp8"}},
+        "icm": {"consistency": False, "context_order": "claim", "seed_claims": "first"},
+    },
     "paper": {"icm": {"alpha": 50.0, "initial_T": 10.0, "final_T": 0.01, "beta": 0.99}},
     # The plumbing check: about 2.5 minutes on a 2-core CPU with the offline SmolLM2-135M.
     "smoke": {
@@ -256,6 +327,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "control": {
         "data": {
+            "protocol": "balanced",  # its questions are not the fork's
             "corpus": "control",
             "question_sources": ["CONTROL"],
             "countries": ["United States"],
@@ -282,5 +354,10 @@ def build_config(preset: str = "seed", overrides: dict[str, Any] | None = None) 
     """The preset's values, then `overrides` (nested dicts) on top; validated."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if "preset" in (overrides or {}):  # it would relabel this preset's values, not apply the other's
+        raise ValueError(
+            f"preset cannot be set as an override (got preset={overrides['preset']!r}); choose it with --preset "
+            "(the flow's `preset` parameter)"
+        )
     values = _merge({"preset": preset}, PRESETS[preset])
     return RunConfig.model_validate(_merge(values, overrides or {}))

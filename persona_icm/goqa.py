@@ -34,7 +34,7 @@ REQUIRED_COLUMNS = ("question", "selections", "options", "source")
 SHARE_SUM_TOLERANCE = 0.02
 # Bump when parsing changes what lands in the tables: a file ingested by an older parser is
 # then re-ingested instead of skipped.
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 
 _DEFAULTDICT = re.compile(r"^\s*defaultdict\(\s*<class 'list'>\s*,\s*(\{.*\})\s*\)\s*$", re.S)
 
@@ -77,6 +77,8 @@ def resolve_goqa_path(goqa_path: str | Path | None = None, data_dir: Path = DATA
     goqa_path = goqa_path or os.environ.get("GOQA_PATH") or None
     if goqa_path is not None:
         path = Path(goqa_path)
+        if path.is_dir():
+            raise GoqaFormatError(f"GOQA file {path} is a directory, not a CSV file (from --goqa-path / GOQA_PATH)")
         if not path.is_file():
             raise FileNotFoundError(f"GOQA file {path} does not exist (from --goqa-path / GOQA_PATH)")
         return path
@@ -154,7 +156,8 @@ def parse_selections(text: str, where: str) -> dict[str, list[float]]:
 
 
 def parse_options(text: str, where: str) -> list[str]:
-    """The option texts from an options cell; numeric options become text (1.0 -> '1')."""
+    """The option texts from an options cell; a numeric option becomes Python's text of it (1.0 -> '1.0'),
+    as the fork's chain writes it."""
     try:
         value = ast.literal_eval(text.strip()) if text else None
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
@@ -169,11 +172,7 @@ def parse_options(text: str, where: str) -> list[str]:
 
 
 def _option_text(option: str | int | float) -> str:
-    if isinstance(option, str):
-        return option
-    if isinstance(option, float) and option.is_integer():
-        return str(int(option))
-    return str(option)
+    return option if isinstance(option, str) else str(option)
 
 
 def _is_number(x: object) -> bool:
@@ -209,8 +208,10 @@ def read_goqa(path: str | Path, origin: str | None = None) -> GoqaTable:
             f"{path} is not a GOQA file: missing column(s) {', '.join(missing)} "
             f"(found: {', '.join(raw.columns) or 'none'}; expected {', '.join(REQUIRED_COLUMNS)})"
         )
+    if raw.height == 0:
+        raise GoqaFormatError(f"{path} has a header but no data rows")
 
-    questions, selections, seen = [], [], {}
+    questions, selections, seen, rows_seen = [], [], {}, {}
     n_empty, bad_sums = 0, []
     for row_idx, row in enumerate(raw.select(REQUIRED_COLUMNS).iter_rows(named=True)):
         question = (row["question"] or "").strip()
@@ -221,6 +222,13 @@ def read_goqa(path: str | Path, origin: str | None = None) -> GoqaTable:
         options = parse_options(row["options"], where)
         shares = parse_selections(row["selections"], where)
         source = (row["source"] or "").strip()
+        row_key = (question, tuple(options), source, tuple((c, tuple(v)) for c, v in shares.items()))
+        if row_key in rows_seen:  # it would enter the data twice: two groups of one question in one split
+            raise GoqaFormatError(
+                f"{where}: an exact copy of data row {rows_seen[row_key] + 1} (same question, options, source "
+                "and shares); remove one of them"
+            )
+        rows_seen[row_key] = row_idx
         key = (question, tuple(options), source)
         occurrence = seen.get(key, 0)
         seen[key] = occurrence + 1
@@ -234,6 +242,8 @@ def read_goqa(path: str | Path, origin: str | None = None) -> GoqaTable:
             if abs(sum(country_shares) - 1) > SHARE_SUM_TOLERANCE:
                 bad_sums.append(f"row {row_idx + 1} {country!r} sums to {sum(country_shares):.3f}")
             selections.extend((qid, country, k, s) for k, s in enumerate(country_shares))
+    if not questions:
+        raise GoqaFormatError(f"{path} has no data row with a question ({n_empty} rows, every question empty)")
     if bad_sums:
         warnings.warn(
             f"{path}: {len(bad_sums)} share list(s) do not sum to 1 +- {SHARE_SUM_TOLERANCE} "

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
 from pydantic import ValidationError
 
 from persona_icm import claims, goqa
 from persona_icm.claims import CountrySplit
 from persona_icm.config import ModelSpec, RunConfig, build_config
+from persona_icm.warehouse import warehouse_file_problem
 
 
 class InputError(ValueError):
@@ -42,6 +45,13 @@ class Preflight:
     window: int | None = None  # base model's prompt limit in tokens, when known
     goqa: goqa.GoqaTable | None = None
     dataset: claims.Dataset | None = None
+
+    def prompt_check(self) -> str:
+        """What the prompt-length check found, for the log."""
+        if not self.longest_prompt:
+            return "prompt length not checked (the base model's window is not known here, e.g. an OpenAI-compatible endpoint)"
+        longest = ", ".join(f"{country} {tokens}" for country, tokens in self.longest_prompt.items())
+        return f"longest prompt in tokens: {longest}; base model window {self.window} tokens"
 
 
 # check_data's results in this process, by data config and file: `persona-icm run` checks before
@@ -73,9 +83,61 @@ def build_checked_config(preset: str, overrides: dict | None) -> RunConfig:
         raise InputError(str(error)) from None
 
 
+def check_question_list(path: Path) -> None:
+    """data.question_list names a non-empty UTF-8 text or CSV file that holds questions."""
+    where = f"data.question_list {path}"
+    if path.is_dir():
+        raise InputError(f"{where} is a directory, not a file of questions")
+    if not path.is_file():
+        raise InputError(f"{where} does not exist" if not path.exists() else f"{where} is not a regular file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{where} cannot be read ({error.strerror})") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{where} is not UTF-8 text (byte {error.start} is {data[error.start]:#04x})") from None
+    if not data.strip():
+        raise InputError(f"{where} is empty")
+    try:
+        claims.read_question_list(path)
+    except claims.DataError as error:
+        raise InputError(f"data.question_list: {one_line(str(error))}") from None
+    except pl.exceptions.PolarsError as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InputError(f"{where} is not a readable CSV file ({first})") from None
+
+
+def check_warehouse(path: Path) -> None:
+    """The warehouse file is absent (the run creates it) or a DuckDB file, and its folder can be
+    written (or created). The folder is tested by creating and removing a file in it, which also
+    holds for root and for read-only mounts, where permission bits alone mislead."""
+    if str(path) == ":memory:":
+        return
+    problem = warehouse_file_problem(path)
+    if problem:
+        raise InputError(f"warehouse {path} {problem}; give another path with --warehouse (warehouse_path) or move it away")
+    folder = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents) if p.exists())
+    if not folder.is_dir():
+        raise InputError(f"warehouse {path}: {folder} is not a folder")
+    try:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        handle, probe = tempfile.mkstemp(prefix=".persona-icm-write-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise InputError(f"warehouse {path}: cannot write in folder {folder} ({error.strerror}); give another path with --warehouse") from None
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise InputError(f"warehouse {path} cannot be written (permission denied); give another path with --warehouse")
+
+
 def check_data(config: RunConfig) -> tuple[goqa.GoqaTable, claims.Dataset, dict[str, CountrySplit]]:
     """GOQA file -> claims and splits, in memory: (parsed file, dataset, country -> split)."""
     data = config.data
+    if data.question_list is not None:
+        check_question_list(Path(data.question_list))
     try:
         path = goqa.claims_source_path(data)
         stat = path.stat()
@@ -100,7 +162,8 @@ def check_data(config: RunConfig) -> tuple[goqa.GoqaTable, claims.Dataset, dict[
                 f"lower icm.num_seed to <= {len(split.train)} or raise data.train_cap"
             )
         for side, cap, claims_ in (("train", data.train_cap, split.train), ("test", data.test_cap, split.test)):
-            if cap // 2 * 2 > len(claims_):  # a cap is a maximum (docs/method.md: the fork capped train at min(75%, 125)), not an error
+            limit = cap if data.protocol == "fork" else cap // 2 * 2  # balanced caps round down to whole groups
+            if limit > len(claims_):  # a cap is a maximum (docs/method.md: the fork capped train at min(75%, 125)), not an error
                 warnings.warn(
                     f"{country}: data.{side}_cap={cap} is larger than the data; using its {len(claims_)} {side} claims",
                     InputWarning,
@@ -196,12 +259,11 @@ def check_model_host(config: RunConfig, roles: tuple[str, ...] = ("base_model", 
 def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> None:
     """One request to an OpenAI-compatible model before anything runs: it answers, serves the
     model and returns both candidates (persona_icm.scoring.openai.OpenAIScorer.probe)."""
-    import httpx
-
     from persona_icm.scoring import make_scorer
     from persona_icm.scoring.base import ProcessedLogprobs, ScoreRequest
     from persona_icm.scoring.openai import (
         CandidateNotReturned,
+        EndpointError,
         EndpointUnavailable,
         ModelNotServed,
         NoLogprobsError,
@@ -210,8 +272,8 @@ def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> No
     kind = "chat" if role == "chat_model" else "base"
     try:
         make_scorer(spec, api_key=api_key).probe(ScoreRequest((), query, kind))
-    except (EndpointUnavailable, ModelNotServed, CandidateNotReturned, NoLogprobsError, ProcessedLogprobs,
-            httpx.HTTPError) as error:
+    except (EndpointError, EndpointUnavailable, ModelNotServed, CandidateNotReturned, NoLogprobsError,
+            ProcessedLogprobs) as error:
         raise InputError(f"{role} {spec.name!r} at {spec.openai.base_url}: {one_line(str(error))}") from None
 
 
@@ -272,6 +334,7 @@ def check_models(
 
 def check_run(config: RunConfig, models_here: bool = True, api_keys: dict[str, str | None] | None = None) -> Preflight:
     """All checks, cheapest first; InputError on the first problem (see check_models)."""
+    check_warehouse(Path(config.warehouse_path))
     table, dataset, splits = check_data(config)
     longest, window = check_models(config, splits, models_here, api_keys)
     return Preflight(dataset.dataset_id, splits, longest, window, table, dataset)

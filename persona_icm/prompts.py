@@ -16,9 +16,10 @@ and its zero-shot base prompt is the title, the format line, the empty line and 
 `Format: Q: "<survey question>" | Op: "<answer option>" | Is Most Popular Opinion in France: True or False`,
 no empty line, and a zero-shot prompt that keeps the anchors and the `---`.
 
-The only departures from the fork, in both layouts: a prompt ends in ":" with no trailing space
-(the fork's trailing space splits " True" into two tokens for Llama-3-style tokenizers), and the
-score is the exact log P(" True") - log P(" False") at the next token.
+The departures from the fork's base prompt, in both layouts: a prompt ends in ":" with no trailing
+space (the fork's trailing space splits " True" into two tokens for Llama-3-style tokenizers), and
+the score is the exact log P(" True") - log P(" False") at the next token. docs/method.md
+("Departures from the fork and the paper") lists the others.
 
 Zero-shot chat is one user turn through the tokenizer's chat template with the generation prompt,
 scoring "True" vs "False" as the first assistant token. Its text is `CHAT_INSTRUCTION` (the
@@ -112,12 +113,20 @@ def chat_instruction(query: Claim, template: str | None = None) -> str:
 
 
 def read_chat_template(path) -> str:
-    """A chat template file's text; ValueError when it lacks a placeholder or has an unknown one."""
+    """A chat template file's text; ValueError when it lacks a placeholder, has an unknown one
+    (attribute or index access included) or one with a format spec or conversion."""
     from pathlib import Path
     from string import Formatter
 
     text = Path(path).read_text()
-    fields = {name for _, name, _, _ in Formatter().parse(text) if name is not None}
+    parsed = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(text) if name is not None]
+    for name, spec, conversion in parsed:
+        if spec or conversion:  # a width such as {question:>100000000} builds a prompt of that size
+            raise ValueError(
+                f"chat template {path}: placeholder {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}} has a format spec or conversion; write it as plain {{{name}}}"
+            )
+    fields = {name for name, _, _ in parsed}
     missing, unknown = {"country", "question", "opinion"} - fields, fields - {"country", "question", "opinion"}
     if missing or unknown:
         raise ValueError(

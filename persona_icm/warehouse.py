@@ -64,6 +64,34 @@ class WarehouseLocked(RuntimeError):
         )
 
 
+class WarehouseUnusable(ValueError):
+    """The warehouse path is not a DuckDB file this project can open; the message is one line."""
+
+
+DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
+
+
+def warehouse_file_problem(path: Path) -> str | None:
+    """What makes `path` unusable as a DuckDB database file, or None (an absent file is fine: a
+    write creates it). Reads 12 bytes, takes no lock."""
+    if path.is_dir():
+        return "is a directory, not a DuckDB file"
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "is not a regular file"
+    try:
+        with path.open("rb") as file:
+            head = file.read(12)
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if not head:
+        return "is an empty file, not a DuckDB database"
+    if head[8:12] != DUCKDB_MAGIC:
+        return "is not a DuckDB database file"
+    return None
+
+
 class Warehouse:
     """A DuckDB connection with transactional, idempotent writes of polars frames."""
 
@@ -264,9 +292,18 @@ def open_warehouse(
         file = Path(target)
         if read_only and not file.exists():
             raise FileNotFoundError(f"no warehouse at {file}; run ingestion first")
+        problem = warehouse_file_problem(file)
+        if problem:
+            raise WarehouseUnusable(f"warehouse {file} {problem}; give another warehouse path (--warehouse)")
         file.parent.mkdir(parents=True, exist_ok=True)
     timeout = lock_timeout_default(read_only) if lock_timeout is None else lock_timeout
-    con = _connect(target, read_only, timeout)
+    try:
+        con = _connect(target, read_only, timeout)
+    except duckdb.Error as error:  # not a lock: _connect turns those into WarehouseLocked
+        raise WarehouseUnusable(f"warehouse {target} cannot be opened: {' '.join(str(error).split())}") from None
+    if read_only and not _scalar(con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_version'"):
+        con.close()
+        raise WarehouseUnusable(f"warehouse {target} is a DuckDB file but not a persona-icm warehouse (it has no tables of ours)")
     if not read_only:
         try:
             apply_schema(con, schema_path)

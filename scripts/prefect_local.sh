@@ -19,6 +19,7 @@ GPU_BIN=${GPU_BIN:-$BIN}                     # venv of the gpu workers (with vLL
 TP=${PERSONA_ICM_TP:-4}
 [[ "$TP" =~ ^[1-9][0-9]*$ ]] || { echo "PERSONA_ICM_TP=$TP: must be a positive integer (GPUs per gpu worker)" >&2; exit 2; }
 PORT=${PREFECT_PORT:-4200}
+[[ "$PORT" =~ ^[1-9][0-9]{0,4}$ ]] && ((PORT <= 65535)) || { echo "PREFECT_PORT=$PORT: must be a port number (1-65535)" >&2; exit 2; }
 STATE=${PERSONA_ICM_PREFECT_STATE:-$ROOT/.prefect}
 LOST_AFTER=${PERSONA_ICM_LOST_RUN_SECONDS:-120}  # a flow run without heartbeats this long is marked Crashed
 mkdir -p "$STATE"
@@ -32,7 +33,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
 PREFECT="$BIN/prefect"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-healthy() { "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen('$PREFECT_API_URL/health', timeout=2)" 2>/dev/null; }
+healthy() { "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$PREFECT_API_URL" 2>/dev/null; }
 n_gpus() { if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true; else echo 0; fi; }
 gpu_groups() {  # one line per gpu worker: its CUDA_VISIBLE_DEVICES
     local gpus g
@@ -58,7 +59,7 @@ goqa_job() {  # --job-variable for GOQA_PATH (absolute), checked before anything
     local goqa
     goqa=$(cd "$(dirname "$GOQA_PATH")" 2>/dev/null && pwd)/$(basename "$GOQA_PATH")
     [ -f "$goqa" ] || { echo "GOQA_PATH=$GOQA_PATH: no such file" >&2; exit 1; }
-    echo "env={\"GOQA_PATH\": \"$goqa\"}"
+    "$BIN/python" -c 'import json, sys; print("env=" + json.dumps({"GOQA_PATH": sys.argv[1]}))' "$goqa"
 }
 
 start_server() {

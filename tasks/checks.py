@@ -18,7 +18,7 @@ def check_inputs(config: RunConfig, models_here: bool = True) -> Preflight:
     which check their own host (check_model_host)."""
     keys = {role: api_key_from_secret(spec) for role, spec in (("base_model", config.base_model), ("chat_model", config.chat_model)) if spec}
     checked = preflight.check_run(config, models_here=models_here, api_keys=keys)
-    get_run_logger().info("inputs ok: longest prompt %s tokens (window %s)", checked.longest_prompt, checked.window)
+    get_run_logger().info("inputs ok: %s", checked.prompt_check())
     return checked
 
 

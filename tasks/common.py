@@ -22,15 +22,20 @@ logging.getLogger("persona_icm").setLevel(logging.INFO)
 
 def retry_helps(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry_condition_fn: retry unless the failure is one that waiting cannot fix (a bad
-    input, an endpoint that returns no log-probs, a candidate outside the returned top-k)."""
+    input, an endpoint that returns no log-probs or answers 4xx, a candidate outside the returned top-k)."""
     from persona_icm.preflight import InputError
     from persona_icm.scoring.base import ProcessedLogprobs
-    from persona_icm.scoring.openai import CandidateNotReturned, ModelNotServed, NoLogprobsError
+    from persona_icm.scoring.openai import (
+        CandidateNotReturned,
+        EndpointError,
+        ModelNotServed,
+        NoLogprobsError,
+    )
 
     try:
         state.result()
-    except (InputError, NoLogprobsError, CandidateNotReturned, ProcessedLogprobs, ModelNotServed, FileNotFoundError,
-            ModuleNotFoundError):
+    except (InputError, NoLogprobsError, CandidateNotReturned, ProcessedLogprobs, ModelNotServed, EndpointError,
+            FileNotFoundError, ModuleNotFoundError):
         return False
     except Exception:
         return True

@@ -7,9 +7,6 @@ evaluating them together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import polars as pl
 from prefect import get_run_logger, task
 
 from persona_icm.claims import Claim
@@ -17,20 +14,20 @@ from persona_icm.config import EvalConfig, ModelSpec
 from persona_icm.evaluate import evaluate_country
 from persona_icm.scoring.base import calls_frame, record_calls
 from tasks.common import GPU, ProgressArtifact, model_name, scorer_for
+from tasks.results import JSON, Frame, Result
 
 CHAT_METHOD = "zero_shot_chat"  # the one method that uses the chat model, and only it
 
 
-@dataclass(frozen=True)
-class MethodResult:
+class MethodResult(Result):
     method: str
-    predictions: pl.DataFrame
-    demos: pl.DataFrame
-    calls: pl.DataFrame
+    predictions: Frame
+    demos: Frame
+    calls: Frame
     skipped: str | None = None  # why the method was not run (e.g. no chat model)
 
 
-@task(name="evaluate", tags=[GPU], task_run_name="evaluate-{method}-{country}")
+@task(name="evaluate", tags=[GPU], task_run_name="evaluate-{method}-{country}", result_serializer=JSON)
 def evaluate_method(
     method: str,
     country: str,
@@ -61,4 +58,5 @@ def evaluate_method(
     if skipped:
         get_run_logger().warning("%s skipped for %s: %s", method, country, skipped)
     model = model_name(chat_model if chat is not None else base_model)
-    return MethodResult(method, result.predictions, result.demos, calls_frame(calls, model), skipped)
+    return MethodResult(method=method, predictions=result.predictions, demos=result.demos, calls=calls_frame(calls, model),
+                        skipped=skipped)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
@@ -22,18 +20,18 @@ from tasks.common import (
     retry_helps,
     scorer_for,
 )
+from tasks.results import JSON, Frame, Result
 from tasks.storage import CheckpointMirror, result_storage
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    """What the flow keeps of one search (picklable: it is the cached task result)."""
+class SearchResult(Result):
+    """What the flow keeps of one search (plain data: it is the cached task result, stored as JSON)."""
 
     run_key: str
-    labels: pl.DataFrame  # icm.LABELS_SCHEMA
-    trace: pl.DataFrame  # icm.TRACE_SCHEMA
-    calls: pl.DataFrame  # model_calls rows of the search
-    counters: dict[str, Any]
+    labels: Frame  # icm.LABELS_SCHEMA
+    trace: Frame  # icm.TRACE_SCHEMA
+    calls: Frame  # model_calls rows of the search
+    counters: dict[str, int | float | None]
 
     def label_of(self) -> dict[str, int]:
         return label_of(self.labels)
@@ -57,6 +55,7 @@ def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     cache_key_fn=_cache_key,
     persist_result=True,
     result_storage=result_storage(),
+    result_serializer=JSON,
     cache_expiration=timedelta(days=365),
     retries=1,
     retry_delay_seconds=10,
@@ -92,4 +91,5 @@ def icm_search(train: list[Claim], icm: IcmConfig, model: ModelSpec, checkpoint_
         country, counters["iterations"], counters["accepted"], result.labels["label"].is_not_null().sum(),
         counters["prompts"], counters["wall_seconds"], counters["resumed_from"],
     )
-    return SearchResult(key, result.labels, result.trace, calls_frame(calls, model_name(model)), counters)
+    return SearchResult(run_key=key, labels=result.labels, trace=result.trace, calls=calls_frame(calls, model_name(model)),
+                        counters=counters)

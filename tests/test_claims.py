@@ -33,7 +33,9 @@ def table(goqa_file):
 
 
 def _cfg(goqa_file, **kw):
-    return DataConfig(goqa_path=goqa_file, **({"countries": US_FR_JP, "dataset": "all", "require_all_countries": True} | kw))
+    """The balanced rule (these tests are about it; tests/test_fork_chain.py covers protocol fork)."""
+    defaults = {"protocol": "balanced", "countries": US_FR_JP, "dataset": "all", "require_all_countries": True}
+    return DataConfig(goqa_path=goqa_file, **(defaults | kw))
 
 
 def _build(table, cfg):
@@ -175,22 +177,24 @@ def test_no_group_for_a_country_is_an_error_naming_the_selection(table, goqa_fil
 
 
 def test_question_list_selects_questions_and_reports_unmatched(tmp_path, table, goqa_file):
+    rows = make_rows(n_binary=12, n_multi=8)
+    binary_0, binary_1, multi_3 = rows[0]["question"], rows[1]["question"], rows[15]["question"]
     listed = tmp_path / "questions.txt"
     listed.write_text(
-        "# a comment\nBinary question 0: do you agree?\n  Multi question 3:   how much?\n"
+        f"# a comment\n{binary_0}\n  {multi_3.replace(' ', '   ', 2)}\n"
         "How important is God in your life? Please use this scale.\nNot a GOQA question\n"
     )
     with pytest.warns(DataWarning, match=r"1 of 4 entries .*'Not a GOQA question'"):
         ds = _build(table, _cfg(goqa_file, question_list=listed, train_fraction=0.5, train_cap=2, test_cap=2))
     chosen = set(ds.claims.join(table.questions, on="question_id")["question"])
     assert chosen == {
-        "Binary question 0: do you agree?",
-        "Multi question 3: how much?",
+        binary_0,
+        multi_3,
         "How important is God in your life?\n\nPlease use this scale.",
     }
     assert ds.report["question_list_unmatched"] == ["Not a GOQA question"]
     as_csv = tmp_path / "questions.csv"
-    pl.DataFrame({"id": [1, 2], "question": ["Binary question 0: do you agree?", "Binary question 1: do you agree?"]}).write_csv(as_csv)
+    pl.DataFrame({"id": [1, 2], "question": [binary_0, binary_1]}).write_csv(as_csv)
     from_csv = _build(table, _cfg(goqa_file, question_list=as_csv, train_fraction=0.5, train_cap=2, test_cap=2))
     assert from_csv.claims["question_id"].n_unique() == 2
     assert from_csv.dataset_id not in (ds.dataset_id, _build(table, _cfg(goqa_file)).dataset_id)
@@ -266,5 +270,6 @@ def test_loading_a_missing_dataset_or_country_is_an_error(tmp_path, goqa_file):
             load_country_split(wh, ds.dataset_id, "Germany")
 
 
-def test_the_default_selection_is_the_forks_every_question_a_country_has():
-    assert DataConfig().require_all_countries is False
+def test_the_default_is_the_forks_protocol_and_balanced_uses_every_question_a_country_has():
+    assert DataConfig().protocol == "fork"
+    assert DataConfig(protocol="balanced").require_all_countries is False

@@ -12,6 +12,19 @@ def test_presets_apply_and_overrides_win():
     assert build_config("seed").icm.alpha == 3.5
 
 
+def test_fork_preset_is_the_seed_preset_with_the_forks_search_and_kv_dtype():
+    fork, seed = build_config("fork"), build_config("seed")
+    assert fork.icm.consistency is False and fork.icm.context_order == "claim" and fork.icm.seed_claims == "first"
+    assert fork.base_model.vllm.kv_cache_dtype == "fp8"
+    assert seed.icm.seed_claims == "random" and seed.icm.consistency and seed.base_model.vllm.kv_cache_dtype == "auto"
+    changed = {"preset", "icm", "base_model"}
+    assert fork.model_dump(exclude=changed) == seed.model_dump(exclude=changed)
+    forked = {"consistency", "context_order", "seed_claims"}
+    assert fork.icm.model_dump(exclude=forked) == seed.icm.model_dump(exclude=forked)
+    assert fork.base_model.model_dump(exclude={"vllm"}) == seed.base_model.model_dump(exclude={"vllm"})
+    assert fork.base_model.vllm.model_dump(exclude={"kv_cache_dtype"}) == seed.base_model.vllm.model_dump(exclude={"kv_cache_dtype"})
+
+
 def test_bad_values_are_named():
     with pytest.raises(ValidationError, match="alpha"):
         build_config("seed", {"icm": {"alpha": -1}})

@@ -16,26 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLES = ["runs", "icm_labels", "icm_trace", "predictions", "demos", "metrics", "model_calls"]
 
 
-@pytest.fixture(scope="session")
-def smoke_inputs(tmp_path_factory):
-    from tests.goqa_fixtures import make_rows, write_goqa
-    from tests.tiny_model import write_tiny_model
-
-    work = tmp_path_factory.mktemp("smoke")
-    model = str(write_tiny_model(work / "tiny-llama"))
-    overrides = {
-        "data": {"goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, ["United States", "France"]))),
-                 "countries": ["United States", "France"],
-                 "train_cap": 12, "test_cap": 8},
-        "base_model": {"backend": "hf", "name": model},
-        "chat_model": {"backend": "hf", "name": model},
-        "icm": {"num_seed": 4, "iterations": 6},
-        "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 100},
-        "warehouse_path": str(work / "warehouse" / "persona_icm.duckdb"),
-    }
-    return overrides
-
-
 def _counts(warehouse_path):
     from persona_icm.warehouse import open_warehouse
 
@@ -166,6 +146,25 @@ def test_each_deployment_imports_and_its_run_config_validates(name):
 
         config = build_config(params["preset"], with_tensor_parallel_size(params.get("overrides"), params.get("tensor_parallel_size")))
         assert config.preset == params["preset"]
+
+
+def test_full_takes_preset_fork_and_keeps_its_fp8_kv_cache_under_the_deployments_overrides():
+    """`prefect deployment run persona-icm/full -p preset=fork`: the flow's preset parameter offers
+    `fork`, and full's vLLM overrides merge with the preset's engine settings instead of replacing them."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.experiment import with_tensor_parallel_size
+    from persona_icm.config import build_config
+
+    full = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}["full"]
+    flow = load_flow_from_entrypoint(full["entrypoint"])
+    assert "fork" in flow.parameters.model_dump()["properties"]["preset"]["enum"]
+    params = {**full["parameters"], "preset": "fork"}
+    config = build_config(params["preset"], with_tensor_parallel_size(params["overrides"], params["tensor_parallel_size"]))
+    assert config.preset == "fork" and config.base_model.name == "meta-llama/Llama-3.1-70B"
+    assert config.base_model.vllm.kv_cache_dtype == "fp8" and config.base_model.vllm.tensor_parallel_size == 4
+    assert config.chat_model.vllm.kv_cache_dtype == "auto"  # the fork's chat model was a hosted API, not its engine
+    assert not config.icm.consistency and config.icm.seed_claims == "first" and config.icm.context_order == "claim"
 
 
 @pytest.mark.slow

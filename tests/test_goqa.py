@@ -37,7 +37,7 @@ def test_reads_the_goqa_format_with_its_awkward_rows(tmp_path):
     assert table.n_empty_question_rows == 1
     assert table.questions.height == len(rows) - 1
     wvs = table.questions.filter(table.questions["source"] == "WVS").row(0, named=True)
-    assert wvs["options"] == ["Not important at all", "1", "2", "3.5", "Very important", "Don't know"]
+    assert wvs["options"] == ["Not important at all", "1.0", "2.0", "3.5", "Very important", "Don't know"]  # as Python and the fork write them
     assert wvs["question"].count("\n") == 2  # multi-line text kept
     assert wvs["question_id"] == question_id(wvs["question"], wvs["options"], "WVS")
     tie = table.selections.filter(
@@ -60,8 +60,17 @@ def test_question_ids_do_not_depend_on_the_file(tmp_path):
 
 def test_repeated_rows_get_distinct_ids(tmp_path):
     row = {"question": "Same?", "options": ["Yes", "No"], "selections": {"France": [0.6, 0.4]}}
-    questions = read_goqa(write_goqa(tmp_path / "g.csv", [row, row])).questions
+    again = {**row, "selections": {"France": [0.3, 0.7], "Japan": [0.5, 0.5]}}  # asked again, other answers
+    questions = read_goqa(write_goqa(tmp_path / "g.csv", [row, again])).questions
     assert questions["question_id"].n_unique() == 2
+
+
+def test_an_exact_copy_of_a_row_is_refused_naming_the_question(tmp_path):
+    """It would become two identical groups of one question on the same side of the split."""
+    row = {"question": "Same?", "options": ["Yes", "No"], "selections": {"France": [0.6, 0.4]}}
+    other = {"question": "Other?", "options": ["Yes", "No"], "selections": {"France": [0.1, 0.9]}}
+    with pytest.raises(GoqaFormatError, match=r"g.csv, data row 3 \('Same\?'\): an exact copy of data row 1"):
+        read_goqa(write_goqa(tmp_path / "g.csv", [row, other, row]))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -102,6 +103,7 @@ def test_same_seed_same_trace_and_different_seed_different_trace():
         ("paper", 2, {}),
         ("smoke", 3, {"schedule": "exp"}),
         ("smoke", 4, {"score_memo_size": 50}),  # LRU evictions change cost, never the result
+        ("fork", 5, {}),  # no consistency term, claim-order demos, seed labels on the first claims
     ],
 )
 def test_fast_engine_follows_the_reference_trajectory_with_fewer_prompts_and_calls(preset, seed, over):
@@ -153,6 +155,28 @@ def test_fast_engine_sends_leave_one_out_prompts_prefix_sorted_in_one_call_alter
             assert r.kind == "base" and r.query.claim_id not in {c.claim_id for c, _ in r.context}
     assert kinds == {True, False}, "expected calls of one and of several labellings"
     assert result.counters.backend_calls == len(scorer.batches)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_fork_seeding_labels_the_first_claims_balanced_with_the_seeded_shuffle(engine):
+    """seed_claims="first" (preset fork): the first num_seed claims in the order given, half True,
+    the assignment drawn by the search's RNG; "random" (the paper's) picks other claims."""
+    claims = make_claims(10, seed=3)
+
+    def seeded(**over):
+        config = icm_config("fork", iterations=1, num_seed=6, engine=engine, **over)
+        search = IcmSearch(claims, SyntheticScorer(truth_of(claims)), config)
+        search.seed_pool()
+        return search.labelling.labels
+
+    first = {seed: seeded(seed=seed) for seed in range(6)}
+    for labels in first.values():
+        assert all(y != -1 for y in labels[:6]) and all(y == -1 for y in labels[6:])
+        assert sum(labels[:6]) == 3  # balanced, and no ConsistencyFix (fork: consistency off) moved them
+    assert len({labels[:6] for labels in first.values()}) > 1  # the seed shuffles the assignment
+    assert seeded(seed=0) == first[0]
+    at_random = [seeded(seed=seed, seed_claims="random") for seed in range(6)]
+    assert any(any(y != -1 for y in labels[6:]) for labels in at_random)
 
 
 # -- ConsistencyFix -------------------------------------------------------------------------
@@ -382,12 +406,28 @@ def test_result_frames_and_progress():
 
 def test_bad_claims_are_named():
     claims = make_claims(3)
-    with pytest.raises(ValueError, match="exactly two"):
-        run_icm(claims[:-1], SyntheticScorer(truth_of(claims)), icm_config("smoke"), show_progress=False)
+    third = dataclasses.replace(claims[2], group_id=claims[0].group_id)  # a group of three
+    with pytest.raises(ValueError, match="at most two"):
+        run_icm([*claims[:2], third, *claims[3:]], SyntheticScorer(truth_of(claims)), icm_config("smoke"),
+                show_progress=False)
     with pytest.raises(ValueError, match="unique"):
         run_icm(claims + claims[:1], SyntheticScorer(truth_of(claims)), icm_config("smoke"), show_progress=False)
     with pytest.raises(ValueError, match="num_seed"):
         run_icm(claims, SyntheticScorer(truth_of(claims)), icm_config("seed"), show_progress=False)
+
+
+def test_a_group_of_one_is_searched_like_the_forks_cut_group():
+    """The fork's split cuts one group (its other claim is in neither split): the pool takes it
+    as a group of one, with no sibling and no consistency pair, on both engines alike."""
+    claims = make_claims(15, seed=7)[:-1]
+    config = icm_config("smoke", iterations=60, seed=7, num_seed=6)
+    fast, _ = run(claims, config)
+    ref, _ = run(claims, config.model_copy(update={"engine": "reference"}))
+    assert trajectory(fast).equals(trajectory(ref)) and fast.labels.equals(ref.labels)
+    pool = Pool.from_claims(claims)
+    assert pool.sibling(len(claims) - 1) is None and pool.sibling(0) == 1
+    lone = Labelling.empty(len(claims)).with_labels(pool, [(len(claims) - 1, 1), (0, 1), (1, 1)])
+    assert lone.inconsistent_pairs(pool) == [(0, 1)]
 
 
 @pytest.mark.slow

@@ -86,13 +86,33 @@ def test_chat_instruction_and_a_template_file(tmp_path, claims, tokenizers):
     assert "France" in text and text.endswith("Answer:") and "True or False" in text
     assert CHAT_INSTRUCTION.count("\n- ") == 5  # the five things to weigh
     template = tmp_path / "chat.txt"
-    template.write_text("In {country}, is {opinion!r} the top answer to {question!r}? True or False.")
+    template.write_text('In {country}, is "{opinion}" the top answer to "{question}"? True or False.')
     custom = read_chat_template(template)
-    assert chat_instruction(claims[3], custom) == f"In France, is {claims[3].option!r} the top answer to {claims[3].question!r}? True or False."
+    assert chat_instruction(claims[3], custom) == f'In France, is "{claims[3].option}" the top answer to "{claims[3].question}"? True or False.'
     enc = PromptEncoder(tokenizers[True], "chat", chat_template=custom)
     assert "top answer" in tokenizers[True].decode(enc.encode(_request(claims, [], 3, "chat")))
     template.write_text("In {country}: {question}?")
     with pytest.raises(ValueError, match=r"missing \['opinion'\]"):
+        read_chat_template(template)
+
+
+@pytest.mark.parametrize(
+    ("placeholder", "expected"),
+    [
+        ("{question:>100000000}", r"placeholder \{question:>100000000\} has a format spec or conversion"),
+        ("{question!r}", r"placeholder \{question!r\} has a format spec or conversion"),
+        ("{question:{opinion}}", r"placeholder \{question:\{opinion\}\} has a format spec"),
+        ("{question.__class__}", r"unknown \['question.__class__'\]"),
+        ("{question[0]}", r"unknown \['question\[0\]'\]"),
+    ],
+)
+def test_a_chat_template_allows_only_plain_placeholders(tmp_path, placeholder, expected):
+    """A width would build a prompt of that many characters; attribute or index access reads the claim's text."""
+    from persona_icm.prompts import read_chat_template
+
+    template = tmp_path / "chat.txt"
+    template.write_text(f"In {{country}}: {placeholder} / {{question}} -> {{opinion}}?")
+    with pytest.raises(ValueError, match=expected):
         read_chat_template(template)
 
 

@@ -26,37 +26,70 @@ QUERIES = Path(__file__).resolve().parent.parent / "warehouse" / "queries"
 COUNTRIES = {"Atlantis": 14, "Lemuria": 10}  # test groups differ: the aggregate must weight them
 
 
-def _country(country, n_test_groups, cfg):
+def _country(country, n_test_groups, cfg, run_id="r1", chat=False):
     claims = make_claims(12 + n_test_groups, country=country, seed=len(country))
     claims = [c.__class__(f"{country}:{c.claim_id}", f"{country}:{c.group_id}", *[getattr(c, f) for f in ("country", "question", "option", "gold")]) for c in claims]
     train, test = claims[:24], claims[24:]
     scorer = SyntheticScorer({c.claim_id: c.gold for c in claims})
     # searches of different lengths leave pools of different sizes, as real countries do
     search = run_icm(train, scorer, cfg.icm.model_copy(update={"iterations": 5 + n_test_groups}), show_progress=False)
-    result = evaluate_country(scorer, train, test, cfg.eval, icm_labels=search.label_of(), run_id="r1")
+    result = evaluate_country(scorer, train, test, cfg.eval, icm_labels=search.label_of(), run_id=run_id,
+                              chat_scorer=scorer if chat else None)
     return search, result
+
+
+def _write_run(wh, run_id, countries, cfg, config_json=None, chat=False):
+    """One completed run of the real search and evaluation (synthetic scorer) in `wh`."""
+    write_run(wh, {
+        "run_id": run_id, "preset": cfg.preset, "config_json": config_json or cfg.model_dump_json(), "base_model": "synthetic",
+        "countries": list(countries), "dataset_id": "d1", "code_version": "test",
+        "started_at": datetime.now(UTC), "status": "completed",
+    })
+    frames = {}
+    for country, n_test in countries.items():
+        search, result = _country(country, n_test, cfg, run_id, chat)
+        frames[country] = result
+        seed = pl.lit(0).alias("icm_seed")
+        write_results(wh, run_id, country, "icm", {"icm_labels": search.labels.with_columns(seed), "icm_trace": search.trace.with_columns(seed)})
+        write_evaluation(wh, run_id, country, {"predictions": result.predictions, "demos": result.demos}, n_boot=200)
+    write_aggregate(wh, run_id, n_boot=200)
+    return frames
 
 
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     cfg = build_config("smoke", {"icm": {"iterations": 15}, "eval": {"eval_repeats": 3, "demo_sizes": [4, 8]}})
     wh = open_warehouse(tmp_path_factory.mktemp("wh") / "w.duckdb")
-    write_run(wh, {
-        "run_id": "r1", "preset": "smoke", "config_json": cfg.model_dump_json(), "base_model": "synthetic",
-        "countries": list(COUNTRIES), "dataset_id": "d1", "code_version": "test",
-        "started_at": datetime.now(UTC), "status": "completed",
-    })
-    frames = {}
-    for country, n_test in COUNTRIES.items():
-        search, result = _country(country, n_test, cfg)
-        frames[country] = result
-        seed = pl.lit(0).alias("icm_seed")
-        write_results(wh, "r1", country, "icm", {"icm_labels": search.labels.with_columns(seed), "icm_trace": search.trace.with_columns(seed)})
-        write_evaluation(wh, "r1", country, {"predictions": result.predictions, "demos": result.demos}, n_boot=200)
+    frames = _write_run(wh, "r1", COUNTRIES, cfg)
     predictions = pl.concat([r.predictions for r in frames.values()])
     demos = pl.concat([r.demos for r in frames.values()])
-    write_aggregate(wh, "r1", n_boot=200)
     yield wh, predictions, demos
+    wh.close()
+
+
+FORK_COUNTRIES = {"United States": 14, "France": 10, "Japan": 12}
+
+
+def _fork_config_json(cfg, **data):
+    """The run's config as persisted, with data.protocol 'fork' (the key A's data chain adds)."""
+    config = json.loads(cfg.model_dump_json())
+    config["data"].update({"protocol": "fork", "dataset": "binary", **data})
+    return json.dumps(config)
+
+
+@pytest.fixture(scope="module")
+def fork_warehouse(tmp_path_factory):
+    """A warehouse with a fork-protocol run of the fork's three countries (r-fork, chat baseline
+    included), one without the chat baseline (r-nochat), a fork-protocol run missing Japan (r-two) and
+    a balanced-protocol run (r-balanced)."""
+    cfg = build_config("fork", {"icm": {"iterations": 15, "num_seed": 4}, "eval": {"eval_repeats": 3, "demo_sizes": [4]}})
+    wh = open_warehouse(tmp_path_factory.mktemp("wh") / "fork.duckdb")
+    _write_run(wh, "r-fork", FORK_COUNTRIES, cfg, _fork_config_json(cfg), chat=True)
+    _write_run(wh, "r-two", {"United States": 14, "France": 10}, cfg, _fork_config_json(cfg))
+    _write_run(wh, "r-balanced", FORK_COUNTRIES, cfg, _fork_config_json(cfg, protocol="balanced"))
+    _write_run(wh, "r-nochat", FORK_COUNTRIES, cfg, _fork_config_json(cfg))
+    wh.con.execute("UPDATE runs SET finished_at = now()")
+    yield wh
     wh.close()
 
 
@@ -153,7 +186,8 @@ def test_rewriting_a_country_replaces_its_rows(warehouse):
         write_results(wh, "r1", "Atlantis", "eval", {"claims": atlantis})
 
 
-@pytest.mark.parametrize("query", sorted(p.name for p in QUERIES.glob("*.sql")))
+# compare_with_published.sql reads only runs of the fork's protocol: its own test below.
+@pytest.mark.parametrize("query", sorted(p.name for p in QUERIES.glob("*.sql") if p.name != "compare_with_published.sql"))
 def test_saved_queries_run_and_return_rows(warehouse, query):
     wh, *_ = warehouse
     calls = pl.DataFrame({"phase": ["icm"], "model": ["m"], "call_index": [0], "n_prompts": [3],
@@ -184,13 +218,16 @@ def test_report_has_three_valid_charts_and_references_them(warehouse, tmp_path):
 
 
 @pytest.mark.integration
-def test_report_renders_every_chart_in_headless_chromium(warehouse, tmp_path):
+@pytest.mark.parametrize("which,run_id", [("warehouse", "r1"), ("fork_warehouse", "r-fork")])  # r-fork: + the comparison
+def test_report_renders_every_chart_in_headless_chromium(request, which, run_id, tmp_path):
     from tests import browser
 
     if not browser.available():
         pytest.skip("needs Debian chromium and chromium-driver (.ci/run installs them)")
-    wh, *_ = warehouse
-    files = write_report(wh.sql, "r1", tmp_path)
+    wh = request.getfixturevalue(which)
+    wh = wh[0] if isinstance(wh, tuple) else wh
+    files = write_report(wh.sql, run_id, tmp_path)
+    assert ("published_comparison" in files.charts) == (run_id == "r-fork")
     with browser.chromium() as page:
         page.open(browser.file_url(files.html))
         drawn = page.run(
@@ -200,36 +237,79 @@ def test_report_renders_every_chart_in_headless_chromium(warehouse, tmp_path):
                          marks: svg ? svg.querySelectorAll('path, line, rect, circle, text').length : 0};
                });"""
         )
+        verdicts = page.run("return [...document.querySelectorAll('td')].filter(td => "
+                            "['inside', 'outside'].includes(td.textContent)).length")
         errors = [e for e in page.console() if e.get("level") == "SEVERE"]
+    assert verdicts == (16 if run_id == "r-fork" else 0)  # one line per published (country, method)
     assert {d["id"] for d in drawn} == set(files.charts)
     for chart in drawn:
         assert chart["width"] > 200 and chart["height"] > 150 and chart["marks"] > 20, chart
     assert errors == []
 
 
-def test_published_numbers_join_the_run_by_dataset_country_and_method(warehouse):
+def test_published_numbers_have_both_datasets_and_their_aggregates(warehouse):
     wh, *_ = warehouse
     published = wh.sql("SELECT * FROM published_results")
-    assert published.height == 28 and set(published["dataset"]) == {"binary", "all"}
-    agg = published.filter((pl.col("dataset") == "all") & (pl.col("country") != "ALL"))
-    for method, pooled in [("icm", 81.9), ("golden", 84.9), ("zero_shot_chat", 81.6), ("zero_shot_base", 74.0)]:
-        assert agg.filter(method=method)["accuracy_pct"].mean() == pytest.approx(pooled, abs=0.05)  # 3 x 50 test claims
-    wh.con.execute("UPDATE runs SET finished_at = now()")
-    original = wh.scalar("SELECT config_json FROM runs WHERE run_id = 'r1'")
-    config = json.loads(original)
-    config["data"]["dataset"] = "binary"
-    wh.con.execute("UPDATE runs SET config_json = ? WHERE run_id = 'r1'", [json.dumps(config)])
-    wh.con.execute("UPDATE predictions SET country = 'France' WHERE country = 'Atlantis'")
-    try:
-        frame = wh.sql((QUERIES / "compare_with_published.sql").read_text())
-        france_icm = frame.filter(country="France", method="icm")
-        assert france_icm["published_pct"].item() == 68.6 and france_icm["dataset"].item() == "binary"
-        ours = wh.scalar("SELECT accuracy FROM results_by_country WHERE country = 'France' AND method = 'icm' AND experiment = 'main'")
-        assert france_icm["difference_pct"].item() == pytest.approx(round(100 * ours - 68.6, 1))
-        assert frame.filter(country="Lemuria")["published_pct"].is_null().all()
-    finally:
-        wh.con.execute("UPDATE predictions SET country = 'Atlantis' WHERE country = 'France'")
-        wh.con.execute("UPDATE runs SET config_json = ? WHERE run_id = 'r1'", [original])
+    assert published.height == 32 and set(published["dataset"]) == {"binary", "all"}
+    for dataset, pooled in [("all", {"icm": 81.9, "golden": 84.9, "zero_shot_chat": 81.6, "zero_shot_base": 74.0}),
+                            ("binary", {"icm": 74.0, "golden": 77.5, "zero_shot_chat": 75.0, "zero_shot_base": 65.5})]:
+        countries = published.filter((pl.col("dataset") == dataset) & (pl.col("country") != "ALL"))
+        for method, value in pooled.items():
+            assert published.filter(dataset=dataset, country="ALL", method=method)["accuracy_pct"].item() == value
+            assert countries.filter(method=method)["accuracy_pct"].mean() == pytest.approx(value, abs=0.05)  # equal test sizes
+
+
+def test_a_fork_protocol_run_is_set_beside_every_published_number_with_its_verdict(fork_warehouse):
+    wh = fork_warehouse
+    rows = wh.sql("SELECT * FROM published_comparison WHERE run_id = 'r-fork'")
+    assert sorted(set(rows["country"])) == ["ALL", "France", "Japan", "United States"]
+    assert rows.height == 16 and set(rows["method"]) == {"icm", "golden", "zero_shot_chat", "zero_shot_base"}
+    assert set(rows["dataset"]) == {"binary"}
+    for row in rows.iter_rows(named=True):
+        assert row["accuracy_pct"] is not None and row["ci_low_pct"] <= row["accuracy_pct"] <= row["ci_high_pct"], row
+        inside = row["ci_low_pct"] <= row["published_pct"] <= row["ci_high_pct"]
+        assert row["published_in_interval"] == ("inside" if inside else "outside"), row
+    ours = wh.sql("SELECT * FROM headline WHERE run_id = 'r-fork' AND country = 'France' AND method = 'icm'").row(0, named=True)
+    france = rows.filter(country="France", method="icm").row(0, named=True)
+    assert france["published_pct"] == 68.6 and france["accuracy_pct"] == pytest.approx(100 * ours["accuracy"])
+    assert france["ci_low_pct"] == pytest.approx(100 * ours["ci_low"])
+    assert rows.filter(country="ALL", method="golden")["published_pct"].item() == 77.5
+    # no comparison for a run of another protocol, or one without all of the fork's countries
+    assert wh.sql("SELECT * FROM published_comparison WHERE run_id IN ('r-two', 'r-balanced')").height == 0
+    # the query: the latest comparable run, one line per (country, method)
+    wh.con.execute("UPDATE runs SET finished_at = now() - INTERVAL 1 HOUR WHERE run_id = 'r-nochat'")
+    wh.con.execute("UPDATE runs SET finished_at = now() + INTERVAL 1 HOUR WHERE run_id IN ('r-two', 'r-balanced')")
+    frame = wh.sql((QUERIES / "compare_with_published.sql").read_text())
+    assert frame.height == 16 and frame["country"][-1] == "ALL" and set(frame["preset"]) == {"fork"}
+    line = frame.filter(country="France", method="icm").row(0, named=True)
+    assert line["difference_pct"] == pytest.approx(round(100 * ours["accuracy"] - 68.6, 1), abs=0.11)
+    assert line["published_in_interval"] == france["published_in_interval"]
+
+
+def test_a_fork_run_without_the_chat_baseline_says_so_instead_of_dropping_the_row(fork_warehouse):
+    rows = fork_warehouse.sql("SELECT * FROM published_comparison WHERE run_id = 'r-nochat'")
+    assert rows.height == 16
+    assert set(rows.filter(method="zero_shot_chat")["published_in_interval"]) == {"not evaluated"}
+    assert rows.filter(method="zero_shot_chat")["accuracy_pct"].is_null().all()
+
+
+def test_report_of_a_fork_protocol_run_has_the_comparison_chart_and_table(fork_warehouse, tmp_path):
+    wh = fork_warehouse
+    files = write_report(wh.sql, "r-fork", tmp_path / "fork")
+    assert "published_comparison" in files.charts
+    png, svg = files.charts["published_comparison"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ET.parse(svg).getroot().tag.endswith("svg")
+    spec = json.loads(png.with_suffix(".vl.json").read_text())
+    (data,) = spec["datasets"].values()
+    assert len(data) == 16 and {d["country"] for d in data} == {"United States", "France", "Japan", "All countries (weighted)"}
+    page = files.html.read_text()
+    assert 'id="published_comparison"' in page and "Against the published numbers" in page
+    verdicts = wh.sql("SELECT published_in_interval FROM published_comparison WHERE run_id = 'r-fork'")["published_in_interval"]
+    assert page.count("<td>inside</td>") == (verdicts == "inside").sum()
+    assert page.count("<td>outside</td>") == (verdicts == "outside").sum()
+    for run_id in ("r-two", "r-balanced"):
+        other = write_report(wh.sql, run_id, tmp_path / run_id)
+        assert "published_comparison" not in other.charts and "Against the published numbers" not in other.html.read_text()
 
 
 def test_several_icm_seeds_give_per_seed_rows_and_seed_covering_intervals(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import shutil
@@ -197,6 +198,120 @@ def test_flow_reads_the_key_from_a_prefect_secret_block_and_never_logs_it(harnes
     messages = "\n".join(log.message for log in logs)
     assert "scored with" in messages and "spec" in messages
     assert FAKE_KEY not in messages and FAKE_KEY not in caplog.text and FAKE_KEY not in repr(run.parameters)
+
+
+def test_redact_removes_the_key_and_every_credential_header_value():
+    from persona_icm.redaction import redact
+
+    cases = {
+        f"Authorization: Bearer {FAKE_KEY}": "Authorization: Bearer [redacted]",
+        '{"authorization": "Bearer abc", "x": 1}': '{"authorization": "Bearer [redacted]", "x": 1}',
+        "{'Authorization': 'Basic dXNlcjpwdw=='}": "{'Authorization': 'Basic [redacted]'}",
+        '"{\\"Proxy-Authorization\\": \\"Bearer q\\"}"': '"{\\"Proxy-Authorization\\": \\"Bearer [redacted]\\"}"',
+        "api-key: abc123\nx-api-key=k2; API_KEY=k3": "api-key: [redacted]\nx-api-key=[redacted]; API_KEY=[redacted]",
+        "https://h/v1/completions?api_key=zzz&b=1": "https://h/v1/completions?api_key=[redacted]&b=1",
+        "https://user:pw@h/v1": "https://user:[redacted]@h/v1",
+        f"Incorrect API key provided: {FAKE_KEY}.": "Incorrect API key provided: [redacted].",
+        "Authorization: Bearer [redacted]": "Authorization: Bearer [redacted]",  # redacting twice changes nothing
+    }
+    assert {text: redact(text, [FAKE_KEY, None, ""]) for text in cases} == cases
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def _holds_no_key(error: BaseException) -> None:
+    """Neither the error nor anything it chains is httpx's (whose request carries the headers),
+    and the key is in none of their texts or pickles (raw or base64, as Prefect stores them)."""
+    import base64
+
+    import cloudpickle
+
+    for link in _chain(error):
+        assert not type(link).__module__.startswith(("httpx", "httpcore", "tenacity")), link
+        pickled = cloudpickle.dumps(link)
+        assert FAKE_KEY.encode() not in pickled and FAKE_KEY.encode() not in base64.decodebytes(base64.encodebytes(pickled))
+        assert FAKE_KEY not in f"{link} {link!r} {vars(link)}"
+        assert b"Bearer" not in pickled or b"Bearer [redacted]" in pickled
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_an_http_error_is_endpoint_error_with_status_url_and_redacted_body(status):
+    """The STUB server (tests/helpers.StubServer) answers with a body that echoes the request's
+    headers, the key included."""
+    from persona_icm.scoring.base import ScoreRequest
+    from persona_icm.scoring.openai import EndpointError, OpenAIScorer
+    from tasks.common import retry_helps
+    from tests.helpers import StubServer
+    from tests.tiny_model import make_claims
+
+    server = StubServer()
+    server.default = ("echo", status)
+    try:
+        scorer = OpenAIScorer(server.url, "stub-model", api_key_env=None, api_key=FAKE_KEY, backoff_seconds=0.01)
+        with pytest.raises(EndpointError) as failure:
+            scorer.score([ScoreRequest((), make_claims(1)[0])])
+    finally:
+        server.close()
+    assert len(server.requests) == 1 and server.requests[0][2]["Authorization"] == f"Bearer {FAKE_KEY}"
+    error = failure.value
+    assert (error.status, error.url) == (status, f"{server.url}/completions")
+    assert str(error).startswith(f"{server.url}/completions returned HTTP {status}: ")
+    assert "Authorization: Bearer [redacted]" in error.body and '"Authorization": "Bearer [redacted]"' in error.body
+    _holds_no_key(error)
+
+    class Failed:  # a Prefect state whose result() raises the error
+        def result(self):
+            raise error
+
+    assert retry_helps(None, None, Failed()) is False  # waiting does not fix a 4xx
+
+
+def test_no_other_endpoint_error_holds_the_key(monkeypatch):
+    """Retries used up (503), a 401 from the model listing, a 200 without choices: each echoes the
+    headers; the errors name what happened and hold no key."""
+    from persona_icm.scoring.base import ScoreRequest
+    from persona_icm.scoring.openai import (
+        EndpointError,
+        EndpointUnavailable,
+        NoLogprobsError,
+        OpenAIScorer,
+    )
+    from tests.helpers import StubServer, echo_headers
+    from tests.tiny_model import make_claims
+
+    server = StubServer()
+    query = ScoreRequest((), make_claims(1)[0])
+
+    def listing_401(handler):
+        status, body = echo_headers(401, {}, dict(handler.headers))
+        data = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    server.httpd.RequestHandlerClass.do_GET = listing_401
+    try:
+        scorer = OpenAIScorer(server.url, "stub-model", api_key_env=None, api_key=FAKE_KEY, backoff_seconds=0.01,
+                              max_attempts=2)
+        server.default = ("echo", 503)
+        with pytest.raises(EndpointUnavailable, match=r"/completions failed 2 attempts \(HTTP 503\)") as unavailable:
+            scorer.score([query])
+        with pytest.raises(EndpointError, match=r"/models returned HTTP 401 \(check the API key\): .*\[redacted\]") as listing:
+            scorer.probe(query)
+        server.default = lambda body: (200, {"object": "text_completion", "echo": {"api-key": FAKE_KEY}})
+        with pytest.raises(NoLogprobsError, match="returned no choices") as no_choices:
+            scorer.score([query])
+    finally:
+        server.close()
+    for error in (unavailable.value, listing.value, no_choices.value):
+        _holds_no_key(error)
 
 
 def test_missing_secret_block_is_a_clear_error(monkeypatch):

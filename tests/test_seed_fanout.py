@@ -26,7 +26,7 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType
 from flows.country import country_flow
 from flows.search import search_flow
-by_module = EntrypointType.MODULE_PATH  # as prefect.yaml names them: results unpickle as flows.country...
+by_module = EntrypointType.MODULE_PATH  # as prefect.yaml names them: results read back as flows.country...
 serve(search_flow.to_deployment(name="search", entrypoint_type=by_module),
       country_flow.to_deployment(name="country", entrypoint_type=by_module), limit=2)
 """

@@ -1,4 +1,4 @@
--- schema_version: 9
+-- schema_version: 10
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -375,7 +375,11 @@ WHERE (a.experiment = 'curve' OR (a.experiment = 'main' AND a.n_demos IS NULL)) 
 -- ---------------------------------------------------------------- reference numbers (docs/method.md)
 
 -- The persona-elicitation fork's headline test accuracies (%), Llama-3.1-70B base, as published;
--- country 'ALL' is its test-size-weighted aggregate. For comparison only (queries/compare_with_published.sql).
+-- country 'ALL' is its test-size-weighted aggregate. For comparison only (view published_comparison,
+-- queries/compare_with_published.sql). The binary 'ALL' row is the "aggregated" entry of the fork's
+-- src/results/icm_binary_dataset_K1000.json (its README shows it as a figure only): 3 x 28 test
+-- claims, so the plain mean of the three countries (icm 0.7405, golden 0.7750, chat 0.7500,
+-- base 0.6548).
 CREATE OR REPLACE VIEW published_results AS
 SELECT dataset, country, method, accuracy_pct::DOUBLE AS accuracy_pct FROM (VALUES
     ('binary', 'United States', 'icm', 81.4), ('binary', 'France', 'icm', 68.6), ('binary', 'Japan', 'icm', 72.1),
@@ -386,8 +390,46 @@ SELECT dataset, country, method, accuracy_pct::DOUBLE AS accuracy_pct FROM (VALU
     ('all', 'United States', 'golden', 83.4), ('all', 'France', 'golden', 89.8), ('all', 'Japan', 'golden', 81.6),
     ('all', 'United States', 'zero_shot_chat', 77.2), ('all', 'France', 'zero_shot_chat', 85.6), ('all', 'Japan', 'zero_shot_chat', 82.0),
     ('all', 'United States', 'zero_shot_base', 74.0), ('all', 'France', 'zero_shot_base', 76.0), ('all', 'Japan', 'zero_shot_base', 72.0),
+    ('binary', 'ALL', 'icm', 74.0), ('binary', 'ALL', 'golden', 77.5), ('binary', 'ALL', 'zero_shot_chat', 75.0), ('binary', 'ALL', 'zero_shot_base', 65.5),
     ('all', 'ALL', 'icm', 81.9), ('all', 'ALL', 'golden', 84.9), ('all', 'ALL', 'zero_shot_chat', 81.6), ('all', 'ALL', 'zero_shot_base', 74.0)
 ) AS t(dataset, country, method, accuracy_pct);
+
+-- Each run that repeats the fork's experiment beside the fork's published numbers: a run whose
+-- data.protocol is 'fork' (a config without the key predates it and used the 'balanced' rule),
+-- whose dataset the fork published, and whose countries include every country published for it.
+-- One row per published (country, method): this run's headline claim accuracy and its 95%
+-- interval (%), and whether the published number falls inside that interval. The pooled 'ALL'
+-- row only when the run has exactly the fork's countries (otherwise the pools differ). A method
+-- the run did not evaluate keeps its row, with verdict 'not evaluated'.
+CREATE OR REPLACE VIEW published_comparison AS
+WITH run_data AS (
+    SELECT run_id, config_json->>'$.data.dataset' AS dataset,
+           coalesce(config_json->>'$.data.protocol', 'balanced') AS protocol
+    FROM runs
+),
+run_countries AS (
+    SELECT run_id, list(DISTINCT country) AS countries FROM headline WHERE country <> 'ALL' GROUP BY run_id
+),
+published_countries AS (
+    SELECT dataset, list(DISTINCT country) AS countries FROM published_results WHERE country <> 'ALL' GROUP BY dataset
+),
+comparable AS (
+    SELECT d.run_id, d.dataset, len(c.countries) = len(p.countries) AS same_countries
+    FROM run_data d
+    JOIN run_countries c USING (run_id)
+    JOIN published_countries p ON p.dataset = d.dataset
+    WHERE d.protocol = 'fork' AND list_has_all(c.countries, p.countries)
+)
+SELECT c.run_id, c.dataset, p.country, p.method,
+       100 * h.accuracy AS accuracy_pct, 100 * h.ci_low AS ci_low_pct, 100 * h.ci_high AS ci_high_pct,
+       p.accuracy_pct AS published_pct,
+       CASE WHEN h.accuracy IS NULL THEN 'not evaluated'
+            WHEN h.ci_low IS NULL THEN 'no interval'
+            WHEN p.accuracy_pct BETWEEN 100 * h.ci_low AND 100 * h.ci_high THEN 'inside'
+            ELSE 'outside' END AS published_in_interval
+FROM comparable c
+JOIN published_results p ON p.dataset = c.dataset AND (p.country <> 'ALL' OR c.same_countries)
+LEFT JOIN headline h ON h.run_id = c.run_id AND h.country = p.country AND h.method = p.method;
 
 -- ---------------------------------------------------------------- migrations
 

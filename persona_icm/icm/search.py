@@ -2,7 +2,8 @@
 
     run_icm(claims, scorer, config) -> IcmResult(labels, trace, counters, run_key)
 
-1. Seeding: `num_seed` claims drawn at random get random balanced labels; ConsistencyFix.
+1. Seeding: `num_seed` claims drawn at random (`seed_claims="first"`: the first `num_seed` claims
+   given, the fork's choice) get random balanced labels; ConsistencyFix.
 2. K iterations: sample a claim (weight `unlabelled_sibling_weight`=100 for an unlabelled claim
    whose group has a labelled member, 1 otherwise); propose y' = [s(x | D \\ {x}) > 0]; if y'
    differs from x's label, D' = ConsistencyFix(D with x=y') and accept with probability
@@ -239,7 +240,10 @@ class IcmSearch:
     # -- Algorithm 1 -------------------------------------------------------------------------
     def seed_pool(self) -> None:
         cfg = self.config
-        picks = self.rng.choice(len(self.pool), size=cfg.num_seed, replace=False)
+        if cfg.seed_claims == "first":  # the fork: the first num_seed training claims, in split order
+            picks = np.arange(cfg.num_seed)
+        else:
+            picks = self.rng.choice(len(self.pool), size=cfg.num_seed, replace=False)
         labels = self.rng.permutation([1] * (cfg.num_seed // 2) + [0] * (cfg.num_seed - cfg.num_seed // 2))
         seeded = Labelling.empty(len(self.pool)).with_labels(
             self.pool, [(int(i), int(y)) for i, y in zip(picks, labels, strict=True)]
@@ -253,7 +257,8 @@ class IcmSearch:
         labels = self.labelling.labels
         weights = np.ones(len(self.pool))
         for i, y in enumerate(labels):
-            if y == UNLABELLED and labels[self.pool.sibling(i)] != UNLABELLED:
+            sibling = self.pool.sibling(i)
+            if y == UNLABELLED and sibling is not None and labels[sibling] != UNLABELLED:
                 weights[i] = self.config.unlabelled_sibling_weight
         return weights
 

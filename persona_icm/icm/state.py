@@ -24,11 +24,12 @@ UNLABELLED = -1
 
 @dataclass(frozen=True)
 class Pool:
-    """The fixed set of claims to label, with its group structure (GOQA: groups of exactly two)."""
+    """The fixed set of claims to label, with its group structure (GOQA: groups of two; a group whose
+    other claim fell outside the split, as the fork's split cuts one group, has one)."""
 
     claims: tuple[Claim, ...]
     group_of: tuple[int, ...]  # claim index -> group index
-    members: tuple[tuple[int, int], ...]  # group index -> its two claim indices, in claim order
+    members: tuple[tuple[int, ...], ...]  # group index -> its one or two claim indices, in claim order
     group_ids: tuple[str, ...]
     context_order: str = "entry"  # "claim": groups in claim order (the earlier code's order)
 
@@ -44,15 +45,15 @@ class Pool:
         by_group: dict[str, list[int]] = {}
         for index, claim in enumerate(claims):
             by_group.setdefault(claim.group_id, []).append(index)
-        wrong = {g: len(m) for g, m in by_group.items() if len(m) != 2}
+        wrong = {g: len(m) for g, m in by_group.items() if len(m) > 2}
         if wrong:
             raise ValueError(
-                f"claims: every group must hold exactly two claims (one True, one False by construction); "
-                f"groups with another size: {dict(list(wrong.items())[:5])}"
+                f"claims: a group holds at most two claims (one True, one False by construction); "
+                f"groups with more: {dict(list(wrong.items())[:5])}"
             )
         group_ids = tuple(by_group)
         group_index = {g: k for k, g in enumerate(group_ids)}
-        members = tuple((m[0], m[1]) for m in by_group.values())
+        members = tuple(tuple(m) for m in by_group.values())
         group_of = tuple(group_index[c.group_id] for c in claims)
         if context_order not in ("entry", "claim"):
             raise ValueError(f"icm.context_order must be 'entry' or 'claim', got {context_order!r}")
@@ -61,9 +62,10 @@ class Pool:
     def __len__(self) -> int:
         return len(self.claims)
 
-    def sibling(self, index: int) -> int:
-        a, b = self.members[self.group_of[index]]
-        return b if index == a else a
+    def sibling(self, index: int) -> int | None:
+        """The other claim of the claim's group; None for a group of one."""
+        others = [i for i in self.members[self.group_of[index]] if i != index]
+        return others[0] if others else None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class Labelling:
         """GOQA rule: a group of two with one True by construction is inconsistent iff both labels are equal."""
         pairs = []
         for g in self.group_order:
+            if len(pool.members[g]) != 2:
+                continue
             a, b = pool.members[g]
             if self.labels[a] != UNLABELLED and self.labels[a] == self.labels[b]:
                 pairs.append((a, b))

@@ -22,10 +22,14 @@ Before a run, `probe()` asks the server once: it answers, serves the model, and 
 candidates (preflight calls it for every OpenAI-compatible model).
 
 Retries: 429, 5xx, timeouts and connection errors are retried with exponential backoff and
-jitter (tenacity); other HTTP errors fail at once with the server's message. When the retries
-are used up, `EndpointUnavailable` names the endpoint, the attempts and the last failure. The API
-key is given by the caller (the flow reads a Prefect Secret block) or read from the environment
-variable named in the spec; it lives only in the client's Authorization header, never logged.
+jitter (tenacity); other HTTP errors fail at once with `EndpointError` (status, URL and the
+server's message). When the retries are used up, `EndpointUnavailable` names the endpoint, the
+attempts and the last failure. The API key is given by the caller (the flow reads a Prefect Secret
+block) or read from the environment variable named in the spec; it lives only in the client's
+Authorization header, never logged. No error holds or chains httpx's request (its headers carry
+the key): every exception raised here is one of this module's, made of text, and every text quoted
+from a response goes through persona_icm.redaction.redact first (the key, Authorization and
+api-key values removed), since some servers and proxies echo the request's headers.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import httpx
+from pydantic import SecretStr
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from persona_icm.prompts import chat_messages, prompt_text
+from persona_icm.redaction import redact
 from persona_icm.scoring.base import CallLog, ScoreRequest, check_raw_pair, sum_or_none
 
 CANDIDATE_TEXT = {"base": (" True", " False"), "chat": ("True", "False")}
@@ -53,6 +59,20 @@ class EndpointUnavailable(RuntimeError):
     """Every attempt at a request failed with a retryable error (429, 5xx, timeout, connection)."""
 
 
+class EndpointError(RuntimeError):
+    """The endpoint answered with an HTTP error (status set), or a request failed in a way that is
+    not retried. Holds the status, the URL and the redacted body as text; never the request, its
+    headers or the key."""
+
+    def __init__(self, message: str, status: int | None = None, url: str = "", body: str = ""):
+        super().__init__(message)
+        self.status, self.url, self.body = status, url, body
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is not None and (self.status == 429 or self.status >= 500)
+
+
 class ModelNotServed(RuntimeError):
     """The endpoint answers but does not list the configured model."""
 
@@ -62,8 +82,8 @@ class CandidateNotReturned(RuntimeError):
 
 
 def _retryable(err: BaseException) -> bool:
-    if isinstance(err, httpx.HTTPStatusError):
-        return err.response.status_code == 429 or err.response.status_code >= 500
+    if isinstance(err, EndpointError):
+        return err.retryable
     return isinstance(err, httpx.TimeoutException | httpx.TransportError)
 
 
@@ -96,6 +116,7 @@ class OpenAIScorer(CallLog):
                 raise ValueError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        self._api_key = SecretStr(api_key or "")
         self.model = model
         self.mode = mode
         self.top_logprobs = top_logprobs
@@ -117,6 +138,15 @@ class OpenAIScorer(CallLog):
     def close(self) -> None:
         self.client.close()
 
+    def redacted(self, text: str, limit: int = 500) -> str:
+        """`text` (quoted from a response) without the key or any credential header value, cut to `limit`."""
+        return redact(text, [self._api_key.get_secret_value()])[:limit]
+
+    def _http_error(self, response: httpx.Response, what: str = "") -> EndpointError:
+        url = self.redacted(str(response.url))
+        body = self.redacted(response.text)
+        return EndpointError(f"{url} returned HTTP {response.status_code}{what}: {body}", response.status_code, url, body)
+
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
@@ -133,29 +163,37 @@ class OpenAIScorer(CallLog):
 
     # -- one request ------------------------------------------------------------------------
     def _post(self, path: str, body: dict) -> dict:
+        # The errors are raised after the `except` block, so that no httpx exception
+        # (which holds the request and its Authorization header) is their __cause__ or __context__.
+        url = f"{self.base_url}{path}"
         try:
             return self._post_retried(path, body)
-        except httpx.HTTPError as err:
-            if not _retryable(err):
+        except EndpointError as err:
+            if not err.retryable:
                 raise
-            what = (
-                f"no answer within {self.timeout_seconds:g} s" if isinstance(err, httpx.TimeoutException)
-                else f"HTTP {err.response.status_code}" if isinstance(err, httpx.HTTPStatusError)
-                else f"{type(err).__name__}: {err}"
-            )
-            raise EndpointUnavailable(
-                f"{self.base_url}{path} failed {self.max_attempts} attempts ({what}); check the server, or raise "
-                "openai.timeout_seconds / openai.max_attempts"
-            ) from err
+            failure = self._unavailable(url, f"HTTP {err.status}")
+        except httpx.TimeoutException:
+            failure = self._unavailable(url, f"no answer within {self.timeout_seconds:g} s")
+        except httpx.TransportError as err:
+            failure = self._unavailable(url, f"{type(err).__name__}: {self.redacted(str(err))}")
+        except httpx.HTTPError as err:  # not retried: a bad URL, a redirect loop, a body that cannot be decoded
+            failure = EndpointError(f"{url}: {type(err).__name__}: {self.redacted(str(err))}", url=url)
+        raise failure
+
+    def _unavailable(self, url: str, what: str) -> EndpointUnavailable:
+        return EndpointUnavailable(
+            f"{url} failed {self.max_attempts} attempts ({what}); check the server, or raise "
+            "openai.timeout_seconds / openai.max_attempts"
+        )
 
     def _post_once(self, path: str, body: dict) -> dict:
         response = self.client.post(path, json=body)
         if response.status_code >= 400:
-            detail = response.text[:500]
-            raise httpx.HTTPStatusError(
-                f"{path} returned HTTP {response.status_code}: {detail}", request=response.request, response=response
-            )
-        return response.json()
+            raise self._http_error(response)
+        reply = _json_object(response)
+        if not reply.get("choices"):
+            raise NoLogprobsError(f"{self.base_url}{path} returned no choices: {self.redacted(response.text, 300)}")
+        return reply
 
     def _score_one(self, request: ScoreRequest) -> tuple[float, int, int | None]:
         if self.mode == "allowed_token_ids":
@@ -218,29 +256,36 @@ class OpenAIScorer(CallLog):
     def probe(self, request: ScoreRequest) -> float:
         """One check before a run: the server answers, lists `self.model` under /models, and
         returns both candidates for `request` (raises with what is wrong otherwise)."""
+        listing, failure = None, ""
         try:
             listing = self.client.get("/models")
         except httpx.HTTPError as err:
-            raise EndpointUnavailable(f"{self.base_url}/models: no answer ({type(err).__name__}: {err})") from err
+            failure = f"{type(err).__name__}: {self.redacted(str(err))}"
+        if listing is None:
+            raise EndpointUnavailable(f"{self.base_url}/models: no answer ({failure})")
         if listing.status_code == 200:
-            served = [m.get("id") for m in (listing.json().get("data") or [])]
+            served = [m.get("id") for m in (_json_object(listing).get("data") or []) if isinstance(m, dict)]
             if served and self.model not in served:
-                raise ModelNotServed(f"{self.base_url} does not serve model {self.model!r} (it serves {served})")
+                served_text = self.redacted(str(served))
+                raise ModelNotServed(f"{self.base_url} does not serve model {self.model!r} (it serves {served_text})")
         elif listing.status_code in (401, 403):
-            raise httpx.HTTPStatusError(
-                f"{self.base_url}/models returned HTTP {listing.status_code}: check the API key",
-                request=listing.request, response=listing,
-            )
+            raise self._http_error(listing, " (check the API key)")
         (value,) = self.score([request])
         self.calls.pop()  # the probe is not part of the run's accounting
         return value
 
 
+def _json_object(response: httpx.Response) -> dict:
+    """The response's JSON object, {} when it is not one (a JSONDecodeError would keep the body)."""
+    try:
+        value = response.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _first_choice(reply: dict) -> dict:
-    choices = reply.get("choices") or []
-    if not choices:
-        raise NoLogprobsError(f"the endpoint returned no choices: {str(reply)[:300]}")
-    return choices[0]
+    return reply["choices"][0]  # _post_once refused a reply without choices
 
 
 def _completion_top_logprobs(reply: dict) -> dict[str, float]:
