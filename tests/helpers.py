@@ -185,13 +185,13 @@ def icm_task_states(client, flow_run_ids: list) -> list[str]:
 
 def serverless_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a `persona-icm run` on a user's machine: no Prefect server, no startup
-    limit of our own (CI sets one), PREFECT_HOME and TMPDIR (where the run's temporary Prefect
-    folder goes) under `tmp_path`."""
+    limit of our own (CI sets one), PREFECT_HOME, result storage and TMPDIR (where the run's
+    temporary Prefect folder goes) under `tmp_path`."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "PREFECT_HOME", "PERSONA_ICM_RESULTS", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")}
+           if k not in ("PREFECT_API_URL", "PERSONA_ICM_STORAGE", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")}
     (tmp_path / "tmp").mkdir(exist_ok=True)
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), TMPDIR=str(tmp_path / "tmp"), PYTHONPATH=str(ROOT),
-               TQDM_DISABLE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PERSONA_ICM_RESULTS=str(tmp_path / "results"),
+               TMPDIR=str(tmp_path / "tmp"), PYTHONPATH=str(ROOT), TQDM_DISABLE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
     return env
 
 
