@@ -83,6 +83,16 @@ def finish_run(wh: Warehouse, row: dict[str, Any]) -> None:
         write_run(wh, {**(kept.row(0, named=True) if kept.height else this_process()), **row})
 
 
+def run_of_this_process(wh: Warehouse) -> dict[str, Any] | None:
+    """The latest runs row this process owns (run_id, preset, status), or None."""
+    me = this_process()
+    rows = wh.sql(
+        "SELECT run_id, preset, status FROM runs WHERE host = ? AND pid = ? AND abs(pid_started - ?) < 1.0 "
+        "ORDER BY started_at DESC LIMIT 1", [me["host"], me["pid"], me["pid_started"]],
+    )
+    return rows.row(0, named=True) if rows.height else None
+
+
 def runs_with_live_status(wh: Warehouse, query: str = "SELECT * FROM runs ORDER BY started_at DESC") -> pl.DataFrame:
     """`query` over runs (must select status, host, pid, pid_started) with dead running rows shown interrupted."""
     frame = wh.sql(query)

@@ -9,11 +9,14 @@
 - `hold`: a second process holding a DuckDB file's lock.
 - `deployment_runs`, `icm_task_states`: what a Prefect server recorded (flow runs of a deployment,
   the icm-search task runs of some flow runs).
+- `serverless_env`, `start_cli_run`: `persona-icm run` in a new process with no Prefect server
+  configured, as on a user's machine (it starts Prefect's temporary server).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -22,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from persona_icm.prompts import PromptEncoder
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def completion_reply(top: dict[str, float] | None, cached: int | None = 3) -> dict:
@@ -156,8 +161,6 @@ def hold(path: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
-
-
 def deployment_runs(client, deployment: str) -> list:
     """The flow runs of `deployment` ("flow/deployment") on the client's server."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -178,3 +181,25 @@ def icm_task_states(client, flow_run_ids: list) -> list[str]:
     runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="icm-search")),
                                  flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
     return sorted(r.state.name for r in runs)
+
+
+def serverless_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `persona-icm run` on a user's machine: no Prefect server, no startup
+    limit of our own (CI sets one), PREFECT_HOME, result storage and TMPDIR (where the run's
+    temporary Prefect folder goes) under `tmp_path`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PERSONA_ICM_STORAGE", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PERSONA_ICM_RESULTS=str(tmp_path / "results"),
+               TMPDIR=str(tmp_path / "tmp"), PYTHONPATH=str(ROOT), TQDM_DISABLE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
+
+
+def start_cli_run(env: dict[str, str], warehouse: Path, goqa: Path, sets: dict, log: Path, **popen) -> subprocess.Popen:
+    """`python -m flows.cli --warehouse W run --preset smoke --goqa-path G --set k=json(v)...` in the
+    folder above the warehouse's, stdout and stderr into `log`."""
+    command = [sys.executable, "-m", "flows.cli", "--warehouse", str(warehouse), "run", "--preset", "smoke",
+               "--goqa-path", str(goqa)]
+    for key, value in sets.items():
+        command += ["--set", f"{key}={json.dumps(value)}"]
+    return subprocess.Popen(command, cwd=warehouse.parent.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, **popen)

@@ -14,6 +14,7 @@ from persona_icm.run_status import (
     RunInProgress,
     claim_run,
     finish_run,
+    run_of_this_process,
     runs_with_live_status,
     this_process,
 )
@@ -102,3 +103,15 @@ def test_a_run_id_a_live_process_is_running_is_refused_and_left_alone(tmp_path, 
         claim_run(wh, run_row("mine"))
         claim_run(wh, run_row("mine"))
         assert statuses(wh)["mine"] == "running"
+
+
+def test_the_run_of_this_process_is_the_latest_row_it_owns_not_another_process_s(tmp_path, sleeper):
+    """What `persona-icm run` names when it is interrupted: its own run, not a concurrent one."""
+    with open_warehouse(tmp_path / "w.duckdb") as wh:
+        assert run_of_this_process(wh) is None
+        write_run(wh, run_row("other", **owner_of(sleeper)))
+        assert run_of_this_process(wh) is None
+        claim_run(wh, run_row("mine"))
+        write_run(wh, {**run_row("later", **owner_of(sleeper)), "started_at": datetime.now(UTC)})
+        finish_run(wh, {**run_row("mine"), "status": "failed"})
+        assert run_of_this_process(wh) == {"run_id": "mine", "preset": "smoke", "status": "failed"}
