@@ -13,11 +13,10 @@ from persona_icm.charts import write_report
 from persona_icm.config import build_config
 from persona_icm.evaluate import evaluate_country
 from persona_icm.icm import run_icm
+from persona_icm.metrics import write_aggregate, write_evaluation
 from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 from persona_icm.warehouse import (
     open_warehouse,
-    write_aggregate,
-    write_evaluation,
     write_results,
     write_run,
 )
