@@ -123,7 +123,7 @@ def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_pat
     """Group accuracy pooled by test questions (weighting it by claims gives another number), and
     the std over demo orders of the pooled accuracy."""
     from persona_icm.evaluate import PREDICTION_SCHEMA
-    from persona_icm.warehouse import evaluation_warehouse
+    from persona_icm.metrics import evaluation_warehouse
 
     rows = []
     for country, n_groups, size in (("A", 6, 2), ("B", 2, 4)):  # A: 12 claims, 6 questions; B: 8 claims, 2
