@@ -117,6 +117,10 @@ def test_the_warehouse_imports_only_the_types_and_the_method_registry():
     assert set(import_graph()[f"{PACKAGE}.warehouse"]) <= {f"{PACKAGE}.types", f"{PACKAGE}.methods", PACKAGE}
 
 
+def test_prompts_import_no_backend_code():
+    assert set(import_graph()[f"{PACKAGE}.prompts"]) <= {f"{PACKAGE}.types", PACKAGE}
+
+
 def test_the_check_sees_a_loop_through_a_lazy_import_and_skips_type_checking(tmp_path):
     pkg = tmp_path / "pkg"
     pkg.mkdir()

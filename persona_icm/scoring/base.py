@@ -26,7 +26,10 @@ class ClaimScorer(Protocol):
 @dataclass
 class CallLog:
     """What every backend shares: its call records, and one PromptEncoder per prompt kind
-    (built on first use from `self.tokenizer`)."""
+    (built on first use from `self.tokenizer`).
+
+    `record` is the one place a CallRecord is made (every backend, the synthetic stand-in and the
+    simulated backend call it; tests/test_call_accounting.py checks that nothing else does)."""
 
     calls: list[CallRecord] = field(default_factory=list)
     phase: str = ""
