@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from persona_icm.countries import check_countries as check_countries  # noqa: F401 (re-exported)
+from persona_icm.countries import check_countries
 from persona_icm.types import Claim as Claim
 from persona_icm.types import DataError as DataError
 
