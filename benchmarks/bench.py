@@ -24,20 +24,18 @@ A fully cached prompt still computes its last token (as vLLM does), so uncached 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import heapq
 import os
 import sys
 import time
-from array import array
 from pathlib import Path
 
 from persona_icm.claims import Claim
 from persona_icm.config import PRESET_NAMES, build_config
-from persona_icm.icm.engine import prefix_order
-from persona_icm.kv_cache import PrefixCache, block_hashes
-from persona_icm.scoring.base import CallRecord, ScoreRequest
+from persona_icm.kv_cache import PrefixCache
+from persona_icm.scoring.base import call_totals
 from persona_icm.scoring.models import load_tokenizer
+from persona_icm.scoring.simulated import ENGINE_ORDER, PREFIX_ORDER, SimulatedBackend
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -53,76 +51,12 @@ def goqa_train_claims(csv_path: Path, country: str, preset: str) -> list[Claim]:
     return dataset_from_file(data)[1].country_split(country).train
 
 
-# -- tokenizer and simulated backend --------------------------------------------------------
+# -- the orders a call's prompts are replayed in (persona_icm/scoring/simulated.py) ------------
 
 ORDERS = {
-    "engine": "as the engine sends them",
-    "prefix": "every call one way (the engine's order before the alternation)",
+    ENGINE_ORDER: "as the engine sends them",
+    PREFIX_ORDER: "every call one way (the engine's order before the alternation)",
 }
-
-
-class SimulatedBackend:
-    """A stub backend (not a model): synthetic scores, real prompt tokens, simulated prefix caches.
-
-    `lanes` maps an order name (ORDERS) to caches by column name; each call's prompts go through a
-    lane's caches in that order. The first lane's first cache gives the CallRecord's cached
-    tokens. With `lower_bound`, every distinct prompt also goes once through an unbounded cache.
-    With `record`, each call's prompts (block hashes, tokens) are kept in the engine's order.
-    """
-
-    def __init__(self, synthetic, encoder, block: int, lanes: dict[str, dict[str, PrefixCache]],
-                 claim_index: dict[str, int], lower_bound: bool = False, record: bool = False):
-        self.synthetic = synthetic
-        self.encoder = encoder
-        self.block = block
-        self.lanes = lanes
-        self.uncached = {order: dict.fromkeys(caches, 0) for order, caches in lanes.items()}
-        self.claim_index = claim_index
-        self.lower_bound = PrefixCache(block, None) if lower_bound else None
-        self.seen: set[bytes] = set()
-        self.lower = {"prompts": 0, "tokens": 0, "uncached": 0}
-        self.record = record
-        self.trace: list[list[tuple[list[int], int]]] = []
-        self.calls: list[CallRecord] = []
-
-    def score(self, requests: list[ScoreRequest]) -> list[float]:
-        start = time.perf_counter()
-        scores = [self.synthetic.score_one(r) for r in requests]
-        ids = [self.encoder.encode(r) for r in requests]
-        prompts = [(block_hashes(x, self.block), len(x)) for x in ids]
-        cached = None
-        for order, caches in self.lanes.items():
-            sequence = [prompts[i] for i in self._order(order, requests)]
-            for name, cache in caches.items():
-                hits = sum(cache.admit(hashes, n) for hashes, n in sequence)
-                self.uncached[order][name] += sum(n for _, n in sequence) - hits
-                cached = hits if cached is None else cached
-        if self.lower_bound is not None:
-            for x, (hashes, n) in zip(ids, prompts, strict=True):
-                self._lower_bound(x, hashes, n)
-        if self.record:
-            self.trace.append(prompts)
-        self.calls.append(CallRecord(len(requests), sum(map(len, ids)), cached, time.perf_counter() - start, "icm"))
-        return scores
-
-    def _order(self, order: str, requests: list[ScoreRequest]) -> list[int]:
-        positions = range(len(requests))
-        if order == "prefix":
-            return sorted(positions, key=lambda i: prefix_order(self._item(requests[i])))
-        return list(positions)
-
-    def _item(self, request: ScoreRequest):
-        index = self.claim_index
-        return index[request.query.claim_id], tuple((index[c.claim_id], y) for c, y in request.context)
-
-    def _lower_bound(self, ids: list[int], hashes: list[int], n: int) -> None:
-        tail = ids[len(hashes) * self.block :]
-        digest = hashlib.blake2b(array("q", hashes).tobytes() + bytes(array("i", tail)), digest_size=16).digest()
-        if digest not in self.seen:
-            self.seen.add(digest)
-            self.lower["prompts"] += 1
-            self.lower["tokens"] += n
-            self.lower["uncached"] += n - self.lower_bound.admit(hashes, n)
 
 
 # -- bounds for a bounded cache ----------------------------------------------------------------
@@ -267,7 +201,8 @@ def print_table(runs, columns: dict, bound: dict[int, int], args: argparse.Names
     low = back_a.lower
 
     def totals(backend):
-        return len(backend.calls), sum(c.n_prompts for c in backend.calls), sum(c.prompt_tokens for c in backend.calls)
+        totals = call_totals(backend.calls)
+        return totals.calls, totals.prompts, totals.prompt_tokens
 
     rows = [("(a) fast engine", *totals(back_a), back_a.uncached["engine"]),
             ("(a0) (a), calls one way", *totals(back_a), back_a.uncached["prefix"]),

@@ -22,7 +22,7 @@ import sys
 import duckdb
 
 from persona_icm import cli
-from persona_icm.config import PRESET_NAMES, RunConfig
+from persona_icm.config import RunConfig
 from persona_icm.preflight import build_checked_config, check_run
 from persona_icm.run_status import run_of_this_process
 from persona_icm.warehouse import WarehouseLocked, open_warehouse
@@ -43,11 +43,7 @@ def raise_interrupted(signum: int, frame: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    overrides = cli.parse_overrides(args.set)
-    if args.goqa_path:
-        overrides.setdefault("data", {})["goqa_path"] = args.goqa_path
-    if args.warehouse != str(cli.DEFAULT_PATH):
-        overrides["warehouse_path"] = args.warehouse
+    overrides = cli.config_overrides(args)
     config = build_checked_config(args.preset, overrides)
     check_run(config)
 
@@ -91,9 +87,7 @@ def interrupted_line(config: RunConfig, signum: int) -> str:
 
 def add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the persona-icm flow in this process")
-    run.add_argument("--preset", default="smoke", choices=PRESET_NAMES)
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, dotted key; repeatable")
-    run.add_argument("--goqa-path", help="local GOQA CSV (default: $GOQA_PATH, else the hub download)")
+    cli.add_config_arguments(run, default_preset="smoke")
     run.set_defaults(func=cmd_run)
 
 

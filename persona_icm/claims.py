@@ -20,7 +20,6 @@ against the warehouse; `load_country_split` is what the search and the evaluatio
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -31,6 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+
+from persona_icm.countries import check_countries
+from persona_icm.types import Claim as Claim
+from persona_icm.types import DataError as DataError
 
 if TYPE_CHECKING:  # keep `from persona_icm.claims import Claim` free of DuckDB and pydantic
     from persona_icm.config import DataConfig
@@ -46,22 +49,6 @@ NON_SUBSTANTIVE = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """One claim: the unit the search labels and the scorer reads.
-
-    `group_id` ties the two claims of one (question, country) together; exactly one of them is
-    gold-True. `gold` is never read by the search itself, only by monitoring and evaluation.
-    """
-
-    claim_id: str
-    group_id: str
-    country: str
-    question: str
-    option: str
-    gold: int
-
-
 @dataclass(frozen=True)
 class CountrySplit:
     """The train and test claims of one country, in split order (groups adjacent)."""
@@ -70,10 +57,6 @@ class CountrySplit:
     country: str
     train: list[Claim]
     test: list[Claim]
-
-
-class DataError(ValueError):
-    """The requested data cannot be built from this GOQA file; the message says why."""
 
 
 class DataWarning(UserWarning):
@@ -119,26 +102,6 @@ def read_question_list(path: Path) -> list[str]:
     if not entries:
         raise DataError(f"question list {path} holds no questions")
     return entries
-
-
-def check_countries(requested: list[str], known: list[str]) -> None:
-    """Raise DataError naming every requested country that GOQA does not have, with close matches."""
-    known_set = set(known)
-    lower = {k.lower(): k for k in known}
-    problems = []
-    for country in requested:
-        if country in known_set:
-            continue
-        close = difflib.get_close_matches(country, known, n=4, cutoff=0.6)
-        if country.lower() in lower and lower[country.lower()] not in close:
-            close.insert(0, lower[country.lower()])
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "no close match"
-        problems.append(f"{country!r} ({hint})")
-    if problems:
-        raise DataError(
-            f"unknown countr{'y' if len(problems) == 1 else 'ies'} in this GOQA file: "
-            f"{'; '.join(problems)}. It has {len(known)} countries."
-        )
 
 
 def dataset_fingerprint(params: dict[str, Any]) -> str:

@@ -54,6 +54,24 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides a command's flags give (the one place they are assembled): its --set
+    items, --goqa-path as data.goqa_path, and --warehouse as warehouse_path when not the default."""
+    overrides = parse_overrides(args.set)
+    if args.goqa_path:
+        overrides.setdefault("data", {})["goqa_path"] = args.goqa_path
+    if args.warehouse != str(DEFAULT_PATH):
+        overrides["warehouse_path"] = args.warehouse
+    return overrides
+
+
+def add_config_arguments(command: argparse.ArgumentParser, default_preset: str) -> None:
+    """--preset, --set and --goqa-path: the flags of a command that builds a run's config."""
+    command.add_argument("--preset", default=default_preset, choices=PRESET_NAMES)
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, dotted key; repeatable")
+    command.add_argument("--goqa-path", help="local GOQA CSV (default: $GOQA_PATH, else the hub download)")
+
+
 def print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
     table = Table(title=title, show_lines=False)
     for name, dtype in frame.schema.items():
@@ -96,10 +114,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from persona_icm import cost
     from persona_icm.preflight import build_checked_config, check_data
 
-    overrides = parse_overrides(args.set)
-    if args.goqa_path:
-        overrides.setdefault("data", {})["goqa_path"] = args.goqa_path
-    config = build_checked_config(args.preset, overrides)
+    config = build_checked_config(args.preset, config_overrides(args))
     splits = check_data(config)[2]
     encoder, counted_with = plan_encoder(config.base_model)
     searches = [(country, icm) for country in config.data.countries for icm in config.icm.searches()]
@@ -178,9 +193,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     rep.set_defaults(func=cmd_report)
 
     plan = sub.add_parser("plan", help="estimate the ICM searches' model work and GPU-hours of a run (no model loaded)")
-    plan.add_argument("--preset", default="seed", choices=PRESET_NAMES)
-    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, dotted key; repeatable")
-    plan.add_argument("--goqa-path", help="local GOQA CSV (default: $GOQA_PATH, else the hub download)")
+    add_config_arguments(plan, default_preset="seed")
     plan.set_defaults(func=cmd_plan)
     return parser, sub
 

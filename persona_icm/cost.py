@@ -15,13 +15,13 @@ start-up and the evaluation after the search.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig
-from persona_icm.kv_cache import PrefixCache, block_hashes
-from persona_icm.scoring.base import CallRecord, ScoreRequest
+from persona_icm.kv_cache import PrefixCache
+from persona_icm.scoring.base import call_totals
+from persona_icm.scoring.simulated import ENGINE_ORDER, SimulatedBackend
+from persona_icm.types import Claim
 
 CAPACITIES: tuple[int | None, ...] = (131_072, 524_288, None)  # KV cache tokens; None: unbounded
 H100_BF16_FLOPS = 989e12
@@ -32,35 +32,6 @@ MODEL_PARAMETERS = {"8B": 8.03e9, "70B": 70.6e9}  # Llama-3.1
 def gpu_hours(prefilled_tokens: int, parameters: float) -> float:
     """H100-hours to prefill `prefilled_tokens` through a dense model of `parameters` weights."""
     return prefilled_tokens * 2 * parameters / (PREFILL_MFU * H100_BF16_FLOPS) / 3600
-
-
-class SimulatedBackend:
-    """A stub backend (not a model): synthetic scores, real prompt tokens, simulated prefix caches.
-
-    Every prompt goes through each cache of `caches`, in the order sent; `uncached[k]` sums what
-    cache k computes. The first cache's cached tokens go into the CallRecord.
-    """
-
-    def __init__(self, scores, encoder, caches: list[PrefixCache]):
-        self.scores = scores
-        self.encoder = encoder
-        self.caches = caches
-        self.uncached = [0] * len(caches)
-        self.calls: list[CallRecord] = []
-
-    def score(self, requests: list[ScoreRequest]) -> list[float]:
-        start = time.perf_counter()
-        tokens = cached = 0
-        for request in requests:
-            ids = self.encoder.encode(request)
-            hashes = block_hashes(ids, self.caches[0].block)
-            tokens += len(ids)
-            for k, cache in enumerate(self.caches):
-                hit = cache.admit(hashes, len(ids))
-                self.uncached[k] += len(ids) - hit
-                cached += hit if k == 0 else 0
-        self.calls.append(CallRecord(len(requests), tokens, cached, time.perf_counter() - start, "icm"))
-        return [self.scores.score_one(r) for r in requests]
 
 
 @dataclass
@@ -83,14 +54,15 @@ def search_cost(
 
     truth = {c.claim_id: c.gold for c in claims}
     scores = SyntheticScorer(truth, signal=1.0, prior=0.5, seed=icm.seed, order_invariant=True)
-    backend = SimulatedBackend(scores, encoder, [PrefixCache(block, c) for c in capacities])
+    backend = SimulatedBackend(scores, encoder, block, {ENGINE_ORDER: {c: PrefixCache(block, c) for c in capacities}})
     run_icm(claims, backend, icm.model_copy(update={"engine": "fast"}), show_progress=False)
+    totals = call_totals(backend.calls)
     return SearchCost(
         country=claims[0].country,
         seed=icm.seed,
         claims=len(claims),
-        calls=len(backend.calls),
-        prompts=sum(c.n_prompts for c in backend.calls),
-        prompt_tokens=sum(c.prompt_tokens for c in backend.calls),
-        prefilled=dict(zip(capacities, backend.uncached, strict=True)),
+        calls=totals.calls,
+        prompts=totals.prompts,
+        prompt_tokens=totals.prompt_tokens,
+        prefilled=backend.uncached[ENGINE_ORDER],
     )

@@ -45,10 +45,10 @@ from persona_icm.methods import accuracy_matched_labels as accuracy_matched_labe
 from persona_icm.methods import method as method_record
 from persona_icm.methods import option_prior_scores as option_prior_scores  # noqa: F401 (re-exported)
 from persona_icm.scoring.base import ClaimScorer, ScoreRequest, record_calls
+from persona_icm.types import NO_ICM_SEED as NO_ICM_SEED
 
 log = logging.getLogger(__name__)
 
-NO_ICM_SEED = -1
 PREDICTION_SCHEMA = {
     "run_id": pl.String,
     "country": pl.String,

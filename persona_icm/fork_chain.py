@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from persona_icm.claims import DataError, check_countries
+from persona_icm.countries import check_countries
 from persona_icm.fork_subset import fork_question_key, fork_subset
+from persona_icm.types import DataError
 
 if TYPE_CHECKING:
     from persona_icm.config import DataConfig

@@ -21,8 +21,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from persona_icm.evaluate import NO_ICM_SEED
 from persona_icm.methods import zero_shot_names
+from persona_icm.types import NO_ICM_SEED
+from persona_icm.warehouse import Warehouse, open_warehouse, question_outcomes, write_results
 
 ALL_COUNTRIES = "ALL"
 METRIC_SCHEMA = {
@@ -151,3 +152,38 @@ def _interval_row(head: dict, outcomes: pl.DataFrame, n_boot: int, rng: np.rando
         "group_acc_ci_low": group_ci[0],
         "group_acc_ci_high": group_ci[1],
     }
+
+
+# ---------------------------------------------------------------- rows written with their intervals
+
+def write_evaluation(
+    wh: Warehouse, run_id: str, country: str, frames: dict[str, pl.DataFrame], n_boot: int = 1000, seed: int = 0
+) -> dict[str, int]:
+    """One country's evaluation (predictions, demos, model_calls) and the bootstrap intervals
+    of its accuracies (metrics, from the views), in one transaction."""
+    with wh.transaction():
+        written = write_results(wh, run_id, country, "eval", frames)
+        intervals = summarize(question_outcomes(wh, run_id, country), n_boot=n_boot, seed=seed)
+        written |= write_results(wh, run_id, country, "eval", {"metrics": intervals})
+    return written
+
+
+def write_aggregate(wh: Warehouse, run_id: str, n_boot: int = 1000, seed: int = 0) -> int:
+    """The intervals of the pooled countries (metrics rows of country 'ALL'); returns rows written."""
+    pooled = aggregate_countries(question_outcomes(wh, run_id), n_boot=n_boot, seed=seed)
+    return write_results(wh, run_id, ALL_COUNTRIES, "aggregate", {"metrics": pooled})["metrics"]
+
+
+def evaluation_warehouse(predictions: pl.DataFrame, demos: pl.DataFrame | None = None, n_boot: int = 1000, seed: int = 0) -> Warehouse:
+    """An in-memory warehouse holding prediction (and demo) frames of any runs and countries with
+    their intervals: the views (results_by_country, results_aggregated, ...) then give every
+    number a run would. For scripts and tests that evaluate without a flow."""
+    wh = open_warehouse(":memory:")
+    for (run_id, country), part in predictions.group_by("run_id", "country", maintain_order=True):
+        frames = {"predictions": part.drop("run_id", "country")}
+        if demos is not None:
+            frames["demos"] = demos.filter((pl.col("run_id") == run_id) & (pl.col("country") == country)).drop("run_id", "country")
+        write_evaluation(wh, run_id, country, frames, n_boot, seed)
+    for (run_id,) in predictions.select("run_id").unique(maintain_order=True).iter_rows():
+        write_aggregate(wh, run_id, n_boot, seed)
+    return wh

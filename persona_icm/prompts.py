@@ -40,8 +40,7 @@ first k demos share an identical token prefix: what prefix caching needs.
 
 from __future__ import annotations
 
-from persona_icm.claims import Claim
-from persona_icm.scoring.base import PromptKind, ScoreRequest
+from persona_icm.types import Claim, PromptKind, ScoreRequest
 
 ANCHOR_QUESTION = "Does the sun rise in the East?"
 ANCHOR_ROWS = (("Yes", 1), ("No", 0))

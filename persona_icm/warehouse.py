@@ -374,7 +374,7 @@ def table_columns(wh: Warehouse, table: str) -> list[str]:
     return wh.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index", [table])["column_name"].to_list()
 
 
-# ---------------------------------------------------------------- accuracy (the views) and intervals
+# ---------------------------------------------------------------- accuracy (the views)
 
 def question_outcomes(wh: Warehouse, run_id: str, country: str | None = None) -> pl.DataFrame:
     """Rows of the view question_outcomes (the one definition of both accuracies) of a run."""
@@ -382,40 +382,3 @@ def question_outcomes(wh: Warehouse, run_id: str, country: str | None = None) ->
     if country is not None:
         where, params = where + " AND country = ?", [*params, country]
     return wh.sql(f"SELECT * FROM question_outcomes WHERE {where}", params)
-
-
-def write_evaluation(
-    wh: Warehouse, run_id: str, country: str, frames: dict[str, pl.DataFrame], n_boot: int = 1000, seed: int = 0
-) -> dict[str, int]:
-    """One country's evaluation (predictions, demos, model_calls) and the bootstrap intervals
-    of its accuracies (metrics, from the views), in one transaction."""
-    from persona_icm import metrics
-
-    with wh.transaction():
-        written = write_results(wh, run_id, country, "eval", frames)
-        intervals = metrics.summarize(question_outcomes(wh, run_id, country), n_boot=n_boot, seed=seed)
-        written |= write_results(wh, run_id, country, "eval", {"metrics": intervals})
-    return written
-
-
-def write_aggregate(wh: Warehouse, run_id: str, n_boot: int = 1000, seed: int = 0) -> int:
-    """The intervals of the pooled countries (metrics rows of country 'ALL'); returns rows written."""
-    from persona_icm import metrics
-
-    pooled = metrics.aggregate_countries(question_outcomes(wh, run_id), n_boot=n_boot, seed=seed)
-    return write_results(wh, run_id, metrics.ALL_COUNTRIES, "aggregate", {"metrics": pooled})["metrics"]
-
-
-def evaluation_warehouse(predictions: pl.DataFrame, demos: pl.DataFrame | None = None, n_boot: int = 1000, seed: int = 0) -> Warehouse:
-    """An in-memory warehouse holding prediction (and demo) frames of any runs and countries with
-    their intervals: the views (results_by_country, results_aggregated, ...) then give every
-    number a run would. For scripts and tests that evaluate without a flow."""
-    wh = open_warehouse(":memory:")
-    for (run_id, country), part in predictions.group_by("run_id", "country", maintain_order=True):
-        frames = {"predictions": part.drop("run_id", "country")}
-        if demos is not None:
-            frames["demos"] = demos.filter((pl.col("run_id") == run_id) & (pl.col("country") == country)).drop("run_id", "country")
-        write_evaluation(wh, run_id, country, frames, n_boot, seed)
-    for (run_id,) in predictions.select("run_id").unique(maintain_order=True).iter_rows():
-        write_aggregate(wh, run_id, n_boot, seed)
-    return wh

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from persona_icm.config import DEFAULT_COUNTRIES, build_config
 from persona_icm.evaluate import evaluate_country
-from persona_icm.warehouse import evaluation_warehouse
+from persona_icm.metrics import evaluation_warehouse
 
 
 def parse_args() -> argparse.Namespace:

@@ -21,8 +21,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 from prefect.states import Crashed
 
 from persona_icm.config import RunConfig
+from persona_icm.metrics import write_aggregate, write_evaluation
 from persona_icm.run_status import RUNNING, claim_run, finish_run
-from persona_icm.warehouse import open_warehouse, write_aggregate, write_evaluation, write_results
+from persona_icm.scoring.base import number_calls
+from persona_icm.warehouse import open_warehouse, write_results
 from tasks.evaluation import MethodResult
 from tasks.scorers import model_name
 from tasks.search import SearchResult
@@ -108,14 +110,12 @@ def persist_country(
         written["icm"] = write_results(wh, run_id, country, "icm", {
             "icm_labels": per_seed(lambda s: s.labels),
             "icm_trace": per_seed(lambda s: s.trace),
-            "model_calls": pl.concat([s.calls for _, s in sorted(searches.items())], how="vertical_relaxed")
-            .with_columns(call_index=pl.int_range(pl.len())),
+            "model_calls": number_calls(pl.concat([s.calls for _, s in sorted(searches.items())], how="vertical_relaxed")),
         })
         written["eval"] = write_evaluation(wh, run_id, country, {
             "predictions": pl.concat([e.predictions for e in evaluations], how="vertical_relaxed"),
             "demos": pl.concat([e.demos for e in evaluations], how="vertical_relaxed"),
-            "model_calls": pl.concat([e.calls for e in evaluations], how="vertical_relaxed")
-            .with_columns(call_index=pl.int_range(pl.len())),
+            "model_calls": number_calls(pl.concat([e.calls for e in evaluations], how="vertical_relaxed")),
         }, n_boot=bootstrap_samples, seed=seed)
     get_run_logger().info("%s persisted: %s", country, written)
     return written

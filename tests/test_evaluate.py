@@ -13,8 +13,8 @@ from persona_icm.evaluate import (
     option_prior_scores,
     sample_whole_groups,
 )
+from persona_icm.metrics import evaluation_warehouse
 from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
-from persona_icm.warehouse import evaluation_warehouse
 
 
 class RecordingScorer(SyntheticScorer):

@@ -7,9 +7,9 @@ import pytest
 
 from persona_icm.config import EvalConfig
 from persona_icm.evaluate import evaluate_country
+from persona_icm.metrics import evaluation_warehouse
 from persona_icm.scoring.hf import HFScorer
 from persona_icm.tiny_model import build_model, build_tokenizer, make_claims
-from persona_icm.warehouse import evaluation_warehouse
 
 
 @pytest.fixture(scope="module")

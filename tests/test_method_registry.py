@@ -14,8 +14,9 @@ from persona_icm.charts import accuracy_by_method_chart, accuracy_vs_examples_ch
 from persona_icm.config import EvalConfig, build_config
 from persona_icm.evaluate import evaluate_country
 from persona_icm.methods import Method
+from persona_icm.metrics import evaluation_warehouse
 from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
-from persona_icm.warehouse import evaluation_warehouse, open_warehouse
+from persona_icm.warehouse import open_warehouse
 
 DUMMY = "all_true"
 DUMMY_LABEL = "every demo True (test)"

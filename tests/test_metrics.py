@@ -3,8 +3,7 @@ import polars as pl
 import pytest
 
 from persona_icm.evaluate import PREDICTION_SCHEMA
-from persona_icm.metrics import bootstrap_interval
-from persona_icm.warehouse import evaluation_warehouse
+from persona_icm.metrics import bootstrap_interval, evaluation_warehouse
 
 
 def by_country(predictions: pl.DataFrame, n_boot: int = 200, seed: int = 0) -> pl.DataFrame:

@@ -13,11 +13,10 @@ from persona_icm.charts import write_report
 from persona_icm.config import build_config
 from persona_icm.evaluate import evaluate_country
 from persona_icm.icm import run_icm
+from persona_icm.metrics import write_aggregate, write_evaluation
 from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 from persona_icm.warehouse import (
     open_warehouse,
-    write_aggregate,
-    write_evaluation,
     write_results,
     write_run,
 )
@@ -124,7 +123,7 @@ def test_aggregate_pools_group_accuracy_by_questions_and_carries_the_std(tmp_pat
     """Group accuracy pooled by test questions (weighting it by claims gives another number), and
     the std over demo orders of the pooled accuracy."""
     from persona_icm.evaluate import PREDICTION_SCHEMA
-    from persona_icm.warehouse import evaluation_warehouse
+    from persona_icm.metrics import evaluation_warehouse
 
     rows = []
     for country, n_groups, size in (("A", 6, 2), ("B", 2, 4)):  # A: 12 claims, 6 questions; B: 8 claims, 2

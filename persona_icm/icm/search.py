@@ -47,7 +47,7 @@ from persona_icm.icm.checkpoint import (
 from persona_icm.icm.energy import Energy
 from persona_icm.icm.engine import make_engine
 from persona_icm.icm.state import UNLABELLED, Labelling, Pool
-from persona_icm.scoring.base import ClaimScorer, record_calls
+from persona_icm.scoring.base import ClaimScorer, call_totals, record_calls
 
 log = logging.getLogger(__name__)
 
@@ -467,8 +467,8 @@ def _iterate(search: IcmSearch, path: Path | None, run_key: str, on_progress, sh
 
 
 def _attach_costs(row: dict[str, Any], calls: list) -> None:
-    row["backend_calls"] = len(calls)
-    row["prompts"] = sum(c.n_prompts for c in calls)
-    row["prompt_tokens"] = sum(c.prompt_tokens for c in calls)
-    cached = [c.cached_tokens for c in calls]
-    row["cached_tokens"] = None if any(c is None for c in cached) else sum(cached)
+    totals = call_totals(calls)
+    row["backend_calls"] = totals.calls
+    row["prompts"] = totals.prompts
+    row["prompt_tokens"] = totals.prompt_tokens
+    row["cached_tokens"] = totals.cached_tokens

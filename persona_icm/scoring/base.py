@@ -5,37 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
-from persona_icm.claims import Claim
-
-PromptKind = Literal["base", "chat"]
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreRequest:
-    """Score `query` given labelled demonstrations `context`, in that order.
-
-    kind "base": the few-shot base prompt (zero-shot base = empty context).
-    kind "chat": the zero-shot chat instruction through the chat template (context must be empty).
-    """
-
-    context: tuple[tuple[Claim, int], ...]
-    query: Claim
-    kind: PromptKind = "base"
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """Cost of one backend call (one `score` invocation)."""
-
-    n_prompts: int
-    prompt_tokens: int
-    cached_tokens: int | None
-    wall_seconds: float
-    phase: str = ""
+from persona_icm.types import CallRecord as CallRecord
+from persona_icm.types import PromptKind as PromptKind
+from persona_icm.types import ScoreRequest as ScoreRequest
 
 
 @runtime_checkable
@@ -50,7 +26,10 @@ class ClaimScorer(Protocol):
 @dataclass
 class CallLog:
     """What every backend shares: its call records, and one PromptEncoder per prompt kind
-    (built on first use from `self.tokenizer`)."""
+    (built on first use from `self.tokenizer`).
+
+    `record` is the one place a CallRecord is made (every backend, the synthetic stand-in and the
+    simulated backend call it; tests/test_call_accounting.py checks that nothing else does)."""
 
     calls: list[CallRecord] = field(default_factory=list)
     phase: str = ""
@@ -77,6 +56,26 @@ class CallLog:
             return "fork", None
         template = self.prompts.chat_template
         return self.prompts.style, read_chat_template(template) if template else None
+
+
+@dataclass(frozen=True, slots=True)
+class CallTotals:
+    """What a list of CallRecords adds up to."""
+
+    calls: int
+    prompts: int
+    prompt_tokens: int
+    cached_tokens: int | None  # None when any call did not report it
+
+
+def call_totals(calls: list[CallRecord]) -> CallTotals:
+    """The one sum over call records (the ICM trace, `persona-icm plan` and the benchmarks use it)."""
+    return CallTotals(
+        calls=len(calls),
+        prompts=sum(c.n_prompts for c in calls),
+        prompt_tokens=sum(c.prompt_tokens for c in calls),
+        cached_tokens=sum_or_none([c.cached_tokens for c in calls]),
+    )
 
 
 def sum_or_none(values: list[int | None]) -> int | None:
@@ -115,9 +114,16 @@ CALLS_SCHEMA = {
 
 
 def calls_frame(calls: list[CallRecord], model: str | None) -> pl.DataFrame:
-    """CallRecords as model_calls rows (the writer adds run_id, country, step)."""
-    rows = [(model, i, c.phase, c.n_prompts, c.prompt_tokens, c.cached_tokens, c.wall_seconds) for i, c in enumerate(calls)]
-    return pl.DataFrame(rows, schema=CALLS_SCHEMA, orient="row")
+    """CallRecords as model_calls rows, numbered (the writer adds run_id, country, step)."""
+    schema = {k: v for k, v in CALLS_SCHEMA.items() if k != "call_index"}
+    rows = [(model, c.phase, c.n_prompts, c.prompt_tokens, c.cached_tokens, c.wall_seconds) for c in calls]
+    return number_calls(pl.DataFrame(rows, schema=schema, orient="row"))
+
+
+def number_calls(frame: pl.DataFrame) -> pl.DataFrame:
+    """model_calls rows with call_index = their position in `frame`: the one place it is assigned
+    (a step that concatenates several scorers' calls numbers the concatenation)."""
+    return frame.with_columns(call_index=pl.int_range(pl.len(), dtype=pl.Int64)).select(list(CALLS_SCHEMA))
 
 
 @contextmanager

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from persona_icm.claims import Claim
-from persona_icm.scoring.base import CallRecord, ScoreRequest
+from persona_icm.scoring.base import CallLog
+from persona_icm.types import CallRecord, Claim, ScoreRequest
 
 
 def _unit_normal(*parts: object) -> float:
@@ -48,7 +48,11 @@ class SyntheticScorer:
         self.seed = seed
         self.prior = prior
         self.order_invariant = order_invariant
-        self.calls: list[CallRecord] = []
+        self.log = CallLog()  # no `phase` attribute on the scorer: its records stay untagged, as they always were
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        return self.log.calls
 
     def score_one(self, request: ScoreRequest) -> float:
         query = request.query
@@ -72,7 +76,7 @@ class SyntheticScorer:
         start = time.perf_counter()
         scores = [self.score_one(r) for r in requests]
         tokens = sum(20 * (len(r.context) + 1) for r in requests)
-        self.calls.append(CallRecord(len(requests), tokens, None, time.perf_counter() - start))
+        self.log.record(len(requests), tokens, None, time.perf_counter() - start)
         return scores
 
 
