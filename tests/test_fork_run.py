@@ -45,20 +45,26 @@ def run_preset(preset: str, harness: str, tmp_path: Path) -> Path:
     return warehouse
 
 
+def completed_run(wh, preset: str) -> tuple[dict, dict, object]:
+    """The one runs row (completed, of `preset`), its config and its ICM trace."""
+    run = wh.sql("SELECT * FROM runs").row(0, named=True)
+    assert run["preset"] == preset and run["status"] == "completed"
+    trace = wh.sql("SELECT * FROM icm_trace ORDER BY country, iteration")
+    assert set(trace["country"]) == set(COUNTRIES)
+    return run, json.loads(run["config_json"]), trace
+
+
 @pytest.mark.slow
 def test_fork_preset_runs_at_smoke_size_without_the_consistency_term(harness, tmp_path):
     from persona_icm.warehouse import open_warehouse
 
     warehouse = run_preset("fork", harness, tmp_path)
     with open_warehouse(warehouse, read_only=True) as wh:
-        run = wh.sql("SELECT * FROM runs").row(0, named=True)
-        assert run["preset"] == "fork" and run["status"] == "completed"
-        config = json.loads(run["config_json"])
+        run, config, trace = completed_run(wh, "fork")
         assert config["icm"]["consistency"] is False and config["icm"]["context_order"] == "claim"
         assert config["base_model"]["vllm"]["kv_cache_dtype"] == "fp8"
         alpha = config["icm"]["alpha"]
-        trace = wh.sql("SELECT * FROM icm_trace ORDER BY country, iteration")
-        assert set(trace["country"]) == set(COUNTRIES) and trace["iteration"].max() == 8
+        assert trace["iteration"].max() == 8
         for row in trace.iter_rows(named=True):  # U = alpha * P: no -I term, and no ConsistencyFix applied
             assert row["U"] == pytest.approx(alpha * row["P"], abs=1e-12) and row["fixes"] in (0, None), row
         seeded = wh.sql(
@@ -82,12 +88,9 @@ def test_seed_preset_runs_at_smoke_size_with_the_consistency_term(harness, tmp_p
 
     warehouse = run_preset("seed", harness, tmp_path)
     with open_warehouse(warehouse, read_only=True) as wh:
-        run = wh.sql("SELECT * FROM runs").row(0, named=True)
-        assert run["preset"] == "seed" and run["status"] == "completed"
-        config = json.loads(run["config_json"])
+        run, config, trace = completed_run(wh, "seed")
         assert config["icm"]["consistency"] is True and config["icm"]["seed_claims"] == "random"
-        trace = wh.sql("SELECT * FROM icm_trace ORDER BY country, iteration")
         headline = wh.sql("SELECT DISTINCT country FROM headline WHERE country <> 'ALL'")
-    assert set(trace["country"]) == set(COUNTRIES) == set(headline["country"])
+    assert set(headline["country"]) == set(COUNTRIES)
     for row in trace.iter_rows(named=True):  # U = alpha * P - I
         assert row["U"] == pytest.approx(config["icm"]["alpha"] * row["P"] - row["I"], abs=1e-12), row
