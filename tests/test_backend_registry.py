@@ -118,18 +118,19 @@ def test_a_registered_backend_flows_through_config_scorer_preflight_and_retry(du
 
 
 @pytest.mark.slow
-def test_a_run_on_a_registered_backend_fills_the_warehouse(dummy, harness, smoke_inputs):
+def test_a_run_on_a_registered_backend_fills_the_warehouse(dummy, harness, smoke_inputs, tmp_path):
     """The smoke flow with base and chat model on the dummy backend: searches, evaluations and the
     chat baseline score through it, and the warehouse holds their rows under its name."""
     from flows.experiment import persona_icm
     from persona_icm.warehouse import open_warehouse
 
-    overrides = dummy_overrides(smoke_inputs)
+    warehouse = tmp_path / "warehouse" / "persona_icm.duckdb"  # its own: test_flows asserts on the shared one's rows
+    overrides = {**dummy_overrides(smoke_inputs), "warehouse_path": str(warehouse)}
     state = persona_icm(preset="smoke", overrides=overrides, return_state=True)
     assert state.is_completed(), state
     run_id = state.result()
     model = f"dummy:{overrides['base_model']['name']}"
-    with open_warehouse(smoke_inputs["warehouse_path"], read_only=True) as wh:
+    with open_warehouse(warehouse, read_only=True) as wh:
         calls = dict(wh.sql("SELECT model, count(*) FROM model_calls WHERE run_id = ? GROUP BY model", [run_id]).iter_rows())
         labels = wh.scalar("SELECT count(*) FROM icm_labels WHERE run_id = ?", [run_id])
         methods = set(wh.sql("SELECT method FROM results_by_country WHERE run_id = ?", [run_id])["method"])
