@@ -44,7 +44,7 @@ from persona_icm.methods import Method, methods
 from persona_icm.methods import accuracy_matched_labels as accuracy_matched_labels  # noqa: F401 (re-exported)
 from persona_icm.methods import method as method_record
 from persona_icm.methods import option_prior_scores as option_prior_scores  # noqa: F401 (re-exported)
-from persona_icm.scoring.base import ClaimScorer, ScoreRequest, record_calls
+from persona_icm.scoring.base import ClaimScorer, ScoreRequest, prompts_per_call, record_calls
 from persona_icm.types import NO_ICM_SEED as NO_ICM_SEED
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,7 @@ def evaluate_country(
     rng: np.random.Generator | None = None,
     run_id: str = "",
     batched: bool = True,
+    prompts_per_call: int | None = None,
     progress: Progress | None = None,
 ) -> EvalResult:
     """Predictions of every configured method on `test` for one country.
@@ -250,6 +251,8 @@ def evaluate_country(
     demos, and golden/random-matched use the same claims. Without ICM labels, golden uses all
     of `train` and the ICM-based methods are skipped. rng defaults to default_rng(config.seed).
     batched=False scores one prompt per backend call: the reference path for the batching test.
+    prompts_per_call: how many prompts a backend call may carry (whole prompt sets, at least one);
+    None: the scorer's own `prompts_per_call` (scoring.base.prompts_per_call).
     """
     icm_runs = _as_runs(icm_labels)
     _check_inputs(train, test, icm_runs)
@@ -270,7 +273,7 @@ def evaluate_country(
         if not m.uses_demos
     ]
 
-    scored = _score_prompt_sets(scorer, chat_scorer, prompt_sets, test, batched, progress)
+    scored = _score_prompt_sets(scorer, chat_scorer, prompt_sets, test, batched, prompts_per_call, progress)
 
     model_free = [m for m in runnable if m.model_free]
     for p in planned:
@@ -323,24 +326,50 @@ def _score_prompt_sets(
     prompt_sets: list[_PromptSet],
     test: Sequence[Claim],
     batched: bool,
+    prompts_per_call: int | None,
     progress: Progress | None,
 ) -> list[tuple[_PromptSet, list[float]]]:
-    """Score every test claim after each prompt set's context: one call per set (batched).
+    """Score every test claim after each prompt set's context, in plan order.
 
-    Each call is recorded as phase "eval:<method>" (scoring.base.record_calls).
+    Batched, a backend call takes as many whole prompt sets of one method as fit in the backend's
+    `prompts_per_call` (one set at least), each set's prompts adjacent; each call is recorded as
+    phase "eval:<method>" (scoring.base.record_calls). `progress` counts prompt sets.
     """
-    out = []
-    for done, p in enumerate(tqdm(prompt_sets, desc=f"evaluate {test[0].country}", unit="call", leave=False), start=1):
-        backend = chat_scorer if p.kind == "chat" else scorer
-        requests = [ScoreRequest(p.context, query, p.kind) for query in test]
-        with record_calls(backend, f"eval:{p.method}"):
-            scores = backend.score(requests) if batched else [s for r in requests for s in backend.score([r])]
-        if len(scores) != len(requests):
-            raise RuntimeError(f"scorer returned {len(scores)} scores for {len(requests)} requests ({p.method})")
-        out.append((p, [float(s) for s in scores]))
-        if progress is not None:
-            progress(done, len(prompt_sets))
-    return out
+    scores: dict[int, list[float]] = {}
+    bar = tqdm(total=len(prompt_sets), desc=f"evaluate {test[0].country}", unit="set", leave=False)
+    for call in _calls(prompt_sets, len(test), lambda kind: _per_call(scorer, chat_scorer, kind, prompts_per_call)):
+        first = prompt_sets[call[0]]
+        backend = chat_scorer if first.kind == "chat" else scorer
+        requests = [ScoreRequest(prompt_sets[i].context, query, first.kind) for i in call for query in test]
+        with record_calls(backend, f"eval:{first.method}"):
+            got = backend.score(requests) if batched else [s for r in requests for s in backend.score([r])]
+        if len(got) != len(requests):
+            raise RuntimeError(f"scorer returned {len(got)} scores for {len(requests)} requests ({first.method})")
+        for k, i in enumerate(call):
+            scores[i] = [float(s) for s in got[k * len(test) : (k + 1) * len(test)]]
+            bar.update()
+            if progress is not None:
+                progress(len(scores), len(prompt_sets))
+    bar.close()
+    return [(p, scores[i]) for i, p in enumerate(prompt_sets)]
+
+
+def _per_call(scorer: ClaimScorer, chat_scorer: ClaimScorer | None, kind: str, given: int | None) -> int:
+    return given if given is not None else prompts_per_call(chat_scorer if kind == "chat" else scorer)
+
+
+def _calls(prompt_sets: list[_PromptSet], n_queries: int, per_call: Callable[[str], int]) -> list[list[int]]:
+    """Indices of `prompt_sets` grouped into backend calls: the sets of one (method, kind) in plan
+    order, as many per call as fit in `per_call(kind)` prompts of `n_queries` each (at least one).
+    Methods keep the order of their first set."""
+    by_method: dict[tuple[str, str], list[int]] = {}
+    for i, p in enumerate(prompt_sets):
+        by_method.setdefault((p.method, p.kind), []).append(i)
+    calls = []
+    for (_, kind), indices in by_method.items():
+        size = max(1, per_call(kind) // n_queries)
+        calls += [indices[a : a + size] for a in range(0, len(indices), size)]
+    return calls
 
 
 def _predictions_frame(

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from persona_icm.config import RunConfig
+from persona_icm.scorer_identity import file_sha256
 
 # Paths whose file contents are counted elsewhere (dataset_id) or below, and the warehouse path.
 _NOT_RESULTS = {"warehouse_path": True, "data": {"goqa_path", "question_list"}}
-
-
-def _file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def results_config(config: RunConfig) -> dict[str, Any]:
@@ -30,7 +26,7 @@ def results_config(config: RunConfig) -> dict[str, Any]:
     for role in ("base_model", "chat_model"):
         prompts = (values.get(role) or {}).get("prompts") or {}
         if prompts.get("chat_template") is not None:
-            prompts["chat_template"] = "sha256:" + _file_sha256(prompts["chat_template"])
+            prompts["chat_template"] = "sha256:" + file_sha256(prompts["chat_template"])
     return values
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from prefect.context import TaskRunContext
 from persona_icm.claims import Claim
 from persona_icm.config import IcmConfig, ModelSpec
 from persona_icm.icm import default_run_key, label_of, run_icm
+from persona_icm.scorer_identity import scorer_identity
 from persona_icm.scoring.base import calls_frame, record_calls
 from tasks.progress import ProgressArtifact
 from tasks.results import JSON, Frame, Result
@@ -34,11 +36,13 @@ class SearchResult(Result):
 
 
 def search_key(train: list[Claim], icm: IcmConfig, model: ModelSpec) -> str:
-    """Algorithm version + search config (incl. seed) + the claims themselves + the model spec.
+    """Algorithm version + search config (incl. seed) + the claims themselves + the model settings
+    that change a score (persona_icm/scorer_identity.py): the cache key and the checkpoint's name.
 
-    Engine choice, memo size and checkpoint cadence change only cost, so they are left out.
+    Engine choice, memo size, checkpoint cadence and the model's speed-only settings (batch sizes,
+    tensor parallelism, memory, limits, retries) change only cost, so they are left out.
     """
-    return default_run_key(train, icm, model.model_dump_json())
+    return default_run_key(train, icm, json.dumps(scorer_identity(model), sort_keys=True))
 
 
 def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

@@ -36,6 +36,12 @@ class CallLog:
     prompts: Any = None  # the ModelSpec's PromptConfig (make_scorer sets it); None: the default layout
     _encoders: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def prompts_per_call(self) -> int:
+        """How many prompts one score() call may carry for the backend to run them together; the
+        evaluation packs whole prompt sets up to it. 1 here: one prompt set per call."""
+        return 1
+
     def record(self, n_prompts: int, prompt_tokens: int, cached_tokens: int | None, wall: float) -> None:
         self.calls.append(CallRecord(n_prompts, prompt_tokens, cached_tokens, wall, self.phase))
 
@@ -56,6 +62,11 @@ class CallLog:
             return "fork", None
         template = self.prompts.chat_template
         return self.prompts.style, read_chat_template(template) if template else None
+
+
+def prompts_per_call(scorer: ClaimScorer) -> int:
+    """The scorer's `prompts_per_call` (CallLog and the backends), 1 for a scorer without one."""
+    return max(1, int(getattr(scorer, "prompts_per_call", 1)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,11 @@ class HFScorer(CallLog):
         self.forward_tokens = 0  # token slots run through the model, padding included
 
     # -- public -------------------------------------------------------------------------------
+    @property
+    def prompts_per_call(self) -> int:
+        """One forward pass's rows: a prompt set of at least `batch_size` queries is a call of its own."""
+        return self.batch_size
+
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         start = time.perf_counter()
         scores: list[float] = [0.0] * len(requests)

@@ -179,6 +179,11 @@ class OpenAIScorer(CallLog):
     def close(self) -> None:
         self.client.close()
 
+    @property
+    def prompts_per_call(self) -> int:
+        """The requests in flight at once (max_concurrency)."""
+        return self.max_concurrency
+
     def redacted(self, text: str, limit: int = 500) -> str:
         """`text` (quoted from a response) without the key or any credential header value, cut to `limit`."""
         return redact(text, [self._api_key.get_secret_value()])[:limit]

@@ -46,6 +46,8 @@ class SimulatedBackend(CallLog):
         self.record_prompts = record
         self.trace: list[list[tuple[list[int], int]]] = []
 
+    prompts_per_call = 256  # vLLM's default max_num_seqs on most GPUs (the engine this backend imitates)
+
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         start = time.perf_counter()
         scores = [self.synthetic.score_one(r) for r in requests]

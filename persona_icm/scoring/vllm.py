@@ -41,6 +41,7 @@ from persona_icm.scoring.base import (
 )
 
 LogprobPath = Literal["token_ids", "allowed_token_ids"]
+REQUESTS_PER_PROMPT: dict[LogprobPath, int] = {"token_ids": 1, "allowed_token_ids": 2}
 
 
 def supports_logprob_token_ids(sampling_params_cls: type) -> bool:
@@ -164,6 +165,13 @@ class VllmScorer(CallLog):
             except Exception as err:  # already dead: nothing left to free
                 warnings.warn(f"vLLM engine shutdown for {self.model!r}: {err}", stacklevel=2)
         self.llm = None
+
+    @property
+    def prompts_per_call(self) -> int:
+        """The engine's max_num_seqs (as it resolved it: 256 on most GPUs, 1024 on an H100) in
+        prompts: a call of at most that many starts every request in the engine's first step."""
+        seqs = self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        return max(1, seqs // REQUESTS_PER_PROMPT[self.logprob_path])
 
     @property
     def tokenizer(self):
