@@ -3,7 +3,8 @@
 Which methods exist, and what each needs and produces, is persona_icm/methods.py; this module
 runs them. For one country: ICM labels, golden labels and accuracy-matched random labels of the same demo
 claims are each shown to the base model in `eval_repeats` seeded random orders, and every test
-claim is scored after the identical demo context: one backend call per (method, demo set, order).
+claim is scored after the identical demo context: one prompt set per (method, demo set, order); a
+backend call takes as many whole prompt sets of one method as the scorer's `prompts_per_call` holds.
 Zero-shot base and zero-shot chat are scored once (deterministic). `option_prior_*` is the
 model-free confound check: a test claim scores (demos with its exact option text labelled True)
 - (labelled False). The accuracy-vs-demos curve samples whole groups of the demo pool for each
@@ -91,7 +92,7 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class _PromptSet:
-    """Test claims scored after one fixed demo context (or zero-shot): one backend call."""
+    """Test claims scored after one fixed demo context (or zero-shot)."""
 
     method: str
     experiment: str
