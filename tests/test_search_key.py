@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 from polars.testing import assert_frame_equal
 
-from persona_icm.config import IcmConfig, ModelSpec, _merge
+from persona_icm.config import IcmConfig, ModelSpec
 from persona_icm.icm import TRAJECTORY_COLUMNS
-from persona_icm.scorer_identity import SCORE_FIELDS, SPEED_ONLY_FIELDS, field_paths, scorer_identity, unclassified_fields
+from persona_icm.scorer_identity import (
+    SCORE_FIELDS,
+    SPEED_ONLY_FIELDS,
+    field_paths,
+    scorer_identity,
+    unclassified_fields,
+)
 from persona_icm.tiny_model import make_claims
 
 # A valid value other than the default, for every ModelSpec field (a new field needs one here too).
@@ -52,17 +58,15 @@ OTHER_VALUE = {
 }
 
 
-def nested(path: str, value) -> dict:
-    head, _, rest = path.partition(".")
-    return {head: nested(rest, value) if rest else value}
-
-
 def changed(spec: ModelSpec, paths, template: Path | None = None) -> ModelSpec:
     """`spec` with every field of `paths` set to its OTHER_VALUE."""
     values = spec.model_dump()
     for path in paths:
-        value = str(template) if OTHER_VALUE[path] == "TEMPLATE" else OTHER_VALUE[path]
-        values = _merge(values, nested(path, value))
+        *sections, leaf = path.split(".")
+        target = values
+        for section in sections:
+            target = target[section]
+        target[leaf] = str(template) if OTHER_VALUE[path] == "TEMPLATE" else OTHER_VALUE[path]
     return ModelSpec.model_validate(values)
 
 
