@@ -8,7 +8,7 @@ One country of synthetic claims (persona_icm.tiny_model.make_claims): `--train` 
 with noisy ICM labels, `--test` test claims, demo sizes `--sizes` plus the pool, `--repeats` orders:
 the base-model methods' prompt sets, evaluated one method at a time as the flow's tasks do. The
 model is `--model`, else a tiny random Llama written to a temporary folder. Both passes run on the
-same scorer (vLLM: one engine, its prefix cache emptied before each pass) and print wall seconds,
+same scorer after one warm-up call (vLLM: one engine, its prefix cache emptied before each pass) and print wall seconds,
 score() calls (a vLLM score() call is one generate()), prompts, the max |score difference| between
 the passes (0 when packing is exact), and the wall ratio before / after.
 """
@@ -26,7 +26,7 @@ import numpy as np
 from persona_icm.config import EvalConfig
 from persona_icm.evaluate import evaluate_country
 from persona_icm.methods import methods
-from persona_icm.scoring.base import call_totals, record_calls
+from persona_icm.scoring.base import ScoreRequest, call_totals, record_calls
 from persona_icm.tiny_model import make_claims, write_tiny_model
 
 
@@ -81,6 +81,7 @@ def main() -> None:
         folder = args.model or str(write_tiny_model(Path(tmp) / "tiny-llama", add_bos=True, head_dim=64))
         scorer = build_scorer(args, folder)
         after_per_call = args.per_call or scorer.prompts_per_call
+        scorer.score([ScoreRequest(tuple((c, c.gold) for c in train[:2]), test[0])])  # warm-up, outside both passes
         before = evaluate_pass(scorer, train, test, icm, config, 1)
         after = evaluate_pass(scorer, train, test, icm, config, after_per_call)
     diff = max(abs(a - b) for a, b in zip(before[2], after[2], strict=True))
@@ -88,7 +89,8 @@ def main() -> None:
           f"{call_totals(before[1]).prompts} prompts; prompts_per_call after: {after_per_call}")
     for name, (wall, calls, _) in (("before (one prompt set per call)", before), ("after (packed)", after)):
         totals = call_totals(calls)
-        print(f"  {name:34s} {wall:8.2f} s  {totals.calls:4d} score() calls  {totals.prompts} prompts")
+        print(f"  {name:34s} {wall:8.2f} s  {totals.calls:4d} score() calls  {totals.prompts} prompts  "
+              f"{totals.prompt_tokens} prompt tokens, {totals.cached_tokens} from the prefix cache")
     print(f"  wall before / after: {before[0] / after[0]:.2f}x; calls {len(before[1])} -> {len(after[1])}; "
           f"max |score difference| {diff:.2e}")
 
