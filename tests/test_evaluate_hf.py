@@ -67,7 +67,7 @@ def test_evaluation_through_hf_backend(tiny):
 
 def test_prompt_sets_packed_into_calls_score_exactly_as_one_set_per_call(tiny):
     """A call takes as many whole prompt sets of one method as the scorer's prompts_per_call holds
-    (hf: batch_size rows; 32 rows here, 6 test claims: 5 sets a call). Scores, demos and the random
+    (hf: batch_size rows; 18 rows here, 6 test claims: 3 sets a call). Scores, demos and the random
     draws equal the one-set-per-call path's; progress still counts each set; each call's record
     holds its prompts under its method's phase."""
     import numpy as np
@@ -76,23 +76,23 @@ def test_prompt_sets_packed_into_calls_score_exactly_as_one_set_per_call(tiny):
     claims = make_claims(16)
     train, test = claims[:10], claims[10:]
     icm = {c.claim_id: 1 - c.gold if i % 3 == 0 else c.gold for i, c in enumerate(train)}
-    cfg = EvalConfig(eval_repeats=3, demo_sizes=[4], bootstrap_samples=100)
+    cfg = EvalConfig(eval_repeats=2, demo_sizes=[4], bootstrap_samples=100)
     runs = {}
     for name, per_call in (("one", 1), ("packed", None)):
-        scorer, rng, seen = HFScorer(model, tokenizer, batch_size=32, progress=False), np.random.default_rng(5), []
+        scorer, rng, seen = HFScorer(model, tokenizer, batch_size=18, progress=False), np.random.default_rng(5), []
         result = evaluate_country(scorer, train, test, cfg, icm_labels=icm, rng=rng, prompts_per_call=per_call,
                                   progress=lambda done, total, seen=seen: seen.append((done, total)))
         runs[name] = (scorer, rng, seen, result)
     (one, one_rng, one_seen, one_result), (packed, packed_rng, packed_seen, packed_result) = runs["one"], runs["packed"]
 
-    assert packed.prompts_per_call == 32
+    assert packed.prompts_per_call == 18
     assert packed_result.predictions.equals(one_result.predictions)  # bit for bit
     assert packed_result.demos.equals(one_result.demos)
     assert packed_rng.bit_generator.state == one_rng.bit_generator.state  # the same draws, nothing more
-    sets = 3 * 2 * 3 + 1  # (golden, icm, random_matched) x 2 sizes x 3 orders + zero-shot base
+    sets = 3 * 2 * 2 + 1  # (golden, icm, random_matched) x 2 sizes x 2 orders + zero-shot base
     assert one_seen == packed_seen == [(i, sets) for i in range(1, sets + 1)]
     assert len(one.calls) == sets
     assert [(c.phase, c.n_prompts) for c in packed.calls] == [
-        (f"eval:{method}", n * len(test)) for method in ("golden", "icm", "random_matched") for n in (5, 1)
+        (f"eval:{method}", n * len(test)) for method in ("golden", "icm", "random_matched") for n in (3, 1)
     ] + [("eval:zero_shot_base", len(test))]
     assert sum(c.prompt_tokens for c in packed.calls) == sum(c.prompt_tokens for c in one.calls)
