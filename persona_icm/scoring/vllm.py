@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from persona_icm import gpus
 from persona_icm.config import VllmEngineArgs
 from persona_icm.scoring.base import (
     CallLog,
@@ -106,6 +107,7 @@ def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu:
 @functools.cache
 def load_engine(model: str, args: VllmEngineArgs, dtype: str = "auto"):
     """The process's `vllm.LLM` for (model, args, dtype), built once; call it first on the main thread."""
+    gpus.use_spawn()
     import vllm
     from vllm.platforms import current_platform
 
@@ -141,6 +143,7 @@ class VllmScorer(CallLog):
         max_prompt_tokens: int | None = None,
     ):
         super().__init__()
+        gpus.use_spawn()
         from vllm import SamplingParams
 
         self.closed = False
@@ -228,23 +231,44 @@ def engine_window(spec, folder: str) -> int | None:
 
 
 def visible_gpus() -> int:
-    """CUDA devices this process may use (after CUDA_VISIBLE_DEVICES); 0 without CUDA."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    """CUDA devices this process may use (after CUDA_VISIBLE_DEVICES), counted through NVML so that CUDA
+    stays uninitialised before vLLM starts its processes; 0 without NVML."""
+    return gpus.visible_gpu_count()
+
+
+def gpu_memory_problem(spec, visible: list[gpus.GpuMemory]) -> str | None:
+    """What the GPUs the engine will use (the first tensor_parallel_size visible ones) lack in free memory.
+
+    vLLM refuses to start when a GPU has less free memory than gpu_memory_utilization x its total.
+    That is an error here, naming the processes that hold the memory (a killed run's engine core
+    lives on and keeps its GPUs full). Other processes holding memory while enough is free is a
+    GpuMemoryWarning: the engine starts, next to them."""
+    tp, utilization = spec.vllm.tensor_parallel_size, spec.vllm.gpu_memory_utilization
+    for gpu in visible[:tp]:
+        needed = utilization * gpu.total_bytes
+        pids = " ".join(str(p.pid) for p in gpu.processes)
+        if gpu.free_bytes < needed:
+            held = f"; stop them with `kill {pids}` (a killed run's vLLM engine core stays behind)" if pids else ""
+            return (f"vllm.gpu_memory_utilization={utilization:g} needs {needed / gpus.GIB:.1f} GiB free on each GPU but "
+                    f"{gpu.describe()}{held}, or lower gpu_memory_utilization")
+        if gpu.processes:
+            warnings.warn(gpus.GpuMemoryWarning(
+                f"{gpu.describe()}: other processes hold memory on a GPU this engine uses (enough is free "
+                f"for gpu_memory_utilization={utilization:g}); `kill {pids}` if they are left over from an earlier run"),
+                stacklevel=2)
+    return None
 
 
 def host_problem(spec) -> str | None:
-    """What this process lacks to run `spec` on vLLM: GPUs for its tensor-parallel group, or vLLM itself."""
-    tp, gpus = spec.vllm.tensor_parallel_size, visible_gpus()
-    if tp > 1 and tp > gpus:
+    """What this process lacks to run `spec` on vLLM: GPUs for its tensor-parallel group, free memory on
+    them (`gpu_memory_problem`), or vLLM itself."""
+    tp, seen = spec.vllm.tensor_parallel_size, visible_gpus()
+    if tp > 1 and tp > seen:
         devices = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
         return (
-            f"vllm.tensor_parallel_size={tp} but this process sees {gpus} GPU(s) "
+            f"vllm.tensor_parallel_size={tp} but this process sees {seen} GPU(s) "
             f"(CUDA_VISIBLE_DEVICES={devices}); give its worker {tp} GPUs or lower tensor_parallel_size"
         )
     if importlib.util.find_spec("vllm") is None:
         return "backend 'vllm' needs the vllm package in this environment (pip install 'persona-icm[gpu]')"
-    return None
+    return gpu_memory_problem(spec, gpus.visible_gpu_memory())
