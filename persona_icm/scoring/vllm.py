@@ -89,11 +89,18 @@ def log_odds(path: LogprobPath, outputs: Sequence, true_id: int, false_id: int) 
     return lp_true - lp_false
 
 
-def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu: bool = False) -> dict[str, Any]:
+def engine_kwargs(
+    model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu: bool = False, head_dtype: str = "float32"
+) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM`: the configured engine args plus what exact scoring needs.
 
     dtype "auto" means what it means for the hf backend (ModelSpec.dtype): float32 on CPU,
-    bfloat16 on GPU, so both backends score the same weights the same way.
+    bfloat16 on GPU, so both backends score the same weights the same way. head_dtype "float32"
+    (ModelSpec.head_dtype) sets vLLM's `head_dtype` through `hf_overrides`: vLLM 0.32 reads it in
+    `ModelConfig.head_dtype` (vllm/config/model.py) and its LogitsProcessor projects the hidden state
+    with the head's weight in that dtype (`LogitsProcessor._apply_head`, unquantized heads only);
+    generation models otherwise use the weights' dtype. The raw log-softmax is float32 either way
+    (`Sampler.compute_logprobs`).
     """
     dtype = resolve_dtype(dtype, on_gpu=not on_cpu)
     return {
@@ -101,27 +108,40 @@ def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu:
         **args.model_dump(exclude_none=True),
         "dtype": dtype,
         "logprobs_mode": "raw_logprobs",
+        "hf_overrides": {"head_dtype": head_dtype},
     }
 
 
+def head_dtype_in_engine(llm) -> str | None:
+    """The dtype the engine runs its LM head in ("float32", "bfloat16"...), or None when this vLLM does not say."""
+    value = getattr(llm.llm_engine.model_config, "head_dtype", None)
+    return None if value is None else str(value).removeprefix("torch.")
+
+
 @functools.cache
-def load_engine(model: str, args: VllmEngineArgs, dtype: str = "auto"):
-    """The process's `vllm.LLM` for (model, args, dtype), built once; call it first on the main thread."""
+def load_engine(model: str, args: VllmEngineArgs, dtype: str = "auto", head_dtype: str = "float32"):
+    """The process's `vllm.LLM` for (model, args, dtype, head_dtype), built once; call it first on the main thread."""
     gpus.use_spawn()
     import vllm
     from vllm.platforms import current_platform
 
     if threading.current_thread() is not threading.main_thread():
         warnings.warn("building the vLLM engine off the main thread; some vLLM versions fail there", stacklevel=2)
-    kwargs = engine_kwargs(model, args, dtype, on_cpu=current_platform.is_cpu())
+    kwargs = engine_kwargs(model, args, dtype, on_cpu=current_platform.is_cpu(), head_dtype=head_dtype)
     try:
-        return vllm.LLM(**kwargs)
+        llm = vllm.LLM(**kwargs)
     except Exception as err:
         raise RuntimeError(
             f"vLLM engine failed to start for model {model!r} with engine args {kwargs}: "
             f"{type(err).__name__}: {err}. Check max_model_len, gpu_memory_utilization (or "
-            "VLLM_CPU_KVCACHE_SPACE on CPU), tensor_parallel_size and quantization."
+            "VLLM_CPU_KVCACHE_SPACE on CPU), tensor_parallel_size and quantization (a quantized LM head "
+            "needs head_dtype: model)."
         ) from err
+    running = head_dtype_in_engine(llm)
+    if head_dtype == "float32" and running != "float32":
+        warnings.warn(f"head_dtype float32 asked, but this vLLM runs the LM head in {running or 'the weights dtype'}; "
+                      "scores are rounded to that precision", stacklevel=2)
+    return llm
 
 
 class VllmScorer(CallLog):
@@ -141,6 +161,7 @@ class VllmScorer(CallLog):
         dtype: str = "auto",
         logprob_path: LogprobPath | None = None,
         max_prompt_tokens: int | None = None,
+        head_dtype: str = "float32",
     ):
         super().__init__()
         gpus.use_spawn()
@@ -150,7 +171,7 @@ class VllmScorer(CallLog):
         self.model = model
         self.engine_args = engine_args or VllmEngineArgs()
         self.logprob_path = choose_logprob_path(SamplingParams, logprob_path)
-        self.llm = load_engine(model, self.engine_args, dtype)
+        self.llm = load_engine(model, self.engine_args, dtype, head_dtype)
         engine_limit = self.llm.llm_engine.model_config.max_model_len - 1
         self.max_prompt_tokens = prompt_limit(max_prompt_tokens, engine_limit)
         self._tokenizer = None
@@ -218,7 +239,8 @@ def scorer_from_spec(spec, api_key: str | None = None) -> VllmScorer:
     """The backend registry's factory (persona_icm/backends.py) for a ModelSpec with backend "vllm"."""
     from persona_icm.scoring.models import resolve
 
-    return VllmScorer(resolve(spec.name), spec.vllm, dtype=spec.dtype, max_prompt_tokens=spec.max_prompt_tokens)
+    return VllmScorer(resolve(spec.name), spec.vllm, dtype=spec.dtype, max_prompt_tokens=spec.max_prompt_tokens,
+                      head_dtype=spec.head_dtype)
 
 
 def engine_window(spec, folder: str) -> int | None:
