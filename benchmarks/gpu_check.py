@@ -86,8 +86,10 @@ def hf_scores(model_dir: Path, requests: list[ScoreRequest], dtype: str = "float
     return make_scorer(spec).score(requests)
 
 
-def max_difference(scores: list[float], reference: list[float]) -> float:
-    return max(abs(a - b) for a, b in zip(scores, reference, strict=True))
+def differences(scores: list[float], reference: list[float]) -> tuple[float, float]:
+    """(max, mean) |score - reference|."""
+    diffs = [abs(a - b) for a, b in zip(scores, reference, strict=True)]
+    return max(diffs), sum(diffs) / len(diffs)
 
 
 def check(args: argparse.Namespace, workdir: Path) -> int:
@@ -111,7 +113,7 @@ def check(args: argparse.Namespace, workdir: Path) -> int:
     out = run_worker(spec, workdir, python=Path(sys.executable), timeout=args.timeout)
     worker_seconds = time.perf_counter() - start
     reference = hf_scores(model_dir, requests)
-    worst = max_difference(out["scores"], reference)
+    worst, mean = differences(out["scores"], reference)
     setting = out["settings"][0]
     engine = setting["engine"]
     cache = compare(setting, "vllm")
@@ -122,11 +124,11 @@ def check(args: argparse.Namespace, workdir: Path) -> int:
           f"{'enforce_eager' if not gpu else 'compiled graphs'}; start {setting['start_seconds']:.1f} s "
           f"(worker {worker_seconds:.0f} s in all)")
     print(f"scores: {len(requests)} prompts, log-prob path {out['logprob_path']}; max |log-odds vLLM - hf float32| = "
-          f"{worst:.2e} (tolerance {args.tolerance:.0e}); largest |log-odds| {max(map(abs, reference)):.2f}")
+          f"{worst:.2e} (tolerance {args.tolerance:.0e}), mean {mean:.2e}; largest |log-odds| {max(map(abs, reference)):.2f}")
     if args.dtype in ("bfloat16", "float16"):  # the hf backend with the same weights and head, on the CPU
         same = hf_scores(model_dir, requests, args.dtype, args.head_dtype)
         print(f"hf backend in {args.dtype}, LM head {args.head_dtype}: max |log-odds hf - hf float32| = "
-              f"{max_difference(same, reference):.2e}")
+              "{:.2e}, mean {:.2e}".format(*differences(same, reference)))
     vllm_rate = cache.vllm_total / max(1, cache.prompt_tokens)
     sim_rate = cache.simulated_total / max(1, cache.prompt_tokens)
     print(f"prefix cache on an ICM search ({out['search']['claims']} claims, K={out['search']['iterations']}, "
