@@ -196,15 +196,16 @@ def test_trie_walk_puts_shared_prefixes_on_the_base_path_and_forks_each_prompt_a
 
 
 
-def test_a_float32_head_leaves_float32_weights_alone_and_takes_bf16_logits_from_float32(tmp_path, claims):
+def test_a_float32_head_leaves_float32_weights_alone_and_takes_bf16_logits_from_float32(model, tokenizer, tmp_path, claims):
     """ModelSpec.head_dtype: with float32 weights nothing changes (same scores, to the bit); with bf16 weights
     the logits are the bf16 hidden state times the head's weight in float32, not rounded to bf16."""
     from persona_icm.config import ModelSpec
     from persona_icm.scoring.hf import Float32Head, scorer_from_spec
-    from persona_icm.tiny_model import write_tiny_model
 
-    folder = str(write_tiny_model(tmp_path / "tiny", head_dim=64))
-    requests = leave_one_out(claims, 6)
+    folder = str(tmp_path / "tiny")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    requests = leave_one_out(claims, 4)
 
     def scorer(dtype, head_dtype):
         return scorer_from_spec(ModelSpec(name=folder, dtype=dtype, device="cpu", head_dtype=head_dtype))
