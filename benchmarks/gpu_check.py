@@ -1,8 +1,9 @@
 """The GPU acceptance check: does the installed stack score exactly on this machine? (scripts/gpu_check.sh)
 
-    python -m benchmarks.gpu_check [--tolerance 1e-3] [--dtype float32] [--claims 16] [--iterations 30]
+    python -m benchmarks.gpu_check [--tolerance 1e-3] [--dtype float32] [--head-dtype float32] [--model FOLDER]
+                                   [--claims 16] [--iterations 30]
 
-No network: builds a tiny random Llama locally (persona_icm.tiny_model). One vLLM engine
+No network: builds a tiny random Llama locally (persona_icm.tiny_model), or uses the model in --model. One vLLM engine
 (benchmarks/vllm_cache_worker.py, in a subprocess of this Python) runs a short ICM search through the
 project's vllm backend, recording vLLM's prefix-cache hits per call, then scores a fixed set of
 ICM-shaped prompts; the hf backend scores the same prompts in float32 on the CPU, the reference.
@@ -76,17 +77,25 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def hf_reference(model_dir: Path, requests: list[ScoreRequest]) -> list[float]:
+def hf_scores(model_dir: Path, requests: list[ScoreRequest], dtype: str = "float32", head_dtype: str = "float32") -> list[float]:
+    """The hf backend on the CPU; in float32 the reference."""
     from persona_icm.config import ModelSpec
     from persona_icm.scoring import make_scorer
 
-    return make_scorer(ModelSpec(backend="hf", name=str(model_dir), dtype="float32", device="cpu")).score(requests)
+    spec = ModelSpec(backend="hf", name=str(model_dir), dtype=dtype, device="cpu", head_dtype=head_dtype)
+    return make_scorer(spec).score(requests)
+
+
+def differences(scores: list[float], reference: list[float]) -> tuple[float, float]:
+    """(max, mean) |score - reference|."""
+    diffs = [abs(a - b) for a, b in zip(scores, reference, strict=True)]
+    return max(diffs), sum(diffs) / len(diffs)
 
 
 def check(args: argparse.Namespace, workdir: Path) -> int:
     gpu = cuda_available()
     block = 16 if gpu else 32
-    model_dir = write_tiny_model(workdir / "tiny-llama", add_bos=True, head_dim=64)
+    model_dir = args.model or write_tiny_model(workdir / "tiny-llama", add_bos=True, head_dim=64)
     requests = fixed_requests()
     spec = make_spec(model_dir, args.claims, args.iterations, args.cache_tokens, block, [args.max_num_seqs])
     from transformers import AutoTokenizer
@@ -97,26 +106,29 @@ def check(args: argparse.Namespace, workdir: Path) -> int:
     longest = max(len(encoders[r.kind].encode(r)) for r in requests)
     spec["engine_args"]["max_model_len"] = max(spec["engine_args"]["max_model_len"], -(-(longest + 2) // block) * block)
     spec["engine_args"]["enforce_eager"] = not gpu
-    spec["dtype"] = args.dtype
+    spec["dtype"], spec["head_dtype"] = args.dtype, args.head_dtype
     spec["requests"] = [request_json(r) for r in requests]
 
     start = time.perf_counter()
     out = run_worker(spec, workdir, python=Path(sys.executable), timeout=args.timeout)
     worker_seconds = time.perf_counter() - start
-    reference = hf_reference(model_dir, requests)
-    diffs = [abs(a - b) for a, b in zip(out["scores"], reference, strict=True)]
-    worst = max(diffs)
+    reference = hf_scores(model_dir, requests)
+    worst, mean = differences(out["scores"], reference)
     setting = out["settings"][0]
     engine = setting["engine"]
     cache = compare(setting, "vllm")
 
     versions = installed_versions()
     print("gpu_check: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    print(f"engine: {'GPU' if gpu else 'CPU'}, dtype {args.dtype}, block size {engine['block_size']}, "
+    print(f"engine: {'GPU' if gpu else 'CPU'}, dtype {args.dtype}, LM head {out['head_dtype']}, block size {engine['block_size']}, "
           f"{'enforce_eager' if not gpu else 'compiled graphs'}; start {setting['start_seconds']:.1f} s "
           f"(worker {worker_seconds:.0f} s in all)")
     print(f"scores: {len(requests)} prompts, log-prob path {out['logprob_path']}; max |log-odds vLLM - hf float32| = "
-          f"{worst:.2e} (tolerance {args.tolerance:.0e}); largest |log-odds| {max(map(abs, reference)):.2f}")
+          f"{worst:.2e} (tolerance {args.tolerance:.0e}), mean {mean:.2e}; largest |log-odds| {max(map(abs, reference)):.2f}")
+    if args.dtype in ("bfloat16", "float16"):  # the hf backend with the same weights and head, on the CPU
+        same = hf_scores(model_dir, requests, args.dtype, args.head_dtype)
+        print(f"hf backend in {args.dtype}, LM head {args.head_dtype}: max |log-odds hf - hf float32| = "
+              "{:.2e}, mean {:.2e}".format(*differences(same, reference)))
     vllm_rate = cache.vllm_total / max(1, cache.prompt_tokens)
     sim_rate = cache.simulated_total / max(1, cache.prompt_tokens)
     print(f"prefix cache on an ICM search ({out['search']['claims']} claims, K={out['search']['iterations']}, "
@@ -139,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |log-odds difference| allowed")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
                         help="vLLM's dtype (the hf reference is always float32)")
+    parser.add_argument("--head-dtype", default="float32", choices=("float32", "model"),
+                        help="vLLM's LM head: float32, or the weights' dtype (ModelSpec.head_dtype)")
+    parser.add_argument("--model", type=Path, help="a local model folder instead of the tiny random Llama")
     parser.add_argument("--claims", type=int, default=16, help="claims of the ICM search (cache comparison)")
     parser.add_argument("--iterations", type=int, default=30, help="K of the ICM search")
     parser.add_argument("--cache-tokens", type=int, default=2048, help="KV pool of the engine, in tokens")

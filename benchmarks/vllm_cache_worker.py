@@ -7,7 +7,8 @@ prompts through the simulator (persona_icm.kv_cache / benchmarks.bench PrefixCac
 
 SPEC: {"model": folder, "claims": [Claim fields...], "icm": {IcmConfig fields}, "num_blocks": N,
        "engine_args": {VllmEngineArgs fields, block_size among them}, "max_num_seqs": [m1, m2, ...],
-       optional "dtype": ModelSpec.dtype (default "auto"),
+       optional "dtype": ModelSpec.dtype (default "auto"), optional "head_dtype": ModelSpec.head_dtype
+       (default "float32"),
        optional "requests": [{"context": [[claim, label]...], "query": claim, "kind": "base"|"chat"}...]}
 
 The first max_num_seqs setting runs the ICM search through the project's vllm backend
@@ -16,7 +17,7 @@ with that max_num_seqs and replays the same backend calls (the same token ids, i
 one `generate` per call), so all settings see identical prompts. The KV pool is pinned with
 `vllm.num_gpu_blocks_override` so the capacity in tokens is known exactly.
 
-OUT: {"vllm_version", "logprob_path", "search": {...}, "settings": [{"engine": {block_size,
+OUT: {"vllm_version", "logprob_path", "head_dtype" (what the engine runs its LM head in), "search": {...}, "settings": [{"engine": {block_size,
 num_gpu_blocks, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching},
 "start_seconds", "run_seconds", "calls": [{"prompts": [[ids]...], "cached": [n...]}...]}...]}
 with each call's prompts in the order they were sent and vLLM's RequestOutput.num_cached_tokens
@@ -101,7 +102,8 @@ def main(spec_path: str, out_path: str) -> None:
 
     first, *rest = spec["max_num_seqs"]
     start = time.perf_counter()
-    model = ModelSpec(backend="vllm", name=spec["model"], dtype=spec.get("dtype", "auto"), vllm=engine_args(first))
+    dtype, head_dtype = spec.get("dtype", "auto"), spec.get("head_dtype", "float32")
+    model = ModelSpec(backend="vllm", name=spec["model"], dtype=dtype, head_dtype=head_dtype, vllm=engine_args(first))
     scorer = make_scorer(model)
     started = time.perf_counter() - start
     recorder = RecordingLLM(scorer.llm)
@@ -117,6 +119,7 @@ def main(spec_path: str, out_path: str) -> None:
         "call_cached_tokens": [c.cached_tokens for c in scorer.calls],  # CallRecord, as a run logs it
     }
     out["logprob_path"] = scorer.logprob_path
+    out["head_dtype"] = backend.head_dtype_in_engine(recorder._llm)
     encoder = scorer.encoder("base")
     kwargs = backend.sampling_kwargs(scorer.logprob_path, encoder.true_id, encoder.false_id)
     out["settings"].append({"engine": engine_info(recorder._llm), "start_seconds": started,
@@ -128,7 +131,7 @@ def main(spec_path: str, out_path: str) -> None:
 
     for max_num_seqs in rest:  # replays: a fresh engine (empty cache), the same calls in the same order
         start = time.perf_counter()
-        llm = backend.load_engine(spec["model"], engine_args(max_num_seqs), spec.get("dtype", "auto"))
+        llm = backend.load_engine(spec["model"], engine_args(max_num_seqs), dtype, head_dtype)
         started = time.perf_counter() - start
         recorder = RecordingLLM(llm)
         start = time.perf_counter()

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from persona_icm.charts import write_report
 from persona_icm.config import PRESET_NAMES
+from persona_icm.gpus import use_spawn
 from persona_icm.run_status import RunInProgress, runs_with_live_status
 from persona_icm.warehouse import DEFAULT_PATH, WarehouseLocked, open_warehouse
 
@@ -204,7 +205,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: list[str] | None = None, add_commands: Callable[[argparse._SubParsersAction], None] | None = None) -> None:
     """Parse `argv` and run the command; known errors print one line and exit 1 (no traceback).
-    `add_commands` registers more subcommands (flows/cli.py adds `run`)."""
+    `add_commands` registers more subcommands (flows/cli.py adds `run`). vLLM engines this process
+    starts use spawn unless VLLM_WORKER_MULTIPROC_METHOD is set (persona_icm.gpus.use_spawn)."""
+    use_spawn()
     parser, sub = build_parser()
     if add_commands is not None:
         add_commands(sub)

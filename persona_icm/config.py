@@ -194,6 +194,12 @@ class ModelSpec(_Section):
         "hub id or local folder.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 CPU, bf16 GPU.")
+    head_dtype: Literal["float32", "model"] = Field(
+        "float32",
+        description="Precision of the LM head (hidden state -> logits) and the log-softmax, for the hf and vllm "
+        "backends: float32 whatever `dtype` is (bf16 logits move in steps of 0.06-0.125 at 8-32), or `model`: "
+        "the weights' dtype. Changes the scores, so it is part of the search cache key.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ... (hf backend).")
     batch_size: int = Field(8, ge=1, description="Prompts per forward pass (hf).")
     prefix_reuse: bool = Field(True, description="Compute shared prompt prefixes once (hf).")

@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import ValidationError
 
-from persona_icm import backends, claims, goqa
+from persona_icm import backends, claims, goqa, gpus
 from persona_icm.claims import CountrySplit
 from persona_icm.config import ModelSpec, RunConfig, build_config
 from persona_icm.warehouse import warehouse_file_problem
@@ -213,14 +213,20 @@ def longest_prompt_tokens(encoder, split: CountrySplit) -> int:
     return sum(max(len(a), len(b)) for a, b in zip(*by_label, strict=True))
 
 
-def check_model_host(config: RunConfig, roles: tuple[str, ...] = ("base_model", "chat_model")) -> None:
-    """Where a model runs in process: what its backend needs of the host (vLLM: the package, and
-    GPUs for its tensor-parallel group). Runs in the process that loads the model (a gpu worker's flow run)."""
-    for role in roles:
-        spec = getattr(config, role)
-        problem = None if spec is None else backends.get(spec.backend).problem_on_this_host(spec)
+def check_model_host(config: RunConfig, roles: tuple[str, ...] = ("base_model", "chat_model")) -> list[str]:
+    """Where a model runs in process: what its backend needs of the host (vLLM: the package, GPUs for its
+    tensor-parallel group, and free memory on them: other processes holding it are named, as an error when
+    the engine would not fit, else a gpus.GpuMemoryWarning). Runs in the process that loads the model (a gpu
+    worker's flow run). Returns one line per visible GPU (free memory, the processes holding it) for the log;
+    [] without NVML or without an in-process model."""
+    specs = [(role, getattr(config, role)) for role in roles if getattr(config, role) is not None]
+    for role, spec in specs:
+        problem = backends.get(spec.backend).problem_on_this_host(spec)
         if problem:
             raise InputError(f"{role}: {problem}")
+    if not any(backends.in_process(spec.backend) for _, spec in specs):
+        return []
+    return [gpu.describe() for gpu in gpus.visible_gpu_memory()]
 
 
 def probe_endpoint(role: str, spec: ModelSpec, query, api_key: str | None) -> None:

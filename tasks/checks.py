@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from persona_icm import preflight
 from persona_icm.config import RunConfig
+from persona_icm.gpus import GpuMemoryWarning
 from persona_icm.preflight import Preflight
 from tasks.scorers import api_key_from_secret
 
@@ -24,5 +27,17 @@ def check_inputs(config: RunConfig, models_here: bool = True) -> Preflight:
 
 @task(name="check-model-host", cache_policy=NO_CACHE, retries=0)
 def check_model_host(config: RunConfig, roles: tuple[str, ...]) -> None:
-    """On the worker that loads the model: vLLM installed, enough GPUs for tensor parallelism."""
-    preflight.check_model_host(config, roles)
+    """On the worker that loads the model, before it starts: vLLM installed, enough GPUs for tensor
+    parallelism and enough free memory on them. Logs each visible GPU's free memory and the processes
+    holding it; other processes on the engine's GPUs are a warning line (an error when it would not fit)."""
+    logger = get_run_logger()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GpuMemoryWarning)
+        lines = preflight.check_model_host(config, roles)
+    for line in lines:
+        logger.info("before the engine starts: %s", line)
+    for warning in caught:
+        if issubclass(warning.category, GpuMemoryWarning):
+            logger.warning("%s", warning.message)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

@@ -33,7 +33,7 @@ def test_gpu_check_passes_on_vllm_cpu_and_reports_scores_cache_start_and_version
     assert done.returncode == 0, done.stdout + done.stderr[-6000:]
     out = done.stdout
     assert "vllm-cpu 0.32.0" in out and f"prefect {PINS['prefect']}" in out and "transformers 5.19.0" in out
-    assert re.search(r"engine: CPU, dtype float32, block size 32, enforce_eager; start \d+\.\d s", out)
+    assert re.search(r"engine: CPU, dtype float32, LM head float32, block size 32, enforce_eager; start \d+\.\d s", out)
     diff = float(re.search(r"max \|log-odds vLLM - hf float32\| = (\S+) \(tolerance 1e-03\)", out).group(1))
     assert diff < 1e-4  # vllm-cpu in float32 is exact to ~1e-5
     rates = re.search(r"vLLM hit rate (\S+)%, kv_cache.py predicts (\S+)%", out)

@@ -193,3 +193,37 @@ def test_trie_walk_puts_shared_prefixes_on_the_base_path_and_forks_each_prompt_a
     groups = trie_walk(order, prompts)
     assert [leaves for _, leaves in groups] == [[(i, len(prompts[i]) - 3), (i + 5, len(prompts[i]) - 3)] for i in range(5)]
     assert walk_cost(groups, prompts) == trie_tokens(prompts)
+
+
+
+def test_a_float32_head_leaves_float32_weights_alone_and_takes_bf16_logits_from_float32(model, tokenizer, tmp_path, claims):
+    """ModelSpec.head_dtype: with float32 weights nothing changes (same scores, to the bit); with bf16 weights
+    the logits are the bf16 hidden state times the head's weight in float32, not rounded to bf16."""
+    from persona_icm.config import ModelSpec
+    from persona_icm.scoring.hf import Float32Head, scorer_from_spec
+
+    folder = str(tmp_path / "tiny")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    requests = leave_one_out(claims, 4)
+
+    def scorer(dtype, head_dtype):
+        return scorer_from_spec(ModelSpec(name=folder, dtype=dtype, device="cpu", head_dtype=head_dtype))
+
+    fp32_head, fp32_model = scorer("float32", "float32"), scorer("float32", "model")
+    assert isinstance(fp32_head.model.get_output_embeddings(), torch.nn.Linear)  # not replaced
+    assert fp32_head.score(requests) == fp32_model.score(requests)
+
+    bf16_head, bf16_model = scorer("bfloat16", "float32"), scorer("bfloat16", "model")
+    head = bf16_head.model.get_output_embeddings()
+    assert isinstance(head, Float32Head) and bf16_head.model.model.embed_tokens.weight.dtype == torch.bfloat16
+    ids = torch.tensor([PromptEncoder(bf16_head.tokenizer).encode(requests[0])])
+    with torch.inference_mode():
+        hidden = bf16_head.model.model(input_ids=ids).last_hidden_state
+        logits = bf16_head.model(input_ids=ids).logits
+        rounded = bf16_model.model(input_ids=ids).logits
+    weight = bf16_model.model.get_output_embeddings().weight
+    assert logits.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+    torch.testing.assert_close(logits, hidden.float() @ weight.float().T, rtol=0, atol=1e-5)
+    assert (logits - rounded.float()).abs().max() > 1e-3  # what rounding to bf16 costs even at this model's logits
+    assert bf16_head.score(requests) != bf16_model.score(requests)

@@ -78,6 +78,8 @@ def test_engine_args_come_from_config_and_force_raw_logprobs():
     assert engine_kwargs("m", VllmEngineArgs(), "float16", on_cpu=True)["dtype"] == "float16"
     assert "quantization" not in kwargs and "block_size" not in kwargs  # None = vLLM's own default
     assert "num_gpu_blocks_override" not in kwargs
+    assert kwargs["hf_overrides"] == {"head_dtype": "float32"}  # ModelSpec.head_dtype's default: an fp32 LM head
+    assert engine_kwargs("m", VllmEngineArgs(), head_dtype="model")["hf_overrides"] == {"head_dtype": "model"}
     pinned = VllmEngineArgs(block_size=32, num_gpu_blocks_override=65)
     assert engine_kwargs("m", pinned, on_cpu=True)["num_gpu_blocks_override"] == 65  # 64 x 32 = 2,048 KV tokens
     assert hash(spec.base_model.vllm) == hash(VllmEngineArgs(max_model_len=4096, kv_cache_dtype="fp8"))
@@ -121,6 +123,9 @@ def test_processed_logprobs_are_an_error_on_both_paths():
     assert log_odds("allowed_token_ids", [stub_output({7: 0.0}), stub_output({9: -3.0})], 7, 9) == 3.0
 
 
+head_dtype_of_stub: dict[str, str] = {}  # model -> the head dtype a stub engine reports, when not the one asked
+
+
 def install_stub_vllm(monkeypatch, generate) -> list:
     """Replace vLLM by a stub module (no vLLM in this venv); LLM() records the engines it builds,
     and each engine's generate(prompts, params) is `generate(engine, prompts, params)`."""
@@ -131,7 +136,10 @@ def install_stub_vllm(monkeypatch, generate) -> list:
             built.append(self)
             self.shut_down = False
             core = SimpleNamespace(shutdown=lambda: setattr(self, "shut_down", True))
-            self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=512), engine_core=core)
+            self.kwargs = kwargs
+            head = "torch." + kwargs["hf_overrides"]["head_dtype"].replace("model", kwargs["dtype"])
+            config = SimpleNamespace(max_model_len=512, head_dtype=head_dtype_of_stub.get(kwargs["model"], head))
+            self.llm_engine = SimpleNamespace(model_config=config, engine_core=core)
 
         def generate(self, prompts, params, use_tqdm=False):
             return generate(self, prompts, params)
@@ -213,3 +221,25 @@ def test_prompts_go_to_the_engine_in_the_callers_order(monkeypatch, tmp_path, st
     scores = scorer.score(requests)
     assert sent == expected
     assert scores == [pytest.approx(-len(ids)) for ids in expected]
+
+
+def test_the_spec_head_dtype_reaches_the_engine_and_an_engine_that_ignores_it_is_a_warning(monkeypatch, tmp_path, stub_engines):
+    """ModelSpec.head_dtype goes to vLLM as hf_overrides; a vLLM that still runs the head in bf16 (an older release)
+    is named in a warning, since its scores are rounded."""
+    import warnings
+
+    from persona_icm.config import ModelSpec
+    from persona_icm.scoring import make_scorer
+    from persona_icm.tiny_model import write_tiny_model
+
+    built = install_stub_vllm(monkeypatch, answer_first_candidate)
+    folder = str(write_tiny_model(tmp_path / "tiny", head_dim=64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_scorer(ModelSpec(backend="vllm", name=folder, dtype="bfloat16"))
+        make_scorer(ModelSpec(backend="vllm", name=folder, dtype="bfloat16", head_dtype="model"))
+    assert [e.kwargs["hf_overrides"] for e in built] == [{"head_dtype": "float32"}, {"head_dtype": "model"}]
+    load_engine.cache_clear()
+    monkeypatch.setitem(head_dtype_of_stub, folder, "torch.bfloat16")
+    with pytest.warns(UserWarning, match="head_dtype float32 asked, but this vLLM runs the LM head in bfloat16"):
+        load_engine(folder, VllmEngineArgs(), "bfloat16", "float32")

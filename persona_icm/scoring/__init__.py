@@ -50,7 +50,7 @@ def release_local_models() -> None:
     try:
         import torch
 
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # is_available() would initialise CUDA, before a vLLM engine may fork
             torch.cuda.empty_cache()
     except ImportError:
         pass

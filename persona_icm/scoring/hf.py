@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -296,6 +297,35 @@ class HFScorer(CallLog):
         return tqdm(total=total, desc="scoring", unit="prompt", disable=not self.progress or total < 64, leave=False)
 
 
+class Float32Head(torch.nn.Module):
+    """An LM head computed in float32: a float32 copy of the projection's weight (and bias), applied
+    to the final hidden state cast to float32, so logits are not rounded to the model's dtype (a
+    bf16 logit near 16 moves in steps of 0.0625). What follows the head in the model's forward
+    (e.g. logit soft-capping) and the log-softmax then run in float32 too."""
+
+    def __init__(self, head: torch.nn.Linear):
+        super().__init__()
+        self.register_buffer("weight", head.weight.detach().float(), persistent=False)
+        self.register_buffer("bias", None if head.bias is None else head.bias.detach().float(), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden.float(), self.weight, self.bias)
+
+
+def use_float32_head(model) -> bool:
+    """Compute `model`'s LM head in float32 when its weights are in a lower precision (ModelSpec.head_dtype);
+    True when the head was replaced. A float32 model is left as it is, so its scores do not change."""
+    head = model.get_output_embeddings()
+    if isinstance(head, Float32Head) or (isinstance(head, torch.nn.Linear) and head.weight.dtype == torch.float32):
+        return False
+    if not isinstance(head, torch.nn.Linear):
+        warnings.warn(f"head_dtype float32: the LM head is a {type(head).__name__}, not a plain linear layer; "
+                      "it stays in the model's dtype", stacklevel=2)
+        return False
+    model.set_output_embeddings(Float32Head(head))
+    return True
+
+
 def _fork(base, forks: list[int]):
     """A batch cache whose row r holds the base's first forks[r] tokens, right-aligned (zeros on the left, masked)."""
     from transformers import DynamicCache
@@ -330,9 +360,11 @@ def load_hf_scorer(
     name: str,
     dtype: str = "auto",
     device: str = "auto",
+    head_dtype: str = "float32",
     **kwargs,
 ) -> HFScorer:
-    """Load tokenizer + causal LM from a resolved folder or hub id and wrap them in an HFScorer."""
+    """Load tokenizer + causal LM from a resolved folder or hub id and wrap them in an HFScorer.
+    head_dtype "float32": the LM head runs in float32 whatever `dtype` is (`use_float32_head`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from persona_icm.scoring.models import resolve
@@ -343,6 +375,8 @@ def load_hf_scorer(
     path = resolve(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    if head_dtype == "float32":
+        use_float32_head(model)
     return HFScorer(model, tokenizer, **kwargs)
 
 
@@ -352,6 +386,7 @@ def scorer_from_spec(spec, api_key: str | None = None) -> HFScorer:
         spec.name,
         dtype=spec.dtype,
         device=spec.device,
+        head_dtype=spec.head_dtype,
         batch_size=spec.batch_size,
         prefix_reuse=spec.prefix_reuse,
         kv_budget_bytes=spec.kv_budget_gb * 1e9,

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from persona_icm import gpus
 from persona_icm.config import VllmEngineArgs
 from persona_icm.scoring.base import (
     CallLog,
@@ -89,11 +90,18 @@ def log_odds(path: LogprobPath, outputs: Sequence, true_id: int, false_id: int) 
     return lp_true - lp_false
 
 
-def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu: bool = False) -> dict[str, Any]:
+def engine_kwargs(
+    model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu: bool = False, head_dtype: str = "float32"
+) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM`: the configured engine args plus what exact scoring needs.
 
     dtype "auto" means what it means for the hf backend (ModelSpec.dtype): float32 on CPU,
-    bfloat16 on GPU, so both backends score the same weights the same way.
+    bfloat16 on GPU, so both backends score the same weights the same way. head_dtype "float32"
+    (ModelSpec.head_dtype) sets vLLM's `head_dtype` through `hf_overrides`: vLLM 0.32 reads it in
+    `ModelConfig.head_dtype` (vllm/config/model.py) and its LogitsProcessor projects the hidden state
+    with the head's weight in that dtype (`LogitsProcessor._apply_head`, unquantized heads only);
+    generation models otherwise use the weights' dtype. The raw log-softmax is float32 either way
+    (`Sampler.compute_logprobs`).
     """
     dtype = resolve_dtype(dtype, on_gpu=not on_cpu)
     return {
@@ -101,26 +109,40 @@ def engine_kwargs(model: str, args: VllmEngineArgs, dtype: str = "auto", on_cpu:
         **args.model_dump(exclude_none=True),
         "dtype": dtype,
         "logprobs_mode": "raw_logprobs",
+        "hf_overrides": {"head_dtype": head_dtype},
     }
 
 
+def head_dtype_in_engine(llm) -> str | None:
+    """The dtype the engine runs its LM head in ("float32", "bfloat16"...), or None when this vLLM does not say."""
+    value = getattr(llm.llm_engine.model_config, "head_dtype", None)
+    return None if value is None else str(value).removeprefix("torch.")
+
+
 @functools.cache
-def load_engine(model: str, args: VllmEngineArgs, dtype: str = "auto"):
-    """The process's `vllm.LLM` for (model, args, dtype), built once; call it first on the main thread."""
+def load_engine(model: str, args: VllmEngineArgs, dtype: str = "auto", head_dtype: str = "float32"):
+    """The process's `vllm.LLM` for (model, args, dtype, head_dtype), built once; call it first on the main thread."""
+    gpus.use_spawn()
     import vllm
     from vllm.platforms import current_platform
 
     if threading.current_thread() is not threading.main_thread():
         warnings.warn("building the vLLM engine off the main thread; some vLLM versions fail there", stacklevel=2)
-    kwargs = engine_kwargs(model, args, dtype, on_cpu=current_platform.is_cpu())
+    kwargs = engine_kwargs(model, args, dtype, on_cpu=current_platform.is_cpu(), head_dtype=head_dtype)
     try:
-        return vllm.LLM(**kwargs)
+        llm = vllm.LLM(**kwargs)
     except Exception as err:
         raise RuntimeError(
             f"vLLM engine failed to start for model {model!r} with engine args {kwargs}: "
             f"{type(err).__name__}: {err}. Check max_model_len, gpu_memory_utilization (or "
-            "VLLM_CPU_KVCACHE_SPACE on CPU), tensor_parallel_size and quantization."
+            "VLLM_CPU_KVCACHE_SPACE on CPU), tensor_parallel_size and quantization (a quantized LM head "
+            "needs head_dtype: model)."
         ) from err
+    running = head_dtype_in_engine(llm)
+    if head_dtype == "float32" and running != "float32":
+        warnings.warn(f"head_dtype float32 asked, but this vLLM runs the LM head in {running or 'the weights dtype'}; "
+                      "scores are rounded to that precision", stacklevel=2)
+    return llm
 
 
 class VllmScorer(CallLog):
@@ -140,15 +162,17 @@ class VllmScorer(CallLog):
         dtype: str = "auto",
         logprob_path: LogprobPath | None = None,
         max_prompt_tokens: int | None = None,
+        head_dtype: str = "float32",
     ):
         super().__init__()
+        gpus.use_spawn()
         from vllm import SamplingParams
 
         self.closed = False
         self.model = model
         self.engine_args = engine_args or VllmEngineArgs()
         self.logprob_path = choose_logprob_path(SamplingParams, logprob_path)
-        self.llm = load_engine(model, self.engine_args, dtype)
+        self.llm = load_engine(model, self.engine_args, dtype, head_dtype)
         engine_limit = self.llm.llm_engine.model_config.max_model_len - 1
         self.max_prompt_tokens = prompt_limit(max_prompt_tokens, engine_limit)
         self._tokenizer = None
@@ -223,7 +247,8 @@ def scorer_from_spec(spec, api_key: str | None = None) -> VllmScorer:
     """The backend registry's factory (persona_icm/backends.py) for a ModelSpec with backend "vllm"."""
     from persona_icm.scoring.models import resolve
 
-    return VllmScorer(resolve(spec.name), spec.vllm, dtype=spec.dtype, max_prompt_tokens=spec.max_prompt_tokens)
+    return VllmScorer(resolve(spec.name), spec.vllm, dtype=spec.dtype, max_prompt_tokens=spec.max_prompt_tokens,
+                      head_dtype=spec.head_dtype)
 
 
 def engine_window(spec, folder: str) -> int | None:
@@ -236,23 +261,44 @@ def engine_window(spec, folder: str) -> int | None:
 
 
 def visible_gpus() -> int:
-    """CUDA devices this process may use (after CUDA_VISIBLE_DEVICES); 0 without CUDA."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    """CUDA devices this process may use (after CUDA_VISIBLE_DEVICES), counted through NVML so that CUDA
+    stays uninitialised before vLLM starts its processes; 0 without NVML."""
+    return gpus.visible_gpu_count()
+
+
+def gpu_memory_problem(spec, visible: list[gpus.GpuMemory]) -> str | None:
+    """What the GPUs the engine will use (the first tensor_parallel_size visible ones) lack in free memory.
+
+    vLLM refuses to start when a GPU has less free memory than gpu_memory_utilization x its total.
+    That is an error here, naming the processes that hold the memory (a killed run's engine core
+    lives on and keeps its GPUs full). Other processes holding memory while enough is free is a
+    GpuMemoryWarning: the engine starts, next to them."""
+    tp, utilization = spec.vllm.tensor_parallel_size, spec.vllm.gpu_memory_utilization
+    for gpu in visible[:tp]:
+        needed = utilization * gpu.total_bytes
+        pids = " ".join(str(p.pid) for p in gpu.processes)
+        if gpu.free_bytes < needed:
+            held = f"; stop them with `kill {pids}` (a killed run's vLLM engine core stays behind)" if pids else ""
+            return (f"vllm.gpu_memory_utilization={utilization:g} needs {needed / gpus.GIB:.1f} GiB free on each GPU but "
+                    f"{gpu.describe()}{held}, or lower gpu_memory_utilization")
+        if gpu.processes:
+            warnings.warn(gpus.GpuMemoryWarning(
+                f"{gpu.describe()}: other processes hold memory on a GPU this engine uses (enough is free "
+                f"for gpu_memory_utilization={utilization:g}); `kill {pids}` if they are left over from an earlier run"),
+                stacklevel=2)
+    return None
 
 
 def host_problem(spec) -> str | None:
-    """What this process lacks to run `spec` on vLLM: GPUs for its tensor-parallel group, or vLLM itself."""
-    tp, gpus = spec.vllm.tensor_parallel_size, visible_gpus()
-    if tp > 1 and tp > gpus:
+    """What this process lacks to run `spec` on vLLM: GPUs for its tensor-parallel group, free memory on
+    them (`gpu_memory_problem`), or vLLM itself."""
+    tp, seen = spec.vllm.tensor_parallel_size, visible_gpus()
+    if tp > 1 and tp > seen:
         devices = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
         return (
-            f"vllm.tensor_parallel_size={tp} but this process sees {gpus} GPU(s) "
+            f"vllm.tensor_parallel_size={tp} but this process sees {seen} GPU(s) "
             f"(CUDA_VISIBLE_DEVICES={devices}); give its worker {tp} GPUs or lower tensor_parallel_size"
         )
     if importlib.util.find_spec("vllm") is None:
         return "backend 'vllm' needs the vllm package in this environment (pip install 'persona-icm[gpu]')"
-    return None
+    return gpu_memory_problem(spec, gpus.visible_gpu_memory())
