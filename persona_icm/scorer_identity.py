@@ -30,6 +30,7 @@ SCORE_FIELDS: frozenset[str] = frozenset({
     "backend",
     "name",                    # hub id or local folder (ModelSpec has no revision field)
     "dtype",
+    "head_dtype",              # the LM head's precision (float32 or the weights')
     "device",                  # hf: cpu or a GPU, and what dtype "auto" resolves to
     "prompts.style",
     "prompts.chat_template",   # by its file's contents

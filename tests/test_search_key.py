@@ -25,6 +25,7 @@ OTHER_VALUE = {
     "backend": "vllm",
     "name": "gemma-3-270m",
     "dtype": "bfloat16",
+    "head_dtype": "model",
     "device": "cpu",
     "prompts.style": "database",
     "prompts.chat_template": "TEMPLATE",  # a file the test writes
@@ -83,12 +84,12 @@ def test_every_model_setting_is_classified_once_and_has_a_test_value():
 
 
 def test_a_new_unclassified_field_is_caught_and_refused_as_a_key():
-    """Helper B's head dtype, or any later field, cannot fall out of the key unnoticed."""
+    """A later field cannot fall out of the key unnoticed."""
 
-    class WithHeadDtype(ModelSpec):
-        head_dtype: str = "float32"
+    class WithNewSetting(ModelSpec):
+        attention_backend: str = "flash"
 
-    assert unclassified_fields(WithHeadDtype) == ["head_dtype"]
+    assert unclassified_fields(WithNewSetting) == ["attention_backend"]
     assert "vllm.seed" in field_paths() and "vllm" not in field_paths()
 
 
