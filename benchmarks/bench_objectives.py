@@ -19,7 +19,7 @@ import json
 import polars as pl
 
 from persona_icm.claims import load_country_split
-from persona_icm.config import IcmConfig, RunConfig
+from persona_icm.config import RunConfig
 from persona_icm.icm.diagnosis import diagnose, final_labelling, with_gold
 from persona_icm.icm.energy import energy
 from persona_icm.icm.engine import FastEngine
