@@ -67,6 +67,14 @@ def cmd_run(args: argparse.Namespace) -> None:
         cli.errors.print(f"[red]error:[/red] run failed: {type(exc).__name__}: {first}")
         sys.exit(1)
     cli.console.print(f"run [bold]{run_id}[/bold] completed")
+    print_diagnosis(config, run_id)
+
+
+def print_diagnosis(config: RunConfig, run_id: str) -> None:
+    """The ICM diagnosis of the run just completed: one verdict line per (country, seed)."""
+    with open_warehouse(config.warehouse_path, read_only=True) as wh:
+        for line in cli.diagnosis_lines(wh, run_id):
+            cli.console.print(f"ICM diagnosis, {line}", highlight=False)
 
 
 def interrupted_line(config: RunConfig, signum: int) -> str:

@@ -14,6 +14,7 @@ from prefect import flow
 from persona_icm.claims import Claim
 from persona_icm.config import RunConfig
 from tasks.checks import check_model_host
+from tasks.diagnosis import DiagnosisResult, diagnose_search
 from tasks.evaluation import MethodResult, chat_methods, evaluate_method
 from tasks.results import JSON, Result
 from tasks.search import SearchResult, icm_search
@@ -23,6 +24,7 @@ from tasks.storage import checkpoint_dir, result_storage
 class CountryResult(Result):
     country: str
     searches: dict[int, SearchResult]  # ICM seed -> its search
+    diagnoses: dict[int, DiagnosisResult] = {}  # ICM seed -> gold vs ICM vs flipped under its objective
     evaluations: list[MethodResult]
 
 
@@ -31,7 +33,7 @@ class CountryResult(Result):
 def country_flow(
     config: RunConfig, country: str, train: list[Claim], test: list[Claim], run_id: str, remote: bool = False
 ) -> CountryResult:
-    """One ICM search on `train` per seed of icm.seeds (each its own cached task), then each
+    """One ICM search on `train` per seed of icm.seeds (each its own cached task) and its diagnosis, then each
     configured base-model method on `test`, with every seed's labels (tasks called directly: the
     model runs on this process's main thread, one engine for all of them). `remote`: this is its
     own flow run on a worker, so the model host is checked here first."""
@@ -41,10 +43,11 @@ def country_flow(
         icm.seed: icm_search(train, icm, config.base_model, checkpoint_dir(config.warehouse_path))
         for icm in config.icm.searches()
     }
+    diagnoses = {icm.seed: diagnose_search(train, searches[icm.seed], icm, config.base_model) for icm in config.icm.searches()}
     labels = {seed: search.label_of() for seed, search in searches.items()}
     evaluations = [
         evaluate_method(method, country, train, test, labels, config.eval, config.base_model, None, run_id)
         for method in config.eval.methods
         if method not in chat_methods(config.eval.methods)
     ]
-    return CountryResult(country=country, searches=searches, evaluations=evaluations)
+    return CountryResult(country=country, searches=searches, diagnoses=diagnoses, evaluations=evaluations)

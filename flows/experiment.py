@@ -147,7 +147,7 @@ def persona_icm(
             evaluations = result.evaluations + chat.get(result.country, [])
             persist_country(
                 warehouse, run_id, result.country, result.searches, evaluations,
-                config.eval.bootstrap_samples, config.eval.seed,
+                config.eval.bootstrap_samples, config.eval.seed, diagnoses=result.diagnoses,
             )
         aggregate_countries(warehouse, run_id, config.eval.bootstrap_samples, config.eval.seed)
     except BaseException:

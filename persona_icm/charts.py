@@ -5,7 +5,8 @@ country plus the test-size-weighted aggregate; (2) accuracy against the number o
 random-matched) with 95% bands; (3) the ICM search trace (U, P, I, train accuracy). A run that repeats
 the fork's experiment (view published_comparison) gets a fourth: its accuracy and 95% interval beside
 the fork's published number per country and method, with a table saying whether each published
-number falls inside the interval. Each is
+number falls inside the interval; a run whose searches were diagnosed (persona_icm/icm/diagnosis.py)
+gets the U of gold, ICM's labels and gold flipped per country and seed, with the verdict table. Each is
 written as PNG and SVG (vl-convert, no browser) and inlined as SVG into `report.html`, which
 needs no network and no JavaScript.
 """
@@ -61,6 +62,13 @@ FROM icm_trace WHERE run_id = $run_id
 ORDER BY country, icm_seed, iteration
 """
 
+# The ICM diagnosis per (country, seed): U, P, I of gold, ICM's labels and gold flipped, and the verdict.
+DIAGNOSIS_SQL = """
+SELECT country, icm_seed, verdict, icm_label_accuracy, claims, U_gold, U_icm, U_flipped, P_gold, P_icm, P_flipped,
+       I_gold, I_icm, I_flipped, gold_ranked_first, groups
+FROM icm_diagnosis_verdict WHERE run_id = $run_id
+ORDER BY country, icm_seed
+"""
 
 # The fork's published numbers beside this run's (empty unless the run repeats the fork's experiment).
 COMPARISON_SQL = """
@@ -245,6 +253,29 @@ def icm_trace_chart(trace: pl.DataFrame, title: str = "") -> alt.Chart:
     )
 
 
+DIAGNOSIS_LABELLINGS = {"U_gold": "gold", "U_icm": "ICM's labels", "U_flipped": "gold flipped"}
+
+
+def icm_diagnosis_chart(diagnosis: pl.DataFrame, title: str = "") -> alt.Chart:
+    """U of gold, ICM's labels and gold flipped under the run's objective, one row per (country, ICM seed)."""
+    long = (
+        diagnosis.with_columns(run=pl.format("{} / seed {}", "country", "icm_seed"))
+        .unpivot(index=["run", "verdict"], on=list(DIAGNOSIS_LABELLINGS), variable_name="labelling", value_name="U")
+        .with_columns(pl.col("labelling").replace_strict(DIAGNOSIS_LABELLINGS))
+    )
+    return (
+        alt.Chart(long)
+        .mark_point(filled=True, size=90)
+        .encode(
+            x=alt.X("U:Q", title="U = alpha*P - I under the run's objective", scale=alt.Scale(zero=False)),
+            y=alt.Y("run:N", title="country / seed"),
+            color=alt.Color("labelling:N", title="labelling", sort=list(DIAGNOSIS_LABELLINGS.values())),
+            tooltip=["run", "labelling", alt.Tooltip("U:Q", format=".4f"), "verdict"],
+        )
+        .properties(width=520, title=title or "ICM diagnosis: the energy of gold, ICM's labels and gold flipped")
+    )
+
+
 def render(chart: alt.Chart, stem: Path) -> tuple[Path, Path]:
     """Write `stem`.png (2x) and `stem`.svg; returns both paths."""
     spec = chart.to_dict()
@@ -284,6 +315,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
     vs_examples = _without_lone_aggregate(read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE}))
     trace = read(TRACE_SQL, {"run_id": run_id})
     comparison = read(COMPARISON_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
+    diagnosis = read(DIAGNOSIS_SQL, {"run_id": run_id})
 
     charts: dict[str, tuple[Path, Path]] = {}
     captions = {
@@ -296,6 +328,9 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         "icm_trace": "ICM search per iteration: objective U, mutual predictability P, inconsistencies I, "
         "and the accuracy of the current labels against gold (monitoring only). With icm.consistency=false "
         "(preset fork) U is alpha*P and I is only counted.",
+        "icm_diagnosis": "ICM diagnosis per country and seed, on the claims ICM labelled: U of the gold labels, of "
+        "ICM's final labels and of gold flipped, under the run's model, objective and alpha. U(ICM) below U(gold): "
+        "the search fell short of gold; at or above: the objective prefers ICM's labels (the table below).",
         "published_comparison": "This run's test claim accuracy with its 95% interval per country and method, and the "
         "persona-elicitation fork's published number (Llama-3.1-70B base) as a black cross; all countries: "
         "weighted by test size. The table below says whether each published number falls inside the interval.",
@@ -306,6 +341,8 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         charts["accuracy_vs_examples"] = render(accuracy_vs_examples_chart(vs_examples), out_dir / "accuracy_vs_examples")
     if trace.height:
         charts["icm_trace"] = render(icm_trace_chart(trace), out_dir / "icm_trace")
+    if diagnosis.height:
+        charts["icm_diagnosis"] = render(icm_diagnosis_chart(diagnosis), out_dir / "icm_diagnosis")
     if comparison.height:
         charts["published_comparison"] = render(published_comparison_chart(comparison), out_dir / "published_comparison")
 
@@ -323,6 +360,11 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         versus = "<h2>Against the published numbers</h2>" + _table_html(comparison.select(
             "country", "method", "accuracy_pct", "ci_low_pct", "ci_high_pct", "published_pct", "published_in_interval",
         ))
+    diagnosed = ""
+    if diagnosis.height:
+        diagnosed = ("<h2>ICM diagnosis: gold vs ICM's labels vs gold flipped</h2>" + _table_html(diagnosis)
+                     + "<p>gold_ranked_first: question groups whose gold-True option gets the higher leave-one-out "
+                     "score with every other claim's gold label as context, of the groups ICM labelled whole.</p>")
     config = json.dumps(json.loads(info["config_json"]), indent=2) if info.get("config_json") else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>persona-icm run {html.escape(run_id)}</title>
@@ -333,6 +375,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
 · data {html.escape(str(info.get("dataset_id")))} · code {html.escape(str(info.get("code_version")))}</p>
 {figures}
 <h2>Headline results</h2>{_table_html(summary)}
+{diagnosed}
 {versus}
 <h2>Run configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>

@@ -82,6 +82,21 @@ def print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
     console.print(table)
 
 
+def diagnosis_lines(wh, run_id: str) -> list[str]:
+    """One line per (country, ICM seed) of the run: the verdict of view icm_diagnosis_verdict, with its numbers."""
+    rows = wh.sql("SELECT * FROM icm_diagnosis_verdict WHERE run_id = ? ORDER BY country, icm_seed", [run_id])
+    lines = []
+    for r in rows.iter_rows(named=True):
+        relation = "<" if r["U_icm"] < r["U_gold"] else ">="
+        lines.append(
+            f"{r['country']}, seed {r['icm_seed']}: {r['verdict']}: U(ICM) {r['U_icm']:.4f} {relation} U(gold) "
+            f"{r['U_gold']:.4f} (P {r['P_icm']:.4f} vs {r['P_gold']:.4f}, I {r['I_icm']} vs {r['I_gold']}; "
+            f"U(gold flipped) {r['U_flipped']:.4f}); ICM label accuracy {r['icm_label_accuracy']:.2f} on {r['claims']} claims; "
+            f"gold's leave-one-out scores rank the right option first in {r['gold_ranked_first']} of {r['groups']} groups"
+        )
+    return lines
+
+
 def cmd_runs(args: argparse.Namespace) -> None:
     with open_warehouse(args.warehouse, read_only=True) as wh:
         print_frame(

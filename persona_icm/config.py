@@ -220,8 +220,10 @@ class IcmConfig(_Section):
     """The ICM search (docs/method.md "Objective", "Search"); defaults are the fork's (preset `seed`)."""
 
     alpha: float = Field(3.5, ge=0, description="Weight of mutual predictability P in U = alpha*P - I.")
-    objective: Literal["logodds_mean", "logprob_sum"] = Field(
-        "logodds_mean", description="P(D): mean signed log-odds (fork, alpha tuned for it) or sum of log P(y|x) (paper)."
+    objective: Literal["logodds_mean", "logprob_sum", "logodds_calibrated"] = Field(
+        "logodds_mean",
+        description="P(D): mean signed log-odds (fork, alpha tuned for it), sum of log P(y|x) (paper), or mean "
+        "signed log-odds minus each claim's zero-shot log-odds (calibrated: what the demonstrations add).",
     )
     consistency: bool = Field(True, description="False drops I from U and skips ConsistencyFix (ablation).")
     num_seed: int = Field(12, ge=2, description="Claims labelled at random (balanced) before the search.")

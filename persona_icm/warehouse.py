@@ -336,7 +336,7 @@ def open_warehouse(
 # ---------------------------------------------------------------- results of runs (flows write)
 
 # The tables a (run, country, step) transaction replaces; model_calls is also keyed by step.
-RESULT_TABLES = ("icm_labels", "icm_trace", "predictions", "demos", "metrics", "model_calls")
+RESULT_TABLES = ("icm_labels", "icm_trace", "icm_diagnosis", "icm_diagnosis_groups", "predictions", "demos", "metrics", "model_calls")
 
 
 def write_run(wh: Warehouse, run: dict[str, Any]) -> None:

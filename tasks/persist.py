@@ -21,10 +21,12 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 from prefect.states import Crashed
 
 from persona_icm.config import RunConfig
+from persona_icm.icm.diagnosis import ENERGY_SCHEMA, GROUP_SCHEMA
 from persona_icm.metrics import write_aggregate, write_evaluation
 from persona_icm.run_status import RUNNING, claim_run, finish_run
 from persona_icm.scoring.base import number_calls
 from persona_icm.warehouse import open_warehouse, write_results
+from tasks.diagnosis import DiagnosisResult
 from tasks.evaluation import MethodResult
 from tasks.scorers import model_name
 from tasks.search import SearchResult
@@ -98,20 +100,28 @@ def mark_crashed(flow_run_ids: list[str], message: str) -> None:
 def persist_country(
     warehouse_path: Path, run_id: str, country: str, searches: dict[int, SearchResult],
     evaluations: list[MethodResult], bootstrap_samples: int, seed: int,
+    diagnoses: dict[int, DiagnosisResult] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Write one country: its searches (step icm, one icm_seed each), then the evaluation and its
-    intervals (step eval)."""
-    def per_seed(frame_of) -> pl.DataFrame:
-        return pl.concat([frame_of(s).with_columns(icm_seed=pl.lit(seed, pl.Int32)) for seed, s in sorted(searches.items())],
+    """Write one country: its searches and their diagnoses (step icm, one icm_seed each), then the
+    evaluation and its intervals (step eval)."""
+    def per_seed(frame_of, results) -> pl.DataFrame:
+        return pl.concat([frame_of(r).with_columns(icm_seed=pl.lit(seed, pl.Int32)) for seed, r in sorted(results.items())],
                          how="vertical_relaxed")
 
+    diagnoses = diagnoses or {}
+    frames = {
+        "icm_labels": per_seed(lambda s: s.labels, searches),
+        "icm_trace": per_seed(lambda s: s.trace, searches),
+        "model_calls": number_calls(pl.concat([r.calls for results in (searches, diagnoses) for _, r in sorted(results.items())],
+                                              how="vertical_relaxed")),
+    }
+    for table, frame_of, schema in (("icm_diagnosis", lambda d: d.energies, ENERGY_SCHEMA),
+                                    ("icm_diagnosis_groups", lambda d: d.groups, GROUP_SCHEMA)):
+        empty = pl.DataFrame(schema=schema).with_columns(icm_seed=pl.lit(None, pl.Int32))
+        frames[table] = per_seed(frame_of, diagnoses) if diagnoses else empty  # replaced either way
     written = {}
     with open_warehouse(warehouse_path) as wh:
-        written["icm"] = write_results(wh, run_id, country, "icm", {
-            "icm_labels": per_seed(lambda s: s.labels),
-            "icm_trace": per_seed(lambda s: s.trace),
-            "model_calls": number_calls(pl.concat([s.calls for _, s in sorted(searches.items())], how="vertical_relaxed")),
-        })
+        written["icm"] = write_results(wh, run_id, country, "icm", frames)
         written["eval"] = write_evaluation(wh, run_id, country, {
             "predictions": pl.concat([e.predictions for e in evaluations], how="vertical_relaxed"),
             "demos": pl.concat([e.demos for e in evaluations], how="vertical_relaxed"),

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ["runs", "icm_labels", "icm_trace", "predictions", "demos", "metrics", "model_calls"]
+TABLES = ["runs", "icm_labels", "icm_trace", "icm_diagnosis", "icm_diagnosis_groups", "predictions", "demos", "metrics",
+          "model_calls"]
 
 
 def _counts(warehouse_path):
@@ -101,11 +102,20 @@ def test_smoke_flow_end_to_end_then_cached(harness, smoke_inputs):
         assert set(aggregated["method"]) == methods and aggregated["ci_low"].is_not_null().all()
         assert wh.scalar("SELECT count(*) FROM accuracy_vs_examples WHERE n_demos = 4") > 0
         assert wh.scalar("SELECT count(DISTINCT phase) FROM model_calls") >= 3
+        # each search diagnosed: gold, ICM's labels, gold flipped; ICM's U is the trace's last
+        diagnosis = wh.sql("SELECT d.country, d.labelling, d.U, t.U AS trace_U FROM icm_diagnosis d JOIN icm_trace t"
+                           " ON t.run_id = d.run_id AND t.country = d.country AND t.icm_seed = d.icm_seed AND t.iteration = 6")
+        assert diagnosis.height == 6 and set(diagnosis["country"]) == {"United States", "France"}
+        icm = diagnosis.filter(diagnosis["labelling"] == "icm")
+        assert icm["U"].to_list() == pytest.approx(icm["trace_U"].to_list(), abs=1e-4)
+        verdicts = wh.sql("SELECT verdict FROM icm_diagnosis_verdict")["verdict"].to_list()
+        assert len(verdicts) == 2 and set(verdicts) <= {"search shortfall", "objective prefers other labels", "ICM's labels are gold"}
+        assert wh.scalar("SELECT count(*) FROM model_calls WHERE phase = 'diagnosis' AND step = 'icm'") >= 2
 
     report = Path(warehouse).parent / "reports" / run_id
     page = (report / "report.html").read_text()
     assert "status completed" in page and f"data {run['dataset_id']}" in page
-    for chart in ("accuracy_by_method", "accuracy_vs_examples", "icm_trace"):
+    for chart in ("accuracy_by_method", "accuracy_vs_examples", "icm_trace", "icm_diagnosis"):
         assert (report / f"{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert ET.parse(report / f"{chart}.svg").getroot().tag.endswith("svg")
         assert f'id="{chart}"' in page and f"{chart}.png" in page
@@ -193,8 +203,9 @@ def test_prefect_deploy_all_accepts_prefect_yaml(harness):
 
 
 @pytest.mark.slow
-def test_persona_icm_run_parses_the_goqa_file_once(harness, smoke_inputs, tmp_path, monkeypatch):
-    """The CLI's input check, the flow's check-inputs task and the ingest all use one parse."""
+def test_persona_icm_run_parses_the_goqa_file_once(harness, smoke_inputs, tmp_path, monkeypatch, capsys):
+    """The CLI's input check, the flow's check-inputs task and the ingest all use one parse; the run
+    ends with one ICM diagnosis line per (country, seed)."""
     import json
 
     from flows.cli import main
@@ -218,6 +229,11 @@ def test_persona_icm_run_parses_the_goqa_file_once(harness, smoke_inputs, tmp_pa
         argv += ["--set", item]
     main(argv)
     assert parses == [smoke_inputs["data"]["goqa_path"]]
+    out = capsys.readouterr().out
+    for country in ("United States", "France"):
+        line = next(x for x in out.splitlines() if x.startswith(f"ICM diagnosis, {country}, seed 0: "))
+        assert ("search shortfall: U(ICM)" in line or "objective prefers other labels: U(ICM)" in line
+                or "ICM's labels are gold" in line) and "U(gold flipped)" in line, line
 
 
 @pytest.mark.slow
@@ -241,5 +257,7 @@ def test_a_two_seed_run_searches_and_evaluates_each_seed(harness, smoke_inputs, 
         icm = wh.sql("SELECT n_seeds, n_orders FROM results_by_country WHERE method = 'icm' AND experiment = 'main'")
         assert icm["n_seeds"].to_list() == [2, 2] and icm["n_orders"].to_list() == [4, 4]
         assert wh.scalar("SELECT count(*) FROM accuracy_by_seed WHERE method = 'icm' AND experiment = 'main'") == 4
+        assert wh.sql("SELECT country, icm_seed FROM icm_diagnosis_verdict ORDER BY ALL").rows() == [
+            ("France", 0), ("France", 1), ("United States", 0), ("United States", 1)]
     spec = (Path(warehouse).parent / "reports" / run_id / "accuracy_by_method.vl.json").read_text()
     assert '"icm_seed"' in spec

@@ -104,6 +104,8 @@ def test_same_seed_same_trace_and_different_seed_different_trace():
         ("smoke", 3, {"schedule": "exp"}),
         ("smoke", 4, {"score_memo_size": 50}),  # LRU evictions change cost, never the result
         ("fork", 5, {}),  # no consistency term, claim-order demos, seed labels on the first claims
+        ("seed", 6, {"objective": "logodds_calibrated"}),  # zero-shot scores fetched by both engines
+        ("paper", 7, {"objective": "logodds_calibrated", "score_memo_size": 50}),
     ],
 )
 def test_fast_engine_follows_the_reference_trajectory_with_fewer_prompts_and_calls(preset, seed, over):
@@ -228,6 +230,22 @@ def test_energy_terms_follow_the_spec():
     sum_search = IcmSearch(claims, SyntheticScorer(truth_of(claims)), icm_config(alpha=2.0, num_seed=2, objective="logprob_sum"))
     e2 = sum_search.engine.energies([lab])[0]
     assert e2.P == pytest.approx(sum(math.log(1 / (1 + math.exp(-z))) for z in signed))
+
+
+def test_calibrated_objective_subtracts_each_claims_zero_shot_score():
+    claims = make_claims(2)
+    scorer = SyntheticScorer(truth_of(claims))
+    lab = Labelling.empty(4).with_labels(Pool.from_claims(claims), [(0, 1), (1, 0), (2, 0), (3, 1)])
+    plain = IcmSearch(claims, scorer, icm_config(alpha=2.0, num_seed=2)).engine.energies([lab])[0]
+    for engine in ("fast", "reference"):
+        search = IcmSearch(claims, scorer, icm_config(alpha=2.0, num_seed=2, objective="logodds_calibrated", engine=engine))
+        e = search.engine.energies([lab])[0]
+        context = lab.context(search.pool)
+        zero_shot = [scorer.score_one(ScoreRequest((), claims[i], "base")) for i, _ in context]
+        signed = [(s - z) if y == 1 else (z - s) for s, z, (_, y) in zip(e.scores, zero_shot, context, strict=True)]
+        assert e.scores == plain.scores  # the same leave-one-out prompts
+        assert e.P == pytest.approx(np.mean(signed)) and e.U == pytest.approx(2.0 * e.P)
+        assert e.P != pytest.approx(plain.P)
 
 
 # -- recovery -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Result tables, views, saved queries and charts, fed by the real search and evaluation code
 with the synthetic scorer (no Prefect, no model)."""
 
+import html
 import json
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from persona_icm.charts import write_report
 from persona_icm.config import build_config
 from persona_icm.evaluate import evaluate_country
 from persona_icm.icm import run_icm
+from persona_icm.icm.diagnosis import diagnose
 from persona_icm.metrics import write_aggregate, write_evaluation
 from persona_icm.scoring.synthetic import SyntheticScorer, make_claims
 from persona_icm.warehouse import (
@@ -31,10 +33,11 @@ def _country(country, n_test_groups, cfg, run_id="r1", chat=False):
     train, test = claims[:24], claims[24:]
     scorer = SyntheticScorer({c.claim_id: c.gold for c in claims})
     # searches of different lengths leave pools of different sizes, as real countries do
-    search = run_icm(train, scorer, cfg.icm.model_copy(update={"iterations": 5 + n_test_groups}), show_progress=False)
+    icm = cfg.icm.model_copy(update={"iterations": 5 + n_test_groups})
+    search = run_icm(train, scorer, icm, show_progress=False)
     result = evaluate_country(scorer, train, test, cfg.eval, icm_labels=search.label_of(), run_id=run_id,
                               chat_scorer=scorer if chat else None)
-    return search, result
+    return search, result, diagnose(train, search.labels, scorer, icm)
 
 
 def _write_run(wh, run_id, countries, cfg, config_json=None, chat=False):
@@ -46,10 +49,13 @@ def _write_run(wh, run_id, countries, cfg, config_json=None, chat=False):
     })
     frames = {}
     for country, n_test in countries.items():
-        search, result = _country(country, n_test, cfg, run_id, chat)
+        search, result, diagnosis = _country(country, n_test, cfg, run_id, chat)
         frames[country] = result
         seed = pl.lit(0).alias("icm_seed")
-        write_results(wh, run_id, country, "icm", {"icm_labels": search.labels.with_columns(seed), "icm_trace": search.trace.with_columns(seed)})
+        write_results(wh, run_id, country, "icm", {
+            "icm_labels": search.labels.with_columns(seed), "icm_trace": search.trace.with_columns(seed),
+            "icm_diagnosis": diagnosis.energies.with_columns(seed), "icm_diagnosis_groups": diagnosis.groups.with_columns(seed),
+        })
         write_evaluation(wh, run_id, country, {"predictions": result.predictions, "demos": result.demos}, n_boot=200)
     write_aggregate(wh, run_id, n_boot=200)
     return frames
@@ -197,10 +203,10 @@ def test_saved_queries_run_and_return_rows(warehouse, query):
     assert frame.height > 0, query
 
 
-def test_report_has_three_valid_charts_and_references_them(warehouse, tmp_path):
+def test_report_has_four_valid_charts_and_references_them(warehouse, tmp_path):
     wh, *_ = warehouse
     files = write_report(wh.sql, "r1", tmp_path)
-    assert set(files.charts) == {"accuracy_by_method", "accuracy_vs_examples", "icm_trace"}
+    assert set(files.charts) == {"accuracy_by_method", "accuracy_vs_examples", "icm_trace", "icm_diagnosis"}
     page = files.html.read_text()
     for name, (png, svg) in files.charts.items():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -211,6 +217,10 @@ def test_report_has_three_valid_charts_and_references_them(warehouse, tmp_path):
     assert "http://" not in page.replace("http://www.w3.org", "") and "<script" not in page
     assert "Atlantis" in page and "All countries (weighted)" in page
     assert "data d1" in page and "status completed" in page  # the run's dataset_id and status
+    verdicts = wh.sql("SELECT country, verdict FROM icm_diagnosis_verdict WHERE run_id = 'r1' ORDER BY 1").rows()
+    assert [c for c, _ in verdicts] == ["Atlantis", "Lemuria"]
+    assert "<h2>ICM diagnosis: gold vs ICM" in page
+    assert all(html.escape(v) in page for _, v in verdicts)
     with pytest.raises(ValueError, match="not in the warehouse"):
         write_report(wh.sql, "nope", tmp_path / "x")
     assert not (tmp_path / "x").exists()  # an unknown run leaves no empty folder

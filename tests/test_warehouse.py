@@ -99,6 +99,7 @@ def test_every_result_frame_matches_its_table_declared_once_in_schema_sql(tmp_pa
     run_id, country, step; persist adds icm_seed) and compatible types."""
     from persona_icm.evaluate import DEMO_SCHEMA, PREDICTION_SCHEMA
     from persona_icm.icm import LABELS_SCHEMA, TRACE_SCHEMA
+    from persona_icm.icm.diagnosis import ENERGY_SCHEMA, GROUP_SCHEMA
     from persona_icm.metrics import METRIC_SCHEMA
     from persona_icm.scoring.base import CALLS_SCHEMA
     from persona_icm.warehouse import RESULT_TABLES
@@ -106,6 +107,8 @@ def test_every_result_frame_matches_its_table_declared_once_in_schema_sql(tmp_pa
     frames = {
         "icm_labels": (LABELS_SCHEMA, {"run_id", "country", "icm_seed"}),
         "icm_trace": (TRACE_SCHEMA, {"run_id", "country", "icm_seed"}),
+        "icm_diagnosis": (ENERGY_SCHEMA, {"run_id", "country", "icm_seed"}),
+        "icm_diagnosis_groups": (GROUP_SCHEMA, {"run_id", "country", "icm_seed"}),
         "predictions": (PREDICTION_SCHEMA, set()),
         "demos": (DEMO_SCHEMA, set()),
         "metrics": (METRIC_SCHEMA, set()),

@@ -1,4 +1,4 @@
--- schema_version: 11
+-- schema_version: 12
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -160,6 +160,65 @@ CREATE TABLE IF NOT EXISTS icm_trace (
     cached_tokens   BIGINT,
     PRIMARY KEY (run_id, country, icm_seed, iteration)
 );
+
+-- persona_icm/icm/diagnosis.py ENERGY_SCHEMA: U, P and I of gold, ICM's final labels and gold
+-- flipped, on the claims ICM labelled, in its final context order, under the search's objective.
+CREATE TABLE IF NOT EXISTS icm_diagnosis (
+    run_id          VARCHAR NOT NULL,
+    country         VARCHAR NOT NULL,
+    icm_seed        INTEGER NOT NULL,
+    labelling       VARCHAR NOT NULL,        -- gold | icm | gold_flipped
+    U               DOUBLE NOT NULL,
+    P               DOUBLE NOT NULL,
+    I               INTEGER NOT NULL,
+    claims          INTEGER NOT NULL,        -- claims labelled (ICM's final pool)
+    label_accuracy  DOUBLE NOT NULL,         -- the labelling against gold
+    PRIMARY KEY (run_id, country, icm_seed, labelling)
+);
+
+-- persona_icm/icm/diagnosis.py GROUP_SCHEMA: per question group with both claims labelled, gold's
+-- leave-one-out scores (every other claim's gold label as context) of its True and its False claim.
+CREATE TABLE IF NOT EXISTS icm_diagnosis_groups (
+    run_id             VARCHAR NOT NULL,
+    country            VARCHAR NOT NULL,
+    icm_seed           INTEGER NOT NULL,
+    group_id           VARCHAR NOT NULL,
+    true_claim_id      VARCHAR NOT NULL,
+    true_score         DOUBLE NOT NULL,
+    other_claim_id     VARCHAR NOT NULL,
+    other_score        DOUBLE NOT NULL,
+    gold_ranked_first  BOOLEAN NOT NULL,     -- true_score > other_score
+    PRIMARY KEY (run_id, country, icm_seed, group_id)
+);
+
+-- One row per (run, country, ICM seed): the diagnosis and its verdict (the one definition of the
+-- rule). U(ICM) < U(gold): the search stopped below an optimum its objective knows of; otherwise
+-- the objective itself ranks ICM's labels at least as high as gold.
+CREATE OR REPLACE VIEW icm_diagnosis_verdict AS
+WITH energies AS (
+    SELECT run_id, country, icm_seed,
+           any_value(claims) AS claims,
+           any_value(label_accuracy) FILTER (WHERE labelling = 'icm') AS icm_label_accuracy,
+           any_value(U) FILTER (WHERE labelling = 'gold') AS U_gold,
+           any_value(P) FILTER (WHERE labelling = 'gold') AS P_gold,
+           any_value(I) FILTER (WHERE labelling = 'gold') AS I_gold,
+           any_value(U) FILTER (WHERE labelling = 'icm') AS U_icm,
+           any_value(P) FILTER (WHERE labelling = 'icm') AS P_icm,
+           any_value(I) FILTER (WHERE labelling = 'icm') AS I_icm,
+           any_value(U) FILTER (WHERE labelling = 'gold_flipped') AS U_flipped,
+           any_value(P) FILTER (WHERE labelling = 'gold_flipped') AS P_flipped,
+           any_value(I) FILTER (WHERE labelling = 'gold_flipped') AS I_flipped
+    FROM icm_diagnosis GROUP BY run_id, country, icm_seed
+), ranking AS (
+    SELECT run_id, country, icm_seed, count(*) AS groups,
+           count(*) FILTER (WHERE gold_ranked_first) AS gold_ranked_first
+    FROM icm_diagnosis_groups GROUP BY run_id, country, icm_seed
+)
+SELECT e.*, coalesce(r.groups, 0) AS groups, coalesce(r.gold_ranked_first, 0) AS gold_ranked_first,
+       CASE WHEN e.icm_label_accuracy = 1 THEN 'ICM''s labels are gold'
+            WHEN e.U_icm < e.U_gold THEN 'search shortfall'
+            ELSE 'objective prefers other labels' END AS verdict
+FROM energies e LEFT JOIN ranking r USING (run_id, country, icm_seed);
 
 -- The registered evaluation methods (persona_icm/methods.py), one row per stored method name.
 -- persona_icm.warehouse fills it from the registry on every read-write open (replacing the rows

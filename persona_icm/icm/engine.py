@@ -36,7 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from persona_icm.config import IcmConfig
-from persona_icm.icm.energy import Energy, energy
+from persona_icm.icm.energy import Energy, energy, needs_zero_shot
 from persona_icm.icm.state import Labelling, Pool, context_key
 from persona_icm.scoring.base import ClaimScorer, ScoreRequest
 
@@ -64,6 +64,7 @@ class ReferenceEngine:
         self.scorer = scorer
         self.config = config
         self.stats = EngineStats()
+        self.zero_shot: dict[int, float] = {}  # claim index -> s(x | no demonstrations), calibrated objective
 
     def request(self, item: Item) -> ScoreRequest:
         query, context = item
@@ -83,14 +84,26 @@ class ReferenceEngine:
 
     def energies(self, labellings: list[Labelling]) -> list[Energy]:
         self.stats.energy_evaluations += len(labellings)
+        self._fetch_zero_shot(labellings)
         return [self._energy(lab, self.score(self._energy_items(lab))) for lab in labellings]
+
+    def _fetch_zero_shot(self, labellings: list[Labelling]) -> None:
+        """The calibrated objective's context-free scores of the labelled claims not yet known,
+        each scored once per engine (a query with no demonstrations: the zero-shot base prompt)."""
+        if not needs_zero_shot(self.config.objective):
+            return
+        missing = list(dict.fromkeys(i for lab in labellings for i in lab.labelled() if i not in self.zero_shot))
+        if missing:
+            self.zero_shot.update(zip(missing, self.score([(i, ()) for i in missing]), strict=True))
 
     def _energy_items(self, labelling: Labelling) -> list[Item]:
         context = labelling.context(self.pool)
         return [(i, leave_one_out(context, i)) for i, _ in context]
 
     def _energy(self, labelling: Labelling, scores: list[float]) -> Energy:
-        return energy(labelling.context(self.pool), scores, len(labelling.inconsistent_pairs(self.pool)), self.config)
+        zero_shot = self.zero_shot if needs_zero_shot(self.config.objective) else None
+        return energy(labelling.context(self.pool), scores, len(labelling.inconsistent_pairs(self.pool)), self.config,
+                      zero_shot)
 
     @staticmethod
     def _checked(scores: list[float], expected: int) -> list[float]:
@@ -177,6 +190,7 @@ class FastEngine(ReferenceEngine):
                 self.stats.energy_memo_hits += 1
             else:
                 todo[key] = lab
+        self._fetch_zero_shot(list(todo.values()))
         items = {key: self._energy_items(lab) for key, lab in todo.items()}
         scores = self._fetch([item for group in items.values() for item in group], len(items))  # one backend call
         start = 0
