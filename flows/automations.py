@@ -1,11 +1,12 @@
 """The server-side automation that turns a lost flow run into a Crashed one.
 
 A flow run whose worker or machine dies stays Running forever: nobody is left to report its
-end. Flow runs started from the country, search and chat deployments send a heartbeat event every
-PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30, set in prefect.yaml); this automation marks such a
+end. Flow runs started from the batch, country, search and chat deployments (and a batch's country
+and search subflows) send a heartbeat event every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30,
+set in prefect.yaml); this automation marks such a
 run Crashed when `within` seconds pass without a heartbeat or a final state. It watches only
 those flows: other flow runs beat at Prefect's default pace (every 180 s). The parent's bounded
-wait (tasks/fanout.py) then sees Crashed, retries that country once and otherwise fails it by name.
+wait (tasks/fanout.py) then sees Crashed, retries that batch once and otherwise fails it by name.
 
     python -m flows.automations            # create it on the server of PREFECT_API_URL (idempotent)
 """
@@ -15,8 +16,8 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 
-NAME = "persona-icm: crash country, search and chat runs that stopped sending heartbeats"
-WATCHED_FLOWS = ("persona-icm-country", "persona-icm-search", "persona-icm-chat")
+NAME = "persona-icm: crash batch, country, search and chat runs that stopped sending heartbeats"
+WATCHED_FLOWS = ("persona-icm-batch", "persona-icm-country", "persona-icm-search", "persona-icm-chat")
 
 
 def ensure_crash_lost_runs(within_seconds: int = 120) -> str:

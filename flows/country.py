@@ -1,7 +1,8 @@
 """Flow `persona-icm-country`: the ICM search and the base-model evaluations for one country.
 
-Called in process by `persona-icm` (a subflow), or run by a `gpu` pool worker through the
-deployment `persona-icm-country/country` when the parent fans out. It never writes the
+Called in process as a subflow: by `persona-icm` when it does not fan out, and by a batch on a
+gpu worker when it does (flows/batch.py); the deployment `persona-icm-country/country` runs one
+country alone on a gpu worker. It never writes the
 warehouse: its result (frames) goes back to the parent through the result storage
 (tasks/storage.py). The zero-shot chat baseline is not here: it runs after the base model's
 engine is gone (flows/chat.py).

@@ -3,10 +3,11 @@
 Deployed by module path: `flows.experiment:persona_icm`.
 
 Parameters: a preset (seed, fork, paper, smoke, control) and nested overrides of the run config (editable in
-the Prefect UI). `fan_out=True` sends each country to the deployment `persona-icm-country/country`
-(gpu pool, one worker per tensor-parallel group of GPUs) and waits for all of them, each wait
-bounded; with several ICM seeds (icm.seeds), each (country, seed) search first runs as its own
-flow run of `persona-icm-search/search` (flows/search.py), so seeds search in parallel. Then the
+the Prefect UI). `fan_out=True` shares the countries among the gpu workers: one flow run of
+`persona-icm-batch/batch` per worker (flows/batch.py), which runs its countries one after another
+as subflows on one engine, so each model loads once per worker (persona_icm/batches.py); with
+several ICM seeds (icm.seeds) and fewer countries than workers, the (country, seed) searches first
+run as batches of their own, so the seeds search in parallel. Every wait is bounded. Then the
 zero-shot chat baseline runs with the chat model alone (flows/chat.py): as the deployment
 `persona-icm-chat/chat` when fanned out and the chat model is local, else in this process after
 the base model is released. Only this flow's process writes the warehouse.
@@ -20,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import WorkerStatus
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from pydantic import PositiveInt
 
 from flows.chat import chat_flow
 from flows.country import CountryResult, country_flow
 from persona_icm import backends
+from persona_icm.batches import SplitSize, plan_batches
 from persona_icm.claims import CountrySplit
 from persona_icm.config import Preset, RunConfig
 from persona_icm.preflight import build_checked_config
@@ -39,8 +44,8 @@ from tasks.persist import aggregate_countries, code_version, persist_country, re
 from tasks.report import report
 from tasks.results import JSON
 
-COUNTRY_DEPLOYMENT = "persona-icm-country/country"
-SEARCH_DEPLOYMENT = "persona-icm-search/search"
+BATCH_DEPLOYMENT = "persona-icm-batch/batch"
+GPU_POOL = "gpu"
 CHAT_DEPLOYMENT = "persona-icm-chat/chat"
 
 
@@ -56,40 +61,40 @@ def with_tensor_parallel_size(overrides: dict[str, Any] | None, size: int | None
     return out
 
 
-def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: str, timeout: float) -> list[CountryResult]:
-    """Each country as its own flow run on the gpu pool; every wait bounded. With several seeds,
-    each (country, seed) search runs first as its own flow run, and a country starts once its
-    searches are done (it then takes them from the task cache)."""
-    searches = searches_remotely(config, splits, timeout) if len(config.icm.searches()) > 1 else {}
-    futures = [
-        run_remotely.submit(
-            COUNTRY_DEPLOYMENT,
-            {"config": config.model_dump(mode="json"), "country": s.country, "train": s.train, "test": s.test,
-             "run_id": run_id, "remote": True},
-            s.country, timeout,
-            wait_for=searches.get(s.country, []),
-        )
-        for s in splits
-    ]
-    for search in (f for fs in searches.values() for f in fs):
-        search.result()  # a failed search fails the run by its name, before its country is awaited
-    return [f.result() for f in futures]
+def online_gpu_workers(pool: str = GPU_POOL) -> int:
+    """The workers of `pool` the server sees ONLINE (their heartbeats are recent), at least 1."""
+    with get_client(sync_client=True) as client:
+        workers = client.read_workers_for_work_pool(pool)
+    return max(1, sum(w.status == WorkerStatus.ONLINE for w in workers))
 
 
-def searches_remotely(config: RunConfig, splits: list[CountrySplit], timeout: float) -> dict[str, list[PrefectFuture]]:
-    """One flow run per (country, seed) on the gpu pool, all submitted at once."""
-    return {
-        s.country: [
-            run_remotely.submit(
-                SEARCH_DEPLOYMENT,
-                {"config": config.model_dump(mode="json"), "country": s.country, "train": s.train, "seed": icm.seed,
-                 "remote": True},
-                f"{s.country}, seed {icm.seed}", timeout,
-            )
-            for icm in config.icm.searches()
-        ]
-        for s in splits
-    }
+def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: str, timeout: float, workers: int) -> list[CountryResult]:
+    """The countries shared among `workers` gpu workers: one batch flow run each (flows/batch.py),
+    every wait bounded. With a first wave of search batches (persona_icm/batches.py), a country
+    batch starts once the batches holding its countries' searches are done and takes them from the
+    task cache."""
+    plan = plan_batches([SplitSize(s.country, len(s.train), len(s.test)) for s in splits],
+                        [icm.seed for icm in config.icm.searches()], workers)
+    get_run_logger().info("%d gpu worker(s): search batches %s, country batches %s", workers, plan.search_batches, plan.country_batches)
+    split = {s.country: s for s in splits}
+    common = {"config": config.model_dump(mode="json"), "run_id": run_id}
+    searches = []
+    for batch in plan.search_batches:
+        label = "searches: " + ", ".join(f"{country} seed {seed}" for country, seed in batch)
+        units = [{"country": country, "train": split[country].train, "seed": seed} for country, seed in batch]
+        searches.append((batch, run_remotely.submit(BATCH_DEPLOYMENT, {**common, "label": label, "searches": units}, label,
+                                                    timeout * len(batch))))
+    futures: list[PrefectFuture] = []
+    for batch in plan.country_batches:
+        label = ", ".join(batch)
+        units = [{"country": c, "train": split[c].train, "test": split[c].test} for c in batch]
+        before = [future for held, future in searches if {country for country, _ in held} & set(batch)]
+        futures.append(run_remotely.submit(BATCH_DEPLOYMENT, {**common, "label": label, "countries": units}, label,
+                                           timeout * len(batch), wait_for=before))
+    for _, search in searches:
+        search.result()  # a failed search batch fails the run by its name, before its countries are awaited
+    results = {r.country: r for future in futures for r in future.result()}
+    return [results[s.country] for s in splits]
 
 
 def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float) -> dict[str, list[MethodResult]]:
@@ -112,12 +117,16 @@ def persona_icm(
     fan_out: bool = False,
     tensor_parallel_size: int | None = None,
     country_timeout_hours: float = 48.0,
+    gpu_workers: PositiveInt | None = None,
 ) -> str:
     """The whole experiment for the configured countries; returns the run_id.
 
     tensor_parallel_size: sets vllm.tensor_parallel_size of every vLLM model (`make run` passes
-    the GPUs each gpu worker owns). country_timeout_hours: how long a fanned-out country (or the
-    chat step) may take before it is cancelled and fails."""
+    the GPUs each gpu worker owns). country_timeout_hours: how long a fanned-out country (or a
+    search, or the chat step) may take before it is cancelled and fails (a batch: that many times
+    its countries or searches). gpu_workers: how many gpu workers a
+    fanned-out run shares its countries among, one batch (one engine) each; None: the workers of the
+    `gpu` pool that are online now."""
     log = get_run_logger()
     config = build_checked_config(preset, with_tensor_parallel_size(overrides, tensor_parallel_size))
     checked = check_inputs(config, models_here=not fan_out)
@@ -137,7 +146,8 @@ def persona_icm(
 
     try:
         if fan_out:
-            results = countries_remotely(config, splits, run_id, timeout)
+            workers = gpu_workers if gpu_workers is not None else online_gpu_workers()
+            results = countries_remotely(config, splits, run_id, timeout, workers)
         else:
             results = [country_flow(config, s.country, s.train, s.test, run_id) for s in splits]
         timings["countries"] = time.perf_counter() - clock - timings["data"]

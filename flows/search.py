@@ -1,10 +1,11 @@
 """Flow `persona-icm-search`: one ICM search (one seed of icm.seeds, one country) as its own flow run.
 
-When a fanned-out run has several seeds, the parent sends each (country, seed) search here first
-(deployment `persona-icm-search/search`, gpu pool), so the seeds of a country search in parallel on
-as many gpu workers. The search task's result is cached by a key of its claims, search config
-(with that seed) and model, in the shared result storage; the country's flow run that follows asks
-for the same searches and takes every one from that cache.
+When a fanned-out run has several seeds and fewer countries than gpu workers, the parent first
+sends the (country, seed) searches to batches of their own (flows/batch.py), which run each as
+this flow (a subflow), so the seeds of a country search in parallel on as many gpu workers; the
+deployment `persona-icm-search/search` runs one search alone. The search task's result is cached
+by a key of its claims, search config (with that seed) and model, in the shared result storage;
+the country's flow run that follows asks for the same searches and takes every one from that cache.
 """
 
 from __future__ import annotations

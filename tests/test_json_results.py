@@ -36,7 +36,7 @@ def persisted_tasks_and_flows() -> dict[str, object]:
 def test_every_persisted_result_uses_the_json_serializer():
     found = persisted_tasks_and_flows()
     assert {"tasks.search.icm_search", "tasks.evaluation.evaluate_method", "flows.country.country_flow",
-            "flows.chat.chat_flow", "flows.search.search_flow"} <= set(found)
+            "flows.chat.chat_flow", "flows.search.search_flow", "flows.batch.batch_flow"} <= set(found)
     assert {name: obj.result_serializer for name, obj in found.items()} == dict.fromkeys(found, "json")
 
 
@@ -86,14 +86,16 @@ def sample_results():
     )
     skipped = MethodResult(method="zero_shot_chat", predictions=pl.DataFrame(), demos=pl.DataFrame(),
                            calls=calls.clear(), skipped="no chat model")
+    country = CountryResult(country="France", searches={0: search, 3: search}, evaluations=[method, skipped])
     return {
         "search": search,
-        "country": CountryResult(country="France", searches={0: search, 3: search}, evaluations=[method, skipped]),
+        "country": country,
+        "batch": [country, CountryResult(country="Japan", searches={0: search}, evaluations=[skipped])],  # flows.batch
         "chat": {"France": [method], "Japan": [skipped]},  # flows.chat.chat_flow: country -> chat-model methods
     }
 
 
-@pytest.mark.parametrize("which", ["search", "country", "chat"])
+@pytest.mark.parametrize("which", ["search", "country", "batch", "chat"])
 def test_results_round_trip_identically_through_prefects_json_serializer(which):
     """The bytes are JSON (no pickle), and reading them back gives the same values, dtypes, nulls,
     NaN, infinities, -0.0 and integer dict keys."""

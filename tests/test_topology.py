@@ -56,7 +56,7 @@ def test_full_parent_holds_no_gpu_and_its_children_run_on_gpu_workers():
     deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     full = deployments["full"]
     assert full["work_pool"]["name"] == "cpu" and full["parameters"]["fan_out"] is True
-    for child in ("country", "search", "chat"):
+    for child in ("batch", "country", "search", "chat"):
         pool = deployments[child]["work_pool"]
         assert pool["name"] == "gpu"
         env = pool["job_variables"]["env"]

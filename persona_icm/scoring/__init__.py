@@ -34,6 +34,12 @@ def make_scorer(spec: ModelSpec, api_key: str | None = None) -> ClaimScorer:
     return scorer
 
 
+def is_loaded(spec: ModelSpec) -> bool:
+    """Whether this process holds a live scorer for `spec` (make_scorer would not build one)."""
+    cached = _SCORERS.get(spec)
+    return cached is not None and not getattr(cached, "closed", False)
+
+
 def release_local_models() -> None:
     """Free every in-process model (hf, vllm) this process built (vLLM engines are shut down, so their GPU
     memory goes back), so that the next model can use the same devices. The chat baseline calls
