@@ -136,8 +136,7 @@ def make_fork_chain_rows(seed: int = 21) -> list[dict]:
 
 
 # GOQA's own spellings, a sample note and a country the 1:110m map has no shape for.
-WORLD_COUNTRIES = {"France": 44, "Japan": 44, "Britain": 44, "Brazil (Non-national sample)": 44, "Singapore": 44,
-                   "S. Korea": 30, "Kenya": 5}
+WORLD_COUNTRIES = {"Britain": 44, "Brazil (Non-national sample)": 44, "Singapore": 44, "S. Korea": 30, "Kenya": 5}
 
 
 def make_world_rows(questions_per_country: dict[str, int] = WORLD_COUNTRIES, seed: int = 3) -> list[dict]:

@@ -142,8 +142,8 @@ def test_plan_of_the_world_preset_names_the_countries_left_out(world_file, tmp_p
     cli.main(["plan", "--preset", "world", "--goqa-path", str(world_file), "--set", f"base_model.name={model}",
               "--set", "icm.iterations=3"])
     out = capsys.readouterr().out
-    assert "data.countries 'all': 5 of 7 countries qualify, 2 left out: S. Korea (30 usable" in " ".join(out.split())
-    assert "5 searches" in out
+    assert "data.countries 'all': 3 of 5 countries qualify, 2 left out: S. Korea (30 usable" in " ".join(out.split())
+    assert "3 searches" in out
 
 
 def test_every_goqa_country_of_the_fixtures_and_the_fork_has_a_map_id_with_a_shape():
