@@ -2,7 +2,7 @@
 
 Deployed by module path: `flows.experiment:persona_icm`.
 
-Parameters: a preset (seed, fork, paper, smoke, control) and nested overrides of the run config (editable in
+Parameters: a preset (seed, fork, paper, smoke, control, world, world-smoke) and nested overrides of the run config (editable in
 the Prefect UI). `fan_out=True` sends each country to the deployment `persona-icm-country/country`
 (gpu pool, one worker per tensor-parallel group of GPUs) and waits for all of them, each wait
 bounded; with several ICM seeds (icm.seeds), each (country, seed) search first runs as its own
