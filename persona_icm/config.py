@@ -396,12 +396,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval": SMOKE_EVAL,
     },
     "world": {"data": WORLD_DATA},
-    # world's countries (the same min_groups rule) with smoke's caps, search and model: the plumbing of a study on a CPU.
+    # world's countries (the same min_groups rule), each at a fraction of smoke's work (a study has 40-140 of
+    # them): the plumbing of a study on a CPU, with the offline SmolLM2.
     "world-smoke": {
-        "data": {**WORLD_DATA, "train_cap": 12, "test_cap": 8},
+        "data": {**WORLD_DATA, "train_cap": 8, "test_cap": 4},
         "chat_model": {"name": "smollm2-135m-instruct"},
-        "icm": SMOKE_ICM,
-        "eval": SMOKE_EVAL,
+        "icm": {**SMOKE_ICM, "iterations": 4, "initial_fix_rounds": 3, "loop_fix_rounds": 2, "checkpoint_every": 2},
+        "eval": {"eval_repeats": 1, "demo_sizes": [], "bootstrap_samples": 100},
     },
     "control": {
         "data": {

@@ -132,7 +132,7 @@ def test_world_presets_are_seeds_search_on_every_country_and_the_smoke_twin_is_s
     assert world.icm.iterations == 1500 and world.eval == seed.eval  # the fork's K for dataset `all`
     assert (world.data.train_cap, world.data.test_cap) == (125, 50)
     assert smoke.data.min_groups_for_all() == world.data.min_groups_for_all()  # the same countries
-    assert (smoke.data.train_cap, smoke.data.test_cap, smoke.icm.iterations) == (12, 8, 8)
+    assert (smoke.data.train_cap, smoke.data.test_cap, smoke.icm.iterations, smoke.eval.demo_sizes) == (8, 4, 4, [])
 
 
 def test_plan_of_the_world_preset_names_the_countries_left_out(world_file, tmp_path, capsys):
