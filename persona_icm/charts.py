@@ -317,7 +317,8 @@ def world_map_chart(ranking: pl.DataFrame, left_out: pl.DataFrame, title: str = 
             color=alt.Color("status:N", title="countries", scale=alt.Scale(domain=[LEFT_OUT, NOT_IN_RUN], range=["#737373", "#d9d9d9"])),
             tooltip=[alt.Tooltip("country:N", title="GOQA country"), alt.Tooltip("status:N"), alt.Tooltip("reason:N")],
         )
-        drawn = base.transform_filter(alt.datum.status == IN_RUN).mark_geoshape(stroke="white", strokeWidth=0.4).encode(
+        # outlined: a value near 0 on the diverging scale is as pale as a country not in the run
+        drawn = base.transform_filter(alt.datum.status == IN_RUN).mark_geoshape(stroke="#333", strokeWidth=0.6).encode(
             color=alt.Color(f"{field}:Q", title=label, scale=scale),
             tooltip=[alt.Tooltip("country:N", title="GOQA country"), alt.Tooltip(f"{field}:Q", format=".3f", title=label),
                      alt.Tooltip("n_test_claims:Q", title="test claims")],
@@ -325,7 +326,7 @@ def world_map_chart(ranking: pl.DataFrame, left_out: pl.DataFrame, title: str = 
         panels.append(alt.layer(context, drawn).project("equalEarth").properties(width=640, height=320, title=label)
                       .resolve_scale(color="independent"))
     return alt.vconcat(*panels).resolve_scale(color="independent").properties(
-        title=title or "Where ICM elicits a country's opinions (grey: left out; light: not in this run)")
+        title=title or "Where ICM elicits a country's opinions (outlined: in this run; dark grey: left out; light grey: not in this run)")
 
 
 def country_ranking_chart(ranking: pl.DataFrame, title: str = "") -> alt.Chart:
