@@ -410,7 +410,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         "published_comparison": "This run's test claim accuracy with its 95% interval per country and method, and the "
         "persona-elicitation fork's published number (Llama-3.1-70B base) as a black cross; all countries: "
         "weighted by test size. The table below says whether each published number falls inside the interval.",
-        "world_map": "ICM's headline test claim accuracy per country, and ICM's minus golden's (blue: ICM higher). "
+        "world_map": "ICM's headline test claim accuracy per country, and ICM's minus golden's (blue: ICM higher); the run's countries are outlined. "
         "Dark grey: countries of the GOQA file that data.countries 'all' left out (too few usable question groups; "
         "table below); light grey: not in this run. Where GOQA has several samples of one country, the map shows "
         "the national one with the most test claims; the ranking lists every one."
