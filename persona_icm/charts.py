@@ -350,7 +350,7 @@ def country_ranking_chart(ranking: pl.DataFrame, title: str = "") -> alt.Chart:
     points = base.mark_point(filled=True, size=50).encode(x="accuracy:Q", yOffset=alt.YOffset("method:N"))
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(x=alt.datum(0.5))
     return (alt.layer(chance, bars.encode(yOffset=alt.YOffset("method:N")), points, data=long)
-            .properties(width=420, height=alt.Step(16), title=title or "Countries ranked by ICM's test accuracy (dashed: chance)"))
+            .properties(width=420, height=max(160, 26 * len(order)), title=title or "Countries ranked by ICM's test accuracy (dashed: chance)"))
 
 
 def render(chart: alt.Chart, stem: Path) -> tuple[Path, Path]:
