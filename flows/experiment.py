@@ -2,7 +2,7 @@
 
 Deployed by module path: `flows.experiment:persona_icm`.
 
-Parameters: a preset (seed, fork, paper, smoke, control) and nested overrides of the run config (editable in
+Parameters: a preset (seed, fork, paper, smoke, control, world, world-smoke) and nested overrides of the run config (editable in
 the Prefect UI). `fan_out=True` shares the countries among the gpu workers: one flow run of
 `persona-icm-batch/batch` per worker (flows/batch.py), which runs its countries one after another
 as subflows on one engine, so each model loads once per worker (persona_icm/batches.py); with
@@ -138,10 +138,11 @@ def persona_icm(
     ingest_goqa(checked.goqa, warehouse)
     dataset_id = write_claims_and_splits(checked.dataset, warehouse)
     run_id = run_id_for(config, dataset_id, code_version())
-    splits = [checked.splits[country] for country in config.data.countries]
+    splits = list(checked.splits.values())  # data.countries, or the countries 'all' selected
     timings["data"] = time.perf_counter() - clock
     log.info("run %s: %s", run_id, {s.country: (len(s.train), len(s.test)) for s in splits})
-    row = run_row(run_id, config, dataset_id, flow_run.get_id(), "running", started_at=started_at)
+    row = run_row(run_id, config, dataset_id, flow_run.get_id(), "running", started_at=started_at,
+                  countries=[s.country for s in splits])
     record_run(warehouse, row)
 
     try:

@@ -1,12 +1,15 @@
 """Charts of one run, built from SQL on the warehouse views, and the run's offline HTML report.
 
-Three charts: (1) test claim and group accuracy by method with 95% intervals, one panel per
+Charts: (1) test claim and group accuracy by method with 95% intervals, one panel per
 country plus the test-size-weighted aggregate; (2) accuracy against the number of demonstrations (gold, ICM,
 random-matched) with 95% bands; (3) the ICM search trace (U, P, I, train accuracy). A run that repeats
 the fork's experiment (view published_comparison) gets a fourth: its accuracy and 95% interval beside
 the fork's published number per country and method, with a table saying whether each published
 number falls inside the interval; a run whose searches were diagnosed (persona_icm/icm/diagnosis.py)
-gets the U of gold, ICM's labels and gold flipped per country and seed, with the verdict table. Each is
+gets the U of gold, ICM's labels and gold flipped per country and seed, with the verdict table. A run of several countries gets a ranking of its countries by
+ICM's accuracy (view country_ranking) and, when data.countries 'all' chose them or at least five are
+on the map, a world map of ICM's accuracy and of ICM minus golden, the countries 'all' left out in grey (view countries_left_out;
+the map is the vendored data/world-atlas file, embedded in each spec). Each is
 written as PNG and SVG (vl-convert, no browser) and inlined as SVG into `report.html`, which
 needs no network and no JavaScript.
 """
@@ -23,6 +26,7 @@ import altair as alt
 import polars as pl
 import vl_convert as vlc
 
+from persona_icm.countries import atlas_ids, is_national_sample, map_id, world_atlas
 from persona_icm.methods import listed, methods
 
 # read(sql, params) -> frame: the warehouse's query function (charts never open DuckDB).
@@ -77,6 +81,21 @@ SELECT CASE WHEN country = 'ALL' THEN $aggregate ELSE country END AS country,
 FROM published_comparison WHERE run_id = $run_id
 ORDER BY country = $aggregate, country, method
 """
+
+
+# A study's countries: ICM beside golden per country, ranked (view country_ranking), and the countries
+# of the GOQA file that data.countries 'all' left out (view countries_left_out).
+RANKING_SQL = """
+SELECT * EXCLUDE (run_id) FROM country_ranking WHERE run_id = $run_id ORDER BY rank, country
+"""
+LEFT_OUT_SQL = """
+SELECT country, n_groups, reason FROM countries_left_out WHERE run_id = $run_id ORDER BY country
+"""
+# Whether data.countries 'all' chose the run's countries.
+CHOSEN_BY_ALL_SQL = """
+SELECT count(*) > 0 AS chosen FROM dataset_countries WHERE dataset_id = (SELECT dataset_id FROM runs WHERE run_id = $run_id)
+"""
+MAP_MIN_COUNTRIES = 5  # a run of a few listed countries gets no world map; one of data.countries 'all' always
 
 
 @dataclass(frozen=True)
@@ -276,6 +295,95 @@ def icm_diagnosis_chart(diagnosis: pl.DataFrame, title: str = "") -> alt.Chart:
     )
 
 
+IN_RUN, LEFT_OUT, NOT_IN_RUN = "in this run", "left out: too few question groups", "not in this run"
+MAP_PANELS = {
+    "icm_accuracy": ("ICM test claim accuracy", alt.Scale(scheme="viridis", domain=[0, 1])),
+    "icm_minus_golden": ("ICM minus golden (claim accuracy)", alt.Scale(scheme="redblue", domain=[-0.5, 0.5], clamp=True)),
+}
+
+
+def map_countries(ranking: pl.DataFrame, left_out: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """One row per map shape: the run's country drawn there (a national sample first, then the most
+    test claims, then by name: GOQA has several samples of some countries), or the country left
+    out there; and the run's countries the map has no shape for."""
+    shapes = atlas_ids()
+    rows, off_map = [], []
+    for r in ranking.iter_rows(named=True):
+        shape = map_id(r["country"])
+        if shape not in shapes:
+            off_map.append(r["country"])
+            continue
+        rows.append({**{k: r[k] for k in ("country", "n_test_claims", *MAP_PANELS)}, "id": shape, "status": IN_RUN,
+                     "reason": None, "_order": (not is_national_sample(r["country"]), -(r["n_test_claims"] or 0), r["country"])})
+    for r in left_out.iter_rows(named=True):
+        shape = map_id(r["country"])
+        if shape in shapes:
+            rows.append({"country": r["country"], "id": shape, "status": LEFT_OUT, "reason": r["reason"],
+                         "_order": (True, 0, r["country"])})
+    schema = {"id": pl.String, "country": pl.String, "status": pl.String, "n_test_claims": pl.Int64,
+              "icm_accuracy": pl.Float64, "icm_minus_golden": pl.Float64, "reason": pl.String}
+    if not rows:
+        return pl.DataFrame(schema=schema), off_map
+    rank = {IN_RUN: 0, LEFT_OUT: 1}
+    rows.sort(key=lambda r: (r["id"], rank[r["status"]], r["_order"]))
+    first = {}
+    for r in rows:
+        first.setdefault(r["id"], r)
+    return pl.DataFrame([{k: r.get(k) for k in schema} for r in first.values()], schema=schema), off_map
+
+
+def world_map_chart(ranking: pl.DataFrame, left_out: pl.DataFrame, title: str = "") -> alt.VConcatChart:
+    """Two world maps (ICM's test claim accuracy; ICM minus golden) of the run's countries, the
+    countries left out in grey, the rest light. The map (data/world-atlas) is embedded in the spec."""
+    shapes, _ = map_countries(ranking, left_out)
+    atlas = alt.Data(values=world_atlas(), format=alt.DataFormat(type="topojson", feature="countries"))
+    lookup = alt.LookupData(alt.Data(values=shapes.to_dicts()), key="id",
+                            fields=["country", "status", "n_test_claims", "reason", *MAP_PANELS])
+    panels = []
+    for field, (label, scale) in MAP_PANELS.items():
+        base = (alt.Chart(atlas).transform_filter("datum.id != '010'")  # Antarctica: no survey, a third of the map
+                .transform_lookup(lookup="id", from_=lookup)
+                .transform_calculate(status=f"datum.status ? datum.status : '{NOT_IN_RUN}'"))
+        context = base.transform_filter(alt.datum.status != IN_RUN).mark_geoshape(stroke="white", strokeWidth=0.4).encode(
+            color=alt.Color("status:N", title="countries", scale=alt.Scale(domain=[LEFT_OUT, NOT_IN_RUN], range=["#737373", "#d9d9d9"])),
+            tooltip=[alt.Tooltip("country:N", title="GOQA country"), alt.Tooltip("status:N"), alt.Tooltip("reason:N")],
+        )
+        # outlined: a value near 0 on the diverging scale is as pale as a country not in the run
+        drawn = base.transform_filter(alt.datum.status == IN_RUN).mark_geoshape(stroke="#333", strokeWidth=0.6).encode(
+            color=alt.Color(f"{field}:Q", title=label, scale=scale),
+            tooltip=[alt.Tooltip("country:N", title="GOQA country"), alt.Tooltip(f"{field}:Q", format=".3f", title=label),
+                     alt.Tooltip("n_test_claims:Q", title="test claims")],
+        )
+        panels.append(alt.layer(context, drawn).project("equalEarth").properties(width=640, height=320, title=label)
+                      .resolve_scale(color="independent"))
+    return alt.vconcat(*panels).resolve_scale(color="independent").properties(
+        title=title or "Where ICM elicits a country's opinions (outlined: in this run; dark grey: left out; light grey: not in this run)")
+
+
+def country_ranking_chart(ranking: pl.DataFrame, title: str = "") -> alt.Chart:
+    """Countries ranked by ICM's test claim accuracy: ICM with its 95% interval and golden beside it."""
+    order = ranking.sort("rank", "country")["country"].to_list()
+    long = pl.concat([
+        ranking.select("rank", "country", "n_test_claims", method=pl.lit("ICM labels"), accuracy="icm_accuracy",
+                       low="icm_ci_low", high="icm_ci_high"),
+        ranking.select("rank", "country", "n_test_claims", method=pl.lit("golden labels"), accuracy="golden_accuracy",
+                       low="golden_ci_low", high="golden_ci_high"),
+    ]).drop_nulls("accuracy")
+    scale = _method_scale(["icm", "golden"])
+    base = alt.Chart(long).encode(
+        y=alt.Y("country:N", sort=order, title=None),
+        color=alt.Color("method:N", title="demo labels", scale=scale),
+        tooltip=["rank:Q", "country:N", "method:N", "n_test_claims:Q", alt.Tooltip("accuracy:Q", format=".3f"),
+                 alt.Tooltip("low:Q", format=".3f", title="95% low"), alt.Tooltip("high:Q", format=".3f", title="95% high")],
+    )
+    bars = base.mark_rule(strokeWidth=2, opacity=0.6).encode(
+        x=alt.X("low:Q", title="test claim accuracy (95% CI)", scale=alt.Scale(domain=[0, 1])), x2="high:Q")
+    points = base.mark_point(filled=True, size=50).encode(x="accuracy:Q", yOffset=alt.YOffset("method:N"))
+    chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(x=alt.datum(0.5))
+    return (alt.layer(chance, bars.encode(yOffset=alt.YOffset("method:N")), points, data=long)
+            .properties(width=420, height=max(160, 26 * len(order)), title=title or "Countries ranked by ICM's test accuracy (dashed: chance)"))
+
+
 def render(chart: alt.Chart, stem: Path) -> tuple[Path, Path]:
     """Write `stem`.png (2x) and `stem`.svg; returns both paths."""
     spec = chart.to_dict()
@@ -316,6 +424,9 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
     trace = read(TRACE_SQL, {"run_id": run_id})
     comparison = read(COMPARISON_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
     diagnosis = read(DIAGNOSIS_SQL, {"run_id": run_id})
+    ranking = read(RANKING_SQL, {"run_id": run_id})
+    left_out = read(LEFT_OUT_SQL, {"run_id": run_id})
+    shapes, off_map = map_countries(ranking, left_out)
 
     charts: dict[str, tuple[Path, Path]] = {}
     captions = {
@@ -334,6 +445,13 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         "published_comparison": "This run's test claim accuracy with its 95% interval per country and method, and the "
         "persona-elicitation fork's published number (Llama-3.1-70B base) as a black cross; all countries: "
         "weighted by test size. The table below says whether each published number falls inside the interval.",
+        "world_map": "ICM's headline test claim accuracy per country, and ICM's minus golden's (blue: ICM higher); the run's countries are outlined. "
+        "Dark grey: countries of the GOQA file that data.countries 'all' left out (too few usable question groups; "
+        "table below); light grey: not in this run. Where GOQA has several samples of one country, the map shows "
+        "the national one with the most test claims; the ranking lists every one."
+        + (f" Not on the map (no shape at 1:110m): {', '.join(off_map)}." if off_map else ""),
+        "country_ranking": "Countries ranked by ICM's headline test claim accuracy, with golden labels beside it; "
+        "bars: 95% interval over demo orders, ICM seeds and test questions.",
     }
     if headline.height:
         charts["accuracy_by_method"] = render(accuracy_by_method_chart(headline, seeds=seeds), out_dir / "accuracy_by_method")
@@ -345,6 +463,12 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         charts["icm_diagnosis"] = render(icm_diagnosis_chart(diagnosis), out_dir / "icm_diagnosis")
     if comparison.height:
         charts["published_comparison"] = render(published_comparison_chart(comparison), out_dir / "published_comparison")
+    chosen_by_all = read(CHOSEN_BY_ALL_SQL, {"run_id": run_id})["chosen"].item()
+    on_map = (shapes["status"] == IN_RUN).sum()
+    if on_map and (chosen_by_all or on_map >= MAP_MIN_COUNTRIES):
+        charts["world_map"] = render(world_map_chart(ranking, left_out), out_dir / "world_map")
+    if ranking.height > 1:
+        charts["country_ranking"] = render(country_ranking_chart(ranking), out_dir / "country_ranking")
 
     figures = "".join(
         f'<figure id="{name}">{svg.read_text()}<figcaption>{html.escape(captions[name])} '
@@ -365,6 +489,15 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         diagnosed = ("<h2>ICM diagnosis: gold vs ICM's labels vs gold flipped</h2>" + _table_html(diagnosis)
                      + "<p>gold_ranked_first: question groups whose gold-True option gets the higher leave-one-out "
                      "score with every other claim's gold label as context, of the groups ICM labelled whole.</p>")
+    study = ""
+    if ranking.height > 1:
+        study = "<h2>Countries ranked by ICM</h2>" + _table_html(ranking.select(
+            "rank", "country", "n_test_claims", "icm_accuracy", "icm_ci_low", "icm_ci_high", "golden_accuracy",
+            "icm_minus_golden", "zero_shot_base_accuracy", "zero_shot_chat_accuracy",
+        ))
+    if left_out.height:
+        study += (f'<h2 id="left_out">Countries left out ({left_out.height})</h2><p>Countries of the GOQA file that '
+                  "data.countries 'all' did not select (view <code>countries_left_out</code>).</p>" + _table_html(left_out))
     config = json.dumps(json.loads(info["config_json"]), indent=2) if info.get("config_json") else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>persona-icm run {html.escape(run_id)}</title>
@@ -377,6 +510,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
 <h2>Headline results</h2>{_table_html(summary)}
 {diagnosed}
 {versus}
+{study}
 <h2>Run configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>
 """

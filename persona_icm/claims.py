@@ -73,6 +73,9 @@ class Dataset:
     splits: pl.DataFrame  # the `splits` table's columns
     questions: pl.DataFrame  # question_id, question (of the claims' questions)
     report: dict[str, Any] = field(default_factory=dict)
+    countries: tuple[str, ...] = ()  # the countries it holds, in the config's order (countries 'all': by name)
+    # countries 'all': the `dataset_countries` table's columns (every country of the file: chosen or why not)
+    selection: pl.DataFrame | None = None
 
     def country_split(self, country: str) -> CountrySplit:
         return country_split_from_frames(self.dataset_id, self.claims, self.splits, self.questions, country)
@@ -108,8 +111,12 @@ def dataset_fingerprint(params: dict[str, Any]) -> str:
     return "ds_" + hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
-def dataset_params(cfg: DataConfig, source_sha256: str) -> dict[str, Any]:
-    """Everything that shapes the claims and splits (file contents, never file paths)."""
+def dataset_params(cfg: DataConfig, source_sha256: str, chosen: list[str] | None = None) -> dict[str, Any]:
+    """Everything that shapes the claims and splits (file contents, never file paths); `chosen`: the
+    countries that data.countries 'all' selected (see select_countries)."""
+    if chosen is not None:
+        rule = {"countries_rule": {"all": True, "min_groups": cfg.min_groups_for_all()}}
+        return {**dataset_params(cfg.model_copy(update={"countries": chosen, "min_groups": None}), source_sha256), **rule}
     if cfg.protocol == "fork":
         from persona_icm.fork_subset import fork_subset
 
@@ -347,14 +354,75 @@ def _selection_text(cfg: DataConfig) -> str:
     return f"{chosen}{every}, dataset {cfg.dataset}{drop}"
 
 
+# ------------------------------------------------------------------------------ countries 'all'
+
+SELECTION_SCHEMA = {"country": pl.String, "n_groups": pl.Int32, "selected": pl.Boolean, "reason": pl.String}
+
+
+def select_countries(questions: pl.DataFrame, selections: pl.DataFrame, cfg: DataConfig) -> pl.DataFrame:
+    """data.countries 'all': every country of the file with its usable question groups under `cfg`'s
+    selection (source, dataset, question list, protocol), whether it qualifies (at least
+    cfg.min_groups_for_all() groups; protocol fork: one of the fork's 14 countries too), and why not.
+    Columns SELECTION_SCHEMA, one row per country of the file, by name."""
+    known = selections["country"].unique().sort().to_list()
+    if cfg.protocol == "fork":
+        from persona_icm.fork_chain import fork_claims
+        from persona_icm.fork_subset import fork_subset
+
+        eligible = [c for c in known if c in fork_subset().countries]
+        counts = fork_claims(questions, selections, cfg.model_copy(update={"countries": eligible}))[1] if eligible else {}
+    else:
+        eligible = known
+        counts = build_claims(questions, selections, cfg.model_copy(update={"countries": known}))[1]
+    groups = (counts or {}).get("groups_by_country", {})
+    need = cfg.min_groups_for_all()
+    rows = []
+    for country in known:
+        n = groups.get(country, 0)
+        if country not in eligible:
+            reason = "not one of the fork's 14 countries (protocol fork; data.protocol=balanced takes every country)"
+        elif n < need:
+            reason = f"{n} usable question group(s), fewer than min_groups {need}"
+        else:
+            reason = None
+        rows.append((country, n, reason is None, reason))
+    frame = pl.DataFrame(rows, schema=SELECTION_SCHEMA, orient="row")
+    if not frame["selected"].any():
+        most = frame.sort("n_groups", descending=True).row(0, named=True) if frame.height else None
+        best = f"; the most any has is {most['n_groups']} ({most['country']})" if most else ""
+        raise DataError(
+            f"data.countries 'all': no country of this GOQA file has {need} usable question groups "
+            f"({_selection_text(cfg)}){best}; lower data.min_groups"
+        )
+    return frame
+
+
+def left_out_line(selection: pl.DataFrame, shown: int = 12) -> str:
+    """One line for the log: how many countries qualified, and the countries left out with their reasons
+    (the first `shown`; all of them are in the warehouse's view countries_left_out)."""
+    out = selection.filter(~pl.col("selected")).sort("n_groups", "country", descending=[True, False])
+    parts = [f"{c} ({r})" for c, r in out.head(shown).select("country", "reason").iter_rows()]
+    more = f"; and {out.height - shown} more" if out.height > shown else ""
+    return (f"data.countries 'all': {selection['selected'].sum()} of {selection.height} countries qualify, "
+            f"{out.height} left out{': ' + '; '.join(parts) + more if parts else ''}")
+
+
 # ------------------------------------------------------------------------------ the whole chain
 
 
 def build_dataset(
     questions: pl.DataFrame, selections: pl.DataFrame, cfg: DataConfig, source_sha256: str
 ) -> Dataset:
-    """Claims and splits for `cfg` from one parsed GOQA file (goqa.read_goqa / goqa.load_goqa)."""
-    params = dataset_params(cfg, source_sha256)
+    """Claims and splits for `cfg` from one parsed GOQA file (goqa.read_goqa / goqa.load_goqa).
+    data.countries 'all' becomes the countries that qualify (select_countries), in name order."""
+    selection = None
+    if cfg.countries == "all":
+        selection = select_countries(questions, selections, cfg)
+        chosen = selection.filter(pl.col("selected"))["country"].to_list()
+        params = dataset_params(cfg, source_sha256, chosen)
+        cfg = cfg.model_copy(update={"countries": chosen})
+    else:
+        params = dataset_params(cfg, source_sha256)
     dataset_id = dataset_fingerprint(params)
     if cfg.protocol == "fork":
         from persona_icm.fork_chain import fork_claims, fork_splits
@@ -366,8 +434,12 @@ def build_dataset(
         splits = split_claims(claims, questions, cfg)
     sizes = splits.group_by("country", "split").len().sort("country", "split")
     report["split_claims"] = {f"{c}/{s}": n for c, s, n in sizes.iter_rows()}
+    if selection is not None:
+        report["countries_left_out"] = {c: r for c, r in selection.filter(~pl.col("selected")).select("country", "reason").iter_rows()}
+        selection = selection.select(pl.lit(dataset_id).alias("dataset_id"), pl.all())
     used = questions.filter(pl.col("question_id").is_in(claims["question_id"].unique().implode()))
-    return Dataset(dataset_id, params, claims, splits, used.select("question_id", "question"), report)
+    return Dataset(dataset_id, params, claims, splits, used.select("question_id", "question"), report,
+                   tuple(cfg.countries), selection)
 
 
 def write_dataset(wh: Warehouse, dataset: Dataset) -> None:
@@ -388,6 +460,8 @@ def write_dataset(wh: Warehouse, dataset: Dataset) -> None:
         wh.replace("claims", dataset.claims, dataset_id=dataset.dataset_id)
         wh.replace("splits", dataset.splits, dataset_id=dataset.dataset_id)
         wh.replace("datasets", row, dataset_id=dataset.dataset_id)
+        if dataset.selection is not None:
+            wh.replace("dataset_countries", dataset.selection, dataset_id=dataset.dataset_id)
 
 
 def dataset_from_file(cfg: DataConfig, data_dir: Path | None = None) -> tuple[GoqaTable, Dataset]:

@@ -128,12 +128,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     from persona_icm import cost
+    from persona_icm.claims import left_out_line
     from persona_icm.preflight import build_checked_config, check_data
 
     config = build_checked_config(args.preset, config_overrides(args))
-    splits = check_data(config)[2]
+    _, dataset, splits = check_data(config)
+    if dataset.selection is not None:
+        console.print(left_out_line(dataset.selection))
     encoder, counted_with = plan_encoder(config.base_model)
-    searches = [(country, icm) for country in config.data.countries for icm in config.icm.searches()]
+    searches = [(country, icm) for country in splits for icm in config.icm.searches()]
     costs = []
     with console.status("") as status:
         for i, (country, icm) in enumerate(searches, 1):

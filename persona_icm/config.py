@@ -15,6 +15,8 @@ from persona_icm import backends
 from persona_icm import methods as methods_registry
 
 DEFAULT_COUNTRIES = ["United States", "France", "Japan"]
+ALL_COUNTRIES = "all"  # data.countries: every country of the GOQA file with enough question groups
+MIN_TEST_CLAIMS = 20  # the default data.min_groups gives a qualifying country at least this many test claims
 FORK_DRAW_SEED = 42  # pandas random_state of the fork's False-option draw (transform_opinions.py)
 FORK_SPLIT_SEED = 733244742  # the seed the fork passes to load_data (src/experiments/ICM.py)
 
@@ -40,7 +42,17 @@ class DataConfig(_Section):
     goqa_path: Path | None = Field(
         None, description="Local GOQA CSV; None: $GOQA_PATH, else data/global_opinions.csv (downloaded once)."
     )
-    countries: list[str] = Field(default_factory=lambda: list(DEFAULT_COUNTRIES), min_length=1)
+    countries: list[str] | Literal["all"] = Field(
+        default_factory=lambda: list(DEFAULT_COUNTRIES),
+        description="Country names of the GOQA file, or 'all': every country of the file with at least min_groups "
+        "usable question groups (protocol fork: of its 14 countries). The dataset records the ones left out and why "
+        "(warehouse table dataset_countries).",
+    )
+    min_groups: int | None = Field(
+        None, ge=1,
+        description="countries 'all': the usable question groups a country needs. None: the fewest groups whose "
+        f"test split holds {MIN_TEST_CLAIMS} claims before test_cap (40 at train_fraction 0.75).",
+    )
     dataset: Literal["all", "binary"] = Field(
         "binary", description="binary: questions with exactly 2 options (counted after dropping, if on)."
     )
@@ -121,9 +133,34 @@ class DataConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _all_countries_fits(self) -> DataConfig:
+        if self.countries == ALL_COUNTRIES:
+            if self.require_all_countries:
+                raise ValueError("countries 'all' with require_all_countries would keep only the questions every "
+                                 "country of the file was asked; choose one of them")
+        elif self.min_groups is not None:
+            raise ValueError(f"min_groups ({self.min_groups}) applies to countries 'all' only; it has a list")
+        return self
+
+    def min_groups_for_all(self) -> int:
+        """What countries 'all' asks of a country: min_groups, else the fewest groups g of two claims whose test
+        split, int(2 g (1 - train_fraction)) claims before test_cap, holds MIN_TEST_CLAIMS (the fork's rule; the
+        balanced split is within about half a group of it)."""
+        if self.min_groups is not None:
+            return self.min_groups
+        groups = 1
+        while int(2 * groups * (1 - self.train_fraction)) < MIN_TEST_CLAIMS:
+            groups += 1
+        return groups
+
     @field_validator("countries", "question_sources")
     @classmethod
-    def _distinct(cls, values: list[str]) -> list[str]:
+    def _distinct(cls, values: list[str] | str) -> list[str] | str:
+        if isinstance(values, str):
+            return values
+        if not values:
+            raise ValueError("List should have at least 1 item after validation, not 0")
         if len(set(values)) != len(values):
             raise ValueError(f"listed twice: {sorted({v for v in values if values.count(v) > 1})}")
         return values
@@ -309,7 +346,7 @@ class EvalConfig(_Section):
         return values
 
 
-Preset = Literal["seed", "fork", "paper", "smoke", "control"]
+Preset = Literal["seed", "fork", "paper", "smoke", "control", "world", "world-smoke"]
 PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 
 
@@ -339,6 +376,16 @@ class RunConfig(_Section):
         return {**values, "icm": IcmConfig(**icm.model_dump(exclude_unset=True), iterations=ITERATIONS_ALL_DATASET)}
 
 
+# Every GOQA country with enough question groups (docs/method.md "All countries"): seed's search,
+# evaluation and caps on the balanced data rule (the fork's chain knows its 14 countries only), every
+# question of both GOQA sources, dataset `all` (WVS's questions are nearly all multi-option, so `binary`
+# would leave out the countries only WVS asked).
+WORLD_DATA: dict[str, Any] = {
+    "protocol": "balanced", "countries": ALL_COUNTRIES, "question_sources": ["GAS", "WVS"], "dataset": "all",
+}
+SMOKE_ICM = {"num_seed": 4, "iterations": 8, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 4}
+SMOKE_EVAL = {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 200}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     # The fork's search as it ran, to set beside its published table (docs/method.md "Departures"):
@@ -353,8 +400,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "data": {"countries": ["United States", "France"], "train_cap": 12, "test_cap": 8},
         "chat_model": {"name": "smollm2-135m-instruct"},
-        "icm": {"num_seed": 4, "iterations": 8, "initial_fix_rounds": 5, "loop_fix_rounds": 3, "checkpoint_every": 4},
-        "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 200},
+        "icm": SMOKE_ICM,
+        "eval": SMOKE_EVAL,
+    },
+    "world": {"data": WORLD_DATA},
+    # world's countries (the same min_groups rule), each at a fraction of smoke's work (a study has 40-140 of
+    # them): the plumbing of a study on a CPU, with the offline SmolLM2.
+    "world-smoke": {
+        "data": {**WORLD_DATA, "train_cap": 8, "test_cap": 4},
+        "chat_model": {"name": "smollm2-135m-instruct"},
+        "icm": {**SMOKE_ICM, "iterations": 4, "initial_fix_rounds": 3, "loop_fix_rounds": 2, "checkpoint_every": 2},
+        "eval": {"eval_repeats": 1, "demo_sizes": [], "bootstrap_samples": 100},
     },
     "control": {
         "data": {

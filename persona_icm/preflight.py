@@ -148,7 +148,7 @@ def check_data(config: RunConfig) -> tuple[goqa.GoqaTable, claims.Dataset, dict[
         table, dataset = _CHECKED[key]
     except (FileNotFoundError, goqa.GoqaFormatError, goqa.GoqaUnavailable, claims.DataError) as error:
         raise InputError(one_line(str(error))) from None
-    splits = {c: dataset.country_split(c) for c in data.countries}
+    splits = {c: dataset.country_split(c) for c in dataset.countries}
     for country, split in splits.items():
         if not split.train or not split.test:
             raise InputError(

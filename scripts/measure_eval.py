@@ -54,7 +54,7 @@ def country_splits(cfg):
     from persona_icm.claims import dataset_from_file
 
     _, dataset = dataset_from_file(cfg.data)
-    return {country: dataset.country_split(country) for country in cfg.data.countries}
+    return {country: dataset.country_split(country) for country in dataset.countries}
 
 
 def run_icm_labels(train, scorer, cfg) -> tuple[dict[str, int], float]:

@@ -31,5 +31,8 @@ def write_claims_and_splits(dataset: claims.Dataset, warehouse_path: Path) -> st
     """The claims and question-level splits of the run into the warehouse; the dataset_id."""
     with open_warehouse(warehouse_path) as wh:
         claims.write_dataset(wh, dataset)
-    get_run_logger().info("dataset %s: %s", dataset.dataset_id, dataset.report.get("split_claims"))
+    log = get_run_logger()
+    if dataset.selection is not None:
+        log.info("%s (table dataset_countries, view countries_left_out)", claims.left_out_line(dataset.selection))
+    log.info("dataset %s: %s", dataset.dataset_id, dataset.report.get("split_claims"))
     return dataset.dataset_id

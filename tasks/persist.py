@@ -51,7 +51,7 @@ def run_row(run_id: str, config: RunConfig, dataset_id: str, flow_run_id: str | 
         "config_json": config.model_dump_json(),
         "base_model": model_name(config.base_model),
         "chat_model": model_name(config.chat_model),
-        "countries": list(config.data.countries),
+        "countries": list(extra.pop("countries", config.data.countries)),
         "dataset_id": dataset_id,
         "code_version": code_version(),
         "started_at": extra.pop("started_at", datetime.now(UTC)),

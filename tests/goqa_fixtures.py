@@ -133,3 +133,20 @@ def make_fork_chain_rows(seed: int = 21) -> list[dict]:
         {"question": "", "options": ["Yes", "No"], "selections": {"France": [0.5, 0.5]}},
     ]
     return rows
+
+
+# GOQA's own spellings, a sample note and a country the 1:110m map has no shape for.
+WORLD_COUNTRIES = {"Britain": 44, "Brazil (Non-national sample)": 44, "Singapore": 44, "S. Korea": 30, "Kenya": 5}
+
+
+def make_world_rows(questions_per_country: dict[str, int] = WORLD_COUNTRIES, seed: int = 3) -> list[dict]:
+    """Pew-style questions (texts outside the fork's subset; binary and three-option in turn), question
+    i asked in every country given more than i questions, so countries differ in how many they have."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(max(questions_per_country.values())):
+        options = ["Yes", "No"] if i % 2 == 0 else ["More", "Less", "The same"]
+        asked = [c for c, n in questions_per_country.items() if n > i]
+        rows.append({"question": f"World question number {i}?", "options": options,
+                     "selections": {c: _shares(rng, len(options)) for c in asked}})
+    return rows

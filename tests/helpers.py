@@ -218,10 +218,11 @@ def serverless_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def start_cli_run(env: dict[str, str], warehouse: Path, goqa: Path, sets: dict, log: Path, **popen) -> subprocess.Popen:
-    """`python -m flows.cli --warehouse W run --preset smoke --goqa-path G --set k=json(v)...` in the
+def start_cli_run(env: dict[str, str], warehouse: Path, goqa: Path, sets: dict, log: Path, preset: str = "smoke",
+                  **popen) -> subprocess.Popen:
+    """`python -m flows.cli --warehouse W run --preset PRESET --goqa-path G --set k=json(v)...` in the
     folder above the warehouse's, stdout and stderr into `log`."""
-    command = [sys.executable, "-m", "flows.cli", "--warehouse", str(warehouse), "run", "--preset", "smoke",
+    command = [sys.executable, "-m", "flows.cli", "--warehouse", str(warehouse), "run", "--preset", preset,
                "--goqa-path", str(goqa)]
     for key, value in sets.items():
         command += ["--set", f"{key}={json.dumps(value)}"]

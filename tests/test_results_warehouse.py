@@ -98,6 +98,24 @@ def fork_warehouse(tmp_path_factory):
     wh.close()
 
 
+WORLD_COUNTRIES = {"France": 14, "Britain": 12, "Brazil (Non-national sample)": 10, "Singapore": 8}
+LEFT_OUT = {"Japan": "5 usable question group(s), fewer than min_groups 40", "Kenya": "3 usable question group(s), fewer than min_groups 40"}
+
+
+@pytest.fixture(scope="module")
+def world_warehouse(tmp_path_factory):
+    """A run of four countries of a `data.countries: all` dataset (d1) that left out Japan and Kenya;
+    Singapore has no shape on the 1:110m map."""
+    cfg = build_config("smoke", {"icm": {"iterations": 15}, "eval": {"eval_repeats": 3, "demo_sizes": [4]}})
+    wh = open_warehouse(tmp_path_factory.mktemp("wh") / "world.duckdb")
+    _write_run(wh, "r-world", WORLD_COUNTRIES, cfg)
+    rows = [(c, 40, True, None) for c in WORLD_COUNTRIES] + [(c, int(r.split()[0]), False, r) for c, r in LEFT_OUT.items()]
+    selection = pl.DataFrame(rows, schema=["country", "n_groups", "selected", "reason"], orient="row")
+    wh.replace("dataset_countries", selection.with_columns(dataset_id=pl.lit("d1")), dataset_id="d1")
+    yield wh
+    wh.close()
+
+
 def test_every_cell_has_its_interval_and_the_views_define_the_accuracies(warehouse):
     wh, predictions, demos = warehouse
     sql = wh.sql("SELECT * FROM results_by_country WHERE run_id = 'r1'")
@@ -206,7 +224,8 @@ def test_saved_queries_run_and_return_rows(warehouse, query):
 def test_report_has_four_valid_charts_and_references_them(warehouse, tmp_path):
     wh, *_ = warehouse
     files = write_report(wh.sql, "r1", tmp_path)
-    assert set(files.charts) == {"accuracy_by_method", "accuracy_vs_examples", "icm_trace", "icm_diagnosis"}
+    # two countries: a ranking; no world map (Atlantis and Lemuria are on no map)
+    assert set(files.charts) == {"accuracy_by_method", "accuracy_vs_examples", "icm_trace", "icm_diagnosis", "country_ranking"}
     page = files.html.read_text()
     for name, (png, svg) in files.charts.items():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -227,7 +246,7 @@ def test_report_has_four_valid_charts_and_references_them(warehouse, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("which,run_id", [("warehouse", "r1"), ("fork_warehouse", "r-fork")])  # r-fork: + the comparison
+@pytest.mark.parametrize("which,run_id", [("warehouse", "r1"), ("fork_warehouse", "r-fork"), ("world_warehouse", "r-world")])
 def test_report_renders_every_chart_in_headless_chromium(request, which, run_id, tmp_path):
     from tests import browser
 
@@ -254,6 +273,43 @@ def test_report_renders_every_chart_in_headless_chromium(request, which, run_id,
     for chart in drawn:
         assert chart["width"] > 200 and chart["height"] > 150 and chart["marks"] > 20, chart
     assert errors == []
+
+
+def test_country_ranking_sets_golden_beside_icm_and_ranks_by_icm(world_warehouse):
+    ranking = world_warehouse.sql("SELECT * FROM country_ranking WHERE run_id = 'r-world' ORDER BY rank, country")
+    headline = world_warehouse.sql("SELECT country, method, accuracy FROM headline WHERE run_id = 'r-world' AND country <> 'ALL'")
+    accuracy = {(c, m): a for c, m, a in headline.iter_rows()}
+    assert sorted(ranking["country"]) == sorted(WORLD_COUNTRIES)
+    for r in ranking.iter_rows(named=True):
+        assert r["icm_accuracy"] == accuracy[(r["country"], "icm")]
+        assert r["golden_accuracy"] == accuracy[(r["country"], "golden")]
+        assert r["icm_minus_golden"] == pytest.approx(r["icm_accuracy"] - r["golden_accuracy"])
+        assert r["zero_shot_base_accuracy"] == accuracy[(r["country"], "zero_shot_base")]
+    assert ranking["icm_accuracy"].to_list() == sorted(ranking["icm_accuracy"], reverse=True)
+    assert ranking["rank"][0] == 1
+
+
+def test_report_of_a_study_has_the_world_map_with_the_left_out_countries_and_the_ranking(world_warehouse, tmp_path):
+    files = write_report(world_warehouse.sql, "r-world", tmp_path)
+    assert {"world_map", "country_ranking"} <= set(files.charts)
+    png, svg = files.charts["world_map"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ET.parse(svg).getroot().tag.endswith("svg")
+    spec_text = png.with_suffix(".vl.json").read_text()
+    spec = json.loads(spec_text)
+    assert spec["data"]["values"]["type"] == "Topology" and spec["data"]["format"] == {"type": "topojson", "feature": "countries"}
+    assert '"url"' not in spec_text  # the map is embedded, never fetched
+    (lookup,) = {json.dumps(t["from"]["data"]["values"]) for p in spec["vconcat"] for layer in p["layer"]
+                 for t in layer["transform"] if "lookup" in t}
+    shapes = {r["country"]: (r["id"], r["status"]) for r in json.loads(lookup)}
+    assert shapes == {"France": ("250", "in this run"), "Britain": ("826", "in this run"),
+                      "Brazil (Non-national sample)": ("076", "in this run"),
+                      "Japan": ("392", "left out: too few question groups"), "Kenya": ("404", "left out: too few question groups")}
+    svg_text = svg.read_text()
+    assert "left out: too few question groups" in svg_text and "not in this run" in svg_text  # the legend
+    page = files.html.read_text()
+    assert "Not on the map (no shape at 1:110m): Singapore." in page
+    assert "Countries left out (2)" in page and LEFT_OUT["Japan"] in page
+    assert page.count("<tr>") >= len(WORLD_COUNTRIES) + len(LEFT_OUT)
 
 
 def test_published_numbers_have_both_datasets_and_their_aggregates(warehouse):

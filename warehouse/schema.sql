@@ -1,4 +1,4 @@
--- schema_version: 12
+-- schema_version: 13
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -88,6 +88,17 @@ SELECT s.dataset_id, s.country, s.split,
 FROM splits s JOIN claims c USING (dataset_id, claim_id)
 GROUP BY ALL
 ORDER BY ALL;
+
+-- A dataset of data.countries 'all' (claims.select_countries): every country of the GOQA file, its
+-- usable question groups under the dataset's question selection, and whether it qualified (else why not).
+CREATE TABLE IF NOT EXISTS dataset_countries (
+    dataset_id VARCHAR NOT NULL,
+    country    VARCHAR NOT NULL,
+    n_groups   INTEGER NOT NULL,      -- usable (question, country) groups before the split and the caps
+    selected   BOOLEAN NOT NULL,
+    reason     VARCHAR,               -- why it was left out (NULL when selected)
+    PRIMARY KEY (dataset_id, country)
+);
 
 -- ---------------------------------------------------------------- results (tasks/, flows/, charts.py)
 
@@ -505,6 +516,32 @@ SELECT c.run_id, c.dataset, p.country, p.method,
 FROM comparable c
 JOIN published_results p ON p.dataset = c.dataset AND (p.country <> 'ALL' OR c.same_countries)
 LEFT JOIN headline h ON h.run_id = c.run_id AND h.country = p.country AND h.method = p.method;
+
+-- ---------------------------------------------------------------- a study of many countries (charts.py)
+
+-- Per run and country, ICM's headline test claim accuracy beside golden's and the zero-shot baselines,
+-- ranked by ICM's accuracy (1 = highest; ties share a rank). What the world map and the ranking table read.
+CREATE OR REPLACE VIEW country_ranking AS
+WITH h AS (SELECT * FROM headline WHERE country <> 'ALL')
+SELECT i.run_id,
+       rank() OVER (PARTITION BY i.run_id ORDER BY i.accuracy DESC) AS rank,
+       i.country, i.n_test_claims,
+       i.accuracy AS icm_accuracy, i.ci_low AS icm_ci_low, i.ci_high AS icm_ci_high,
+       g.accuracy AS golden_accuracy, g.ci_low AS golden_ci_low, g.ci_high AS golden_ci_high,
+       i.accuracy - g.accuracy AS icm_minus_golden,
+       b.accuracy AS zero_shot_base_accuracy, c.accuracy AS zero_shot_chat_accuracy
+FROM h i
+LEFT JOIN h g ON g.run_id = i.run_id AND g.country = i.country AND g.method = 'golden'
+LEFT JOIN h b ON b.run_id = i.run_id AND b.country = i.country AND b.method = 'zero_shot_base'
+LEFT JOIN h c ON c.run_id = i.run_id AND c.country = i.country AND c.method = 'zero_shot_chat'
+WHERE i.method = 'icm';
+
+-- The countries of the run's GOQA file that data.countries 'all' left out, and why (empty for a run
+-- that listed its countries).
+CREATE OR REPLACE VIEW countries_left_out AS
+SELECT r.run_id, d.country, d.n_groups, d.reason
+FROM runs r JOIN dataset_countries d ON d.dataset_id = r.dataset_id
+WHERE NOT d.selected;
 
 -- ---------------------------------------------------------------- migrations
 
