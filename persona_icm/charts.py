@@ -96,6 +96,7 @@ CHOSEN_BY_ALL_SQL = """
 SELECT count(*) > 0 AS chosen FROM dataset_countries WHERE dataset_id = (SELECT dataset_id FROM runs WHERE run_id = $run_id)
 """
 MAP_MIN_COUNTRIES = 5  # a run of a few listed countries gets no world map; one of data.countries 'all' always
+MAX_COUNTRY_PANELS = 8  # past this many countries the per-method charts draw only the aggregate
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,14 @@ def _without_lone_aggregate(frame: pl.DataFrame) -> pl.DataFrame:
     if frame.filter(pl.col("country") != AGGREGATE)["country"].n_unique() > 1:
         return frame
     return frame.filter(pl.col("country") != AGGREGATE)
+
+
+def _aggregate_only_past(frame: pl.DataFrame, panels: int) -> pl.DataFrame:
+    """A study's countries are too many for a panel each: past `panels` countries, keep the aggregate
+    (the country ranking shows each country)."""
+    if frame.filter(pl.col("country") != AGGREGATE)["country"].n_unique() <= panels:
+        return frame
+    return frame.filter(pl.col("country") == AGGREGATE)
 
 
 def _labelled(frame: pl.DataFrame) -> pl.DataFrame:
@@ -418,9 +427,14 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         raise ValueError(f"run {run_id!r} is not in the warehouse (see `persona-icm runs`)")
     out_dir.mkdir(parents=True, exist_ok=True)
     info = run.row(0, named=True)
-    headline = _without_lone_aggregate(read(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE}))
-    seeds = read(SEEDS_SQL, {"run_id": run_id})
-    vs_examples = _without_lone_aggregate(read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE}))
+    summary_rows = _without_lone_aggregate(read(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE}))
+    headline = _aggregate_only_past(summary_rows, MAX_COUNTRY_PANELS)
+    seeds = _aggregate_only_past(read(SEEDS_SQL, {"run_id": run_id}), MAX_COUNTRY_PANELS)
+    vs_examples = _aggregate_only_past(
+        _without_lone_aggregate(read(VS_EXAMPLES_SQL, {"run_id": run_id, "aggregate": AGGREGATE})), MAX_COUNTRY_PANELS)
+    n_countries = summary_rows.filter(pl.col("country") != AGGREGATE)["country"].n_unique()
+    study_note = (f" With {n_countries} countries, only their aggregate is drawn here; the country ranking shows each."
+                  if n_countries > MAX_COUNTRY_PANELS else "")
     trace = read(TRACE_SQL, {"run_id": run_id})
     comparison = read(COMPARISON_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
     diagnosis = read(DIAGNOSIS_SQL, {"run_id": run_id})
@@ -432,10 +446,10 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
     captions = {
         "accuracy_by_method": "Test accuracy per method (headline: whole labelled pool as demos): claim accuracy, and "
         "group accuracy (the question's top option scores highest). Bars: 95% interval over demo orders, ICM seeds "
-        "and test questions; aggregate weighted by test size.",
+        "and test questions; aggregate weighted by test size." + study_note,
         "accuracy_vs_examples": "Mean claim and group accuracy over demo orders against the number of demonstrations; "
         "bars: 95% interval. "
-        "All countries: the sizes every country has, then the whole pools pooled, at their mean size.",
+        "All countries: the sizes every country has, then the whole pools pooled, at their mean size." + study_note,
         "icm_trace": "ICM search per iteration: objective U, mutual predictability P, inconsistencies I, "
         "and the accuracy of the current labels against gold (monitoring only). With icm.consistency=false "
         "(preset fork) U is alpha*P and I is only counted.",
@@ -475,7 +489,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         f'<a href="{png.name}">PNG</a> · <a href="{svg.name}">SVG</a></figcaption></figure>'
         for name, (png, svg) in charts.items()
     )
-    summary = headline.select(
+    summary = summary_rows.select(
         "country", "method", "n_demos", "n_test_claims", "accuracy", "ci_low", "ci_high",
         "group_accuracy", "group_ci_low", "group_ci_high",
     )

@@ -400,3 +400,25 @@ def test_several_icm_seeds_give_per_seed_rows_and_seed_covering_intervals(tmp_pa
     assert icm["ci_low"] <= min(per_seed["accuracy"]) or icm["ci_low"] <= icm["accuracy"] <= icm["ci_high"]
     with pytest.raises(ValueError, match="listed twice"):
         build_config("smoke", {"icm": {"seeds": [1, 1]}})
+
+
+def test_a_study_past_the_panel_limit_draws_only_the_aggregate_per_method_and_keeps_every_country_in_tables(
+        world_warehouse, tmp_path, monkeypatch):
+    import persona_icm.charts as charts
+    from persona_icm.charts import AGGREGATE
+
+    def countries_drawn(files, name):
+        spec = json.loads(files.charts[name][0].with_suffix(".vl.json").read_text())
+        return {row["country"] for rows in spec["datasets"].values() for row in rows if "country" in row}
+
+    every = set(WORLD_COUNTRIES) | {AGGREGATE}
+    files = write_report(world_warehouse.sql, "r-world", tmp_path / "panels")
+    assert countries_drawn(files, "accuracy_by_method") == every
+
+    monkeypatch.setattr(charts, "MAX_COUNTRY_PANELS", len(WORLD_COUNTRIES) - 1)
+    files = write_report(world_warehouse.sql, "r-world", tmp_path / "aggregate")
+    assert countries_drawn(files, "accuracy_by_method") == {AGGREGATE}
+    page = files.html.read_text()
+    assert f"With {len(WORLD_COUNTRIES)} countries, only their aggregate is drawn here" in page
+    headline_table = page.split("<h2>Headline results</h2>", 1)[1].split("<h2>", 1)[0]
+    assert all(country in headline_table for country in WORLD_COUNTRIES)
