@@ -300,7 +300,8 @@ def icm_diagnosis_chart(diagnosis: pl.DataFrame, title: str = "") -> alt.Chart:
             color=alt.Color("labelling:N", title="labelling", sort=list(DIAGNOSIS_LABELLINGS.values())),
             tooltip=["run", "labelling", alt.Tooltip("U:Q", format=".4f"), "verdict"],
         )
-        .properties(width=520, title=title or "ICM diagnosis: the energy of gold, ICM's labels and gold flipped")
+        .properties(width=520, height=max(160, 26 * long["run"].n_unique()),
+                    title=title or "ICM diagnosis: the energy of gold, ICM's labels and gold flipped")
     )
 
 
