@@ -26,11 +26,6 @@ def scorer_for(spec: ModelSpec) -> ClaimScorer:
     in-process model (a vLLM engine: minutes at 70B) logs one line on the task's flow run."""
     if is_loaded(spec) or not backends.in_process(spec.backend):
         return make_scorer(spec, api_key=api_key_from_secret(spec))
-    if spec.backend == "vllm":
-        # vllm.LLM() otherwise re-runs logging.config.dictConfig, which flushes Prefect's API log
-        # handler while it holds logging's lock; Prefect's log worker waits for that lock: deadlock
-        # (seen in the rehearsal: a batch's engine never started). The gpu jobs set it too (prefect.yaml).
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     start = time.perf_counter()
     scorer = make_scorer(spec)
     get_run_logger().info("%s: %s loaded in %.0f s (process %d)", ENGINE_START, model_name(spec), time.perf_counter() - start, os.getpid())

@@ -119,10 +119,19 @@ def head_dtype_in_engine(llm) -> str | None:
     return None if value is None else str(value).removeprefix("torch.")
 
 
+def prepare_vllm_environment() -> None:
+    """What vLLM reads when it is imported, unless the user set it: spawn (gpus.use_spawn), and no
+    logging setup of its own. vllm.LLM() otherwise re-runs logging.config.dictConfig, which flushes
+    the host's log handlers while it holds logging's lock; a handler whose worker thread waits for
+    that lock (Prefect's API log handler) deadlocks the engine start (seen in the rehearsal)."""
+    gpus.use_spawn()
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+
+
 @functools.cache
 def load_engine(model: str, args: VllmEngineArgs, dtype: str = "auto", head_dtype: str = "float32"):
     """The process's `vllm.LLM` for (model, args, dtype, head_dtype), built once; call it first on the main thread."""
-    gpus.use_spawn()
+    prepare_vllm_environment()
     import vllm
     from vllm.platforms import current_platform
 
@@ -165,7 +174,7 @@ class VllmScorer(CallLog):
         head_dtype: str = "float32",
     ):
         super().__init__()
-        gpus.use_spawn()
+        prepare_vllm_environment()
         from vllm import SamplingParams
 
         self.closed = False
