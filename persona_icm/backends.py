@@ -88,6 +88,10 @@ BUILTIN: tuple[Backend, ...] = (
         non_retryable=tuple(f"{_OPENAI}:{name}" for name in ("NoLogprobsError", "CandidateNotReturned", "ModelNotServed", "EndpointError")),
         unavailable=(f"{_OPENAI}:EndpointUnavailable",),
     ),
+    # Not a model: scores from each claim's gold label plus seeded noise (persona_icm/scoring/synthetic.py),
+    # for running a study's orchestration at full size with no model or GPU. Nothing to load, so preflight
+    # probes it as it would a server.
+    Backend("synthetic", factory="persona_icm.scoring.synthetic:scorer_from_spec", in_process=False),
 )
 
 _REGISTRY: dict[str, Backend] = {b.name: b for b in BUILTIN}

@@ -224,7 +224,7 @@ class PromptConfig(_Section):
 class ModelSpec(_Section):
     """Which model scores claims, and how (persona_icm/scoring)."""
 
-    backend: str = Field("hf", description="A registered scoring backend (persona_icm/backends.py): hf, vllm, openai.")
+    backend: str = Field("hf", description="A registered scoring backend (persona_icm/backends.py): hf, vllm, openai, synthetic (not a model: orchestration load tests).")
     name: str = Field(
         "smollm2-135m-instruct",
         description="Demo model name (smollm2-135m-instruct, gemma-3-270m, qwen2.5-coder-0.5b-instruct), "

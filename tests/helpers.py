@@ -10,6 +10,8 @@
 - `deployment_runs`, `flow_runs_named`, `icm_task_states`, `engine_starts`: what a Prefect server
   recorded (flow runs of a deployment or of a flow, the icm-search task runs of some flow runs,
   the model loads logged by tasks/scorers.py).
+- `free_port`, `local_script`, `kill_worker_of`: scripts/prefect_local.sh on a port and state folder of
+  a test's own, and a lost machine (a worker SIGKILLed with the flow run it started).
 - `serverless_env`, `start_cli_run`: `persona-icm run` in a new process with no Prefect server
   configured, as on a user's machine (it starts Prefect's temporary server).
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -227,3 +231,35 @@ def start_cli_run(env: dict[str, str], warehouse: Path, goqa: Path, sets: dict, 
     for key, value in sets.items():
         command += ["--set", f"{key}={json.dumps(value)}"]
     return subprocess.Popen(command, cwd=warehouse.parent.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, **popen)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_script(*args: str, env: dict[str, str], timeout: float = 600) -> str:
+    """`bash scripts/prefect_local.sh ARGS` in the checkout; its stdout (asserts it succeeded)."""
+    done = subprocess.run(["bash", "scripts/prefect_local.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"prefect_local.sh {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def kill_worker_of(run) -> None:
+    """SIGKILL the flow run's process and the worker that started it (its machine is lost)."""
+    import psutil
+
+    def runs_it(p: psutil.Process) -> bool:
+        try:
+            return p.environ().get("PREFECT__FLOW_RUN_ID") == str(run.id)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            return False
+
+    flow_process = next(p for p in psutil.process_iter() if runs_it(p) and runs_it(p.parent()) is False)
+    worker = flow_process.parent()
+    for p in [flow_process, *flow_process.children(recursive=True), worker]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass

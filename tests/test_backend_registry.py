@@ -73,9 +73,9 @@ def dummy_overrides(smoke_inputs) -> dict:
 
 
 def test_an_unknown_backend_is_one_error_listing_the_registered_ones():
-    with pytest.raises(ValidationError, match=r"unknown scoring backend 'dummy'; registered backends: hf, openai, vllm"):
+    with pytest.raises(ValidationError, match=r"unknown scoring backend 'dummy'; registered backends: hf, openai, synthetic, vllm"):
         ModelSpec(backend="dummy")
-    assert backends.names() == ["hf", "openai", "vllm"]
+    assert backends.names() == ["hf", "openai", "synthetic", "vllm"]
 
 
 def test_a_registered_backend_flows_through_config_scorer_preflight_and_retry(dummy, smoke_inputs):
@@ -86,7 +86,7 @@ def test_a_registered_backend_flows_through_config_scorer_preflight_and_retry(du
     from tasks.retry import retry_helps
 
     config = build_config("smoke", dummy_overrides(smoke_inputs))
-    assert config.base_model.backend == "dummy" and backends.names() == ["dummy", "hf", "openai", "vllm"]
+    assert config.base_model.backend == "dummy" and backends.names() == ["dummy", "hf", "openai", "synthetic", "vllm"]
 
     scorer = make_scorer(config.base_model, api_key=None)
     assert isinstance(scorer, DummyScorer) and make_scorer(config.base_model) is scorer and len(BUILT) == 1
@@ -155,4 +155,4 @@ def test_the_registry_and_config_load_no_model_library():
         "print([backends.in_process(s.backend) for s in specs], [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "[True, False, True] []"
+    assert out == "[True, False, False, True] []"

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +30,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers import free_port, kill_worker_of, local_script
 
 pytestmark = pytest.mark.integration
 
@@ -43,18 +43,6 @@ MODELS = 2  # base and chat
 METHODS = {"icm", "golden", "random_matched", "zero_shot_base", "zero_shot_chat", "option_prior_golden", "option_prior_icm"}
 LOST_AFTER = 90  # seconds without a heartbeat before the server marks a flow run Crashed
 BOUND = 45 * 60  # the whole rehearsal, generously, on a loaded 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def script(command: str, env: dict[str, str], timeout: float = 600) -> str:
-    done = subprocess.run(["bash", "scripts/prefect_local.sh", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"prefect_local.sh {command} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +66,8 @@ def stack(vllm_python, tmp_path_factory):
     }
     try:
         start = time.perf_counter()
-        script("up-rehearsal", env)
-        script("deploy", env)
+        local_script("up-rehearsal", env=env)
+        local_script("deploy", env=env)
         print(f"\nserver, automation, 3 workers, deploy: {time.perf_counter() - start:.0f} s")
         yield {"env": env, "work": work, "api": f"http://127.0.0.1:{port}/api"}
     finally:
@@ -134,25 +122,6 @@ def online_gpu_workers(client) -> int:
 def batch_of(client, run):
     """The batch flow run that runs the subflow `run`."""
     return client.read_flow_run(client.read_task_run(run.parent_task_run_id).flow_run_id)
-
-
-def kill_worker_of(run) -> None:
-    """SIGKILL the flow run's process and the gpu worker that started it (its machine is lost)."""
-    import psutil
-
-    def runs_it(p: psutil.Process) -> bool:
-        try:
-            return p.environ().get("PREFECT__FLOW_RUN_ID") == str(run.id)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            return False
-
-    flow_process = next(p for p in psutil.process_iter() if runs_it(p) and runs_it(p.parent()) is False)
-    worker = flow_process.parent()
-    for p in [flow_process, *flow_process.children(recursive=True), worker]:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
 
 
 def hf_check(warehouse: str, run_id: str) -> tuple[float, int]:

@@ -92,3 +92,27 @@ def make_claims(n_groups: int, country: str = "Testland", seed: int = 0) -> list
                 Claim(f"g{g:03d}-o{k}", f"g{g:03d}", country, f"Synthetic question {g}?", f"Option {k} of {g}", gold)
             )
     return claims
+
+
+class GoldSyntheticScorer(SyntheticScorer):
+    """The synthetic scorer as backend `synthetic` (persona_icm/backends.py): each claim's hidden
+    truth is its gold label, learnt from the requests; the seed is the spec's name. Not a model:
+    it runs a study's orchestration (fan-out, caching, warehouse) at full size with no model or GPU
+    (tests/test_load.py)."""
+
+    def __init__(self, name: str):
+        super().__init__(truth={}, seed=int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little"))
+
+    def score(self, requests: list[ScoreRequest]) -> list[float]:
+        for request in requests:
+            for claim in (request.query, *(c for c, _ in request.context)):
+                self.truth.setdefault(claim.claim_id, claim.gold)
+        return super().score(requests)
+
+    def probe(self, request: ScoreRequest) -> float:
+        """Preflight's one check of a backend outside this process: nothing can be wrong here."""
+        return self.score([request])[0]
+
+
+def scorer_from_spec(spec, api_key: str | None = None) -> GoldSyntheticScorer:
+    return GoldSyntheticScorer(spec.name)
