@@ -166,19 +166,29 @@ def hold(path: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
+def all_pages(read, page: int = 200, **filters) -> list:
+    """Every row of a Prefect client read (`read_flow_runs`, `read_task_runs`): the server returns 200 at most per call."""
+    rows: list = []
+    while True:
+        got = read(**filters, limit=page, offset=len(rows))
+        rows += got
+        if len(got) < page:
+            return rows
+
+
 def deployment_runs(client, deployment: str) -> list:
     """The flow runs of `deployment` ("flow/deployment") on the client's server."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     dep = client.read_deployment_by_name(deployment)
-    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+    return all_pages(client.read_flow_runs, deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
 
 
 def flow_runs_named(client, flow: str) -> list:
     """The flow runs of flow `flow` on the client's server (subflows included)."""
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
+    return all_pages(client.read_flow_runs, flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
 
 
 def engine_starts(client, flow_run_ids: list) -> list[str]:

@@ -100,3 +100,44 @@ def test_a_crashed_child_is_retried_once_then_fails_naming_its_country(harness):
         state.result()
     assert len(crashed) == 2  # the first child and the retry's
     print(f"crashed child: retried once, failed after {waited:.1f} s")
+
+
+@pytest.mark.parametrize(("message", "children"), [
+    ("Flow run encountered an exception: ConnectError: All connection attempts failed", 2),  # lost the server: retried
+    ("Flow run encountered an exception: ValueError: bad claim", 1),  # its own failure: not retried
+])
+def test_a_child_that_lost_the_server_is_retried_once_and_one_that_failed_is_not(harness, message, children):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Failed
+
+    from tasks.fanout import ChildCrashed, ChildFailed, run_remotely
+
+    deployment = idle_deployment(f"restarted-server-{children}")
+    failed: set = set()
+    stop = threading.Event()
+
+    def fail_each_child():  # as a batch does when a client it opens during a server restart cannot connect
+        while not stop.is_set():
+            with get_client(sync_client=True) as client:
+                for run in children_of(deployment):
+                    if run.id not in failed:
+                        client.set_flow_run_state(run.id, Failed(message=message), force=True)
+                        failed.add(run.id)
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=fail_each_child, daemon=True)
+    thread.start()
+
+    @flow
+    def parent() -> object:
+        return run_remotely(deployment, {}, "Atlantis", 600)
+
+    try:
+        state = parent(return_state=True)
+    finally:
+        stop.set()
+        thread.join()
+    assert state.is_failed()
+    with pytest.raises(ChildCrashed if children == 2 else ChildFailed, match=r"Atlantis: flow run .* ended Failed"):
+        state.result()
+    assert len(failed) == children

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import pytest
 from tests.goqa_fixtures import make_world_rows, write_goqa
 from tests.helpers import (
     ROOT,
+    all_pages,
     deployment_runs,
     flow_runs_named,
     free_port,
@@ -75,6 +77,7 @@ peak = {}
 countries_remotely = flows.experiment.countries_remotely
 
 def measured(*args, **kwargs):  # the parent's peak RSS while it waits for the batches and holds their results
+    peak["before_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         return countries_remotely(*args, **kwargs)
     finally:
@@ -157,6 +160,9 @@ def stack(tmp_path_factory):
         yield {"env": env, "work": work, "api": f"http://127.0.0.1:{port}/api", "state": work / "prefect"}
     finally:
         subprocess.run(["bash", "scripts/prefect_local.sh", "stop"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+        cluster = work / "prefect" / "postgres.dir"  # as root the PostgreSQL cluster lives outside the state folder
+        if cluster.exists():
+            shutil.rmtree(cluster.read_text().strip(), ignore_errors=True)
 
 
 def study_overrides(work: Path) -> dict:
@@ -209,15 +215,8 @@ def task_runs_of(client, flow_run_ids: list, name: str | None = None) -> list:
         TaskRunFilterName,
     )
 
-    out, offset = [], 0
     named = TaskRunFilter(name=TaskRunFilterName(like_=name)) if name else None
-    while True:
-        page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), task_run_filter=named,
-                                     limit=200, offset=offset)
-        out += page
-        if len(page) < 200:
-            return out
-        offset += 200
+    return all_pages(client.read_task_runs, flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), task_run_filter=named)
 
 
 def overhead_per_country(client, countries: list) -> list[float]:
@@ -304,8 +303,8 @@ def test_a_study_of_104_countries_over_4_gpu_workers_survives_a_lost_worker_and_
     print(f"  orchestration overhead per country (flow run start to first task): median {percentile(overhead, 0.5):.2f} s, "
           f"p90 {percentile(overhead, 0.9):.2f} s, max {max(overhead):.2f} s; batch scheduled to running: {batch_latency}")
     print(f"  parent: {len(first['calls'])} requests in {first['seconds']:.0f} s ({len(first['calls']) / first['seconds']:.2f}/s), "
-          f"of them {len(polls)} child polls ({len(polls) / first['seconds']:.2f}/s); peak RSS in the countries phase "
-          f"{second.get('countries_kib', 0) / 1024:.0f} MiB (rerun, all {len(COUNTRIES)} results held), to the end {second['end_kib'] / 1024:.0f} MiB "
+          f"of them {len(polls)} child polls ({len(polls) / first['seconds']:.2f}/s); peak RSS {second.get('before_kib', 0) / 1024:.0f} MiB before "
+          f"the countries, {second.get('countries_kib', 0) / 1024:.0f} MiB after them (rerun, all {len(COUNTRIES)} results held), to the end {second['end_kib'] / 1024:.0f} MiB "
           f"(sampled {sampler.parent_rss / 2**20:.0f} MiB)")
     print(f"  server: {sum(sampler.cpu.values()):.0f} CPU s over both runs, peak RSS {sampler.server_rss / 2**20:.0f} MiB; "
           f"database errors in its log: {len(db_errors)} {db_errors[:3]}")
