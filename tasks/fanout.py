@@ -2,9 +2,10 @@
 
 A child that crashed (its worker or machine was lost: the server marks a flow run Crashed when
 its heartbeats stop, see flows/automations.py), or that failed because it lost the Prefect server
-(a restart: a client it opened while the server was down could not connect), is retried once by the task; the retry resumes
-the ICM search from its checkpoint in the shared storage (a batch's finished searches come from the
-task cache). A child that failed is not retried here (its own tasks had their retries). A child
+(a restart: a client it opened while the server was down could not connect), is retried once by
+the task; the retry resumes the ICM search from its checkpoint in the shared storage (a batch's
+finished searches come from the task cache). A child that failed otherwise is not retried here
+(its own tasks had their retries). A child
 that has not finished within the bound is cancelled and its countries fail. Either way the error
 names what the child was doing.
 """
