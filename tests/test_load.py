@@ -1,13 +1,15 @@
 """The load test: a study of 104 countries fanned out over 4 gpu-pool workers on a real local
-Prefect server (scripts/prefect_local.sh up-workers), with the synthetic backend (no model) and a
-tiny search, so what is measured is the orchestration.
+Prefect server (scripts/prefect_local.sh up-workers) on PostgreSQL (PERSONA_ICM_LOAD_DB=sqlite: on
+SQLite), with the synthetic backend (no model) and a tiny search, so what is measured is the
+orchestration.
 
 The parent (flows/experiment.py) runs in a process of its own that counts its HTTP requests to
 the server. During the run one gpu worker is SIGKILLed with the batch it runs (a lost machine)
-and the server is restarted once. The run either completes or fails with a line naming the batch
-it lost; a rerun then completes with every search from the task cache. Checked: every country
-reaches results_by_country exactly once per method; only the lost batch's countries have a second
-`persona-icm-country` flow run; the rerun runs each country once and no search. Printed (and in
+and the server is restarted once. The run either completes or fails with a line naming the batches
+it lost; a rerun then completes with the search of every country the first run finished from the
+task cache. Checked: every country reaches results_by_country exactly once per method; only the
+countries of a retried batch (the lost one, or one that lost the server) have a second
+`persona-icm-country` flow run; the rerun runs each country once. Printed (and in
 the README's limits): wall time, orchestration overhead per country (country flow run start to
 its first task run start), the server's CPU and RSS, its database errors, the parent's request
 rate and peak RSS.
