@@ -5,6 +5,8 @@
     persona-icm sql warehouse/queries/latest_run_summary.sql
     persona-icm report RUN_ID
     persona-icm plan --preset seed         # the searches' model work and GPU-hours, no model loaded
+    persona-icm plan --preset world --set 'base_models=[{"name": "meta-llama/Llama-3.1-8B"}, {"name": "meta-llama/Llama-3.1-70B"}]'
+                                           # a study: the same per base model
 
 The installed `persona-icm` command (flows/cli.py) adds `run`, which executes the Prefect flow;
 this module stays free of Prefect.
@@ -97,12 +99,34 @@ def diagnosis_lines(wh, run_id: str) -> list[str]:
     return lines
 
 
+def study_runs(wh, study_or_run_id: str) -> list[dict[str, Any]]:
+    """The runs of a study (or the one run of that run_id), smallest model first."""
+    return wh.sql(
+        "SELECT run_id, base_model, base_model_parameters FROM runs WHERE coalesce(study_id, run_id) = ? OR run_id = ? "
+        "ORDER BY base_model_parameters NULLS LAST, base_model", [study_or_run_id, study_or_run_id],
+    ).to_dicts()
+
+
+def model_run_line(wh, run: dict[str, Any]) -> str:
+    """'run R completed: base model M (P parameters): icm 0.712 [0.65, 0.77], golden ...' (countries pooled)."""
+    rows = wh.sql("SELECT method, accuracy, ci_low, ci_high FROM headline WHERE run_id = ? AND country = 'ALL' ORDER BY method",
+                  [run["run_id"]])
+    if rows.height == 0:  # one country: its own row is the headline
+        rows = wh.sql("SELECT method, accuracy, ci_low, ci_high FROM headline WHERE run_id = ? ORDER BY method", [run["run_id"]])
+    size = "" if run["base_model_parameters"] is None else f" ({run['base_model_parameters'] / 1e9:.3g}B parameters)"
+    accuracies = ", ".join(
+        f"{r['method']} {r['accuracy']:.3f}" + ("" if r["ci_low"] is None else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+        for r in rows.iter_rows(named=True)
+    )
+    return f"run {run['run_id']} completed: base model {run['base_model']}{size}: {accuracies}"
+
+
 def cmd_runs(args: argparse.Namespace) -> None:
     with open_warehouse(args.warehouse, read_only=True) as wh:
         print_frame(
             runs_with_live_status(
                 wh,
-                "SELECT run_id, status, preset, base_model, chat_model, countries, started_at, finished_at,"
+                "SELECT run_id, study_id, status, preset, base_model, chat_model, countries, started_at, finished_at,"
                 " code_version, host, pid, pid_started FROM runs ORDER BY started_at DESC",
             ).drop("pid_started"),
             "runs",
@@ -135,14 +159,23 @@ def cmd_plan(args: argparse.Namespace) -> None:
     _, dataset, splits = check_data(config)
     if dataset.selection is not None:
         console.print(left_out_line(dataset.selection))
-    encoder, counted_with = plan_encoder(config.base_model)
     searches = [(country, icm) for country in splits for icm in config.icm.searches()]
-    costs = []
+    by_tokenizer: dict[str, list] = {}  # the searches' work depends on the model's tokenizer only
+    models = []
     with console.status("") as status:
-        for i, (country, icm) in enumerate(searches, 1):
-            status.update(f"simulating search {i} of {len(searches)}: {country}, seed {icm.seed}")
-            costs.append(cost.search_cost(splits[country].train, icm, encoder))
-    print_plan(config, costs, counted_with)
+        for spec in config.base_models:
+            encoder, counted_with = plan_encoder(spec)
+            if counted_with not in by_tokenizer:
+                costs = []
+                for i, (country, icm) in enumerate(searches, 1):
+                    status.update(f"simulating search {i} of {len(searches)}: {country}, seed {icm.seed} ({counted_with})")
+                    costs.append(cost.search_cost(splits[country].train, icm, encoder))
+                by_tokenizer[counted_with] = costs
+            models.append((spec, counted_with, by_tokenizer[counted_with]))
+    if len(models) == 1:
+        print_plan(config, models[0][2], models[0][1])
+    else:
+        print_study_plan(config, models)
 
 
 def plan_encoder(spec):
@@ -192,6 +225,41 @@ def print_plan(config, costs, counted_with: str) -> None:
         f"tokens counted with {counted_with}; K={config.icm.iterations} iterations, {len(costs)} searches. "
         f"GPU-hours: 2 x parameters FLOPs per prefilled token at {cost.PREFILL_MFU:.0%} of an H100's "
         f"{cost.H100_BF16_FLOPS / 1e12:.0f} TFLOP/s (bf16 dense); a real model's trajectory differs (persona_icm/cost.py)."
+    )
+
+
+def print_study_plan(config, models) -> None:
+    """A study's size per base model: its searches' model work (as print_plan's total) and the H100-hours of
+    that model's parameter count (persona_icm/model_sizes.py) at each KV-cache capacity."""
+    from persona_icm import cost
+    from persona_icm.model_sizes import parameter_count
+
+    rows, notes = [], []
+    for spec, counted_with, costs in models:
+        parameters, source = parameter_count(spec.name)
+        row = {
+            "base model": f"{spec.backend}:{spec.name}",
+            "parameters": "unknown" if parameters is None else f"{parameters / 1e9:.3g}B ({source})",
+            "searches": len(costs),
+            "claims": sum(c.claims for c in costs),
+            "prompts": sum(c.prompts for c in costs),
+            "prompt tokens": sum(c.prompt_tokens for c in costs),
+        }
+        for capacity in cost.CAPACITIES:
+            label = "unbounded" if capacity is None else f"{capacity // 1024}k"
+            prefilled = sum(c.prefilled[capacity] for c in costs)
+            row[f"prefilled @{label}"] = prefilled
+            row[f"H100-hours @{label}"] = "" if parameters is None else f"{cost.gpu_hours(prefilled, parameters):.2f}"
+        rows.append(row)
+        notes.append(f"{spec.name}: tokens counted with {counted_with}" + ("" if parameters is not None else f"; no parameter count: {source}"))
+    print_frame(pl.DataFrame(rows), f"study of preset {config.preset}: ICM searches per base model "
+                                    "(synthetic scores, simulated vLLM prefix cache)")
+    for note in notes:
+        console.print(note, highlight=False)
+    console.print(
+        f"K={config.icm.iterations} iterations, {len(models[0][2])} searches per model. GPU-hours: 2 x parameters FLOPs per "
+        f"prefilled token at {cost.PREFILL_MFU:.0%} of an H100's {cost.H100_BF16_FLOPS / 1e12:.0f} TFLOP/s (bf16 dense); "
+        "the evaluations and engine starts come on top; a real model's trajectory differs (persona_icm/cost.py)."
     )
 
 
