@@ -6,7 +6,6 @@ Each section belongs to one module: `DataConfig` to goqa/claims, `ModelSpec` to 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -404,22 +403,6 @@ class RunConfig(_Section):
                     f"({first.backend}:{first.name}); set base_models alone (base_model is then its first)"
                 )
         return {**values, "base_model": several[0]}
-
-    @field_validator("base_models")
-    @classmethod
-    def _distinct_models(cls, models: list[ModelSpec]) -> list[ModelSpec]:
-        from persona_icm.scorer_identity import score_settings
-
-        seen: dict[str, int] = {}
-        for i, spec in enumerate(models):
-            key = json.dumps(score_settings(spec), sort_keys=True)
-            if key in seen:
-                raise ValueError(
-                    f"base_models[{i}] ({spec.backend}:{spec.name}) scores as base_models[{seen[key]}] does (the same "
-                    "model and score settings); list each model once"
-                )
-            seen[key] = i
-        return models
 
     def model_configs(self) -> list[RunConfig]:
         """One config per base model, each as a one-model run of that model would have it (same run_id)."""
