@@ -36,7 +36,13 @@ from pydantic import PositiveInt
 from flows.chat import chat_flow
 from flows.country import CountryResult, country_flow
 from persona_icm import backends
-from persona_icm.batches import SplitSize, plan_batches
+from persona_icm.batches import (
+    SplitSize,
+    engine_start_bound,
+    engine_starts,
+    plan_batches,
+    study_plans,
+)
 from persona_icm.claims import CountrySplit
 from persona_icm.config import Preset, RunConfig
 from persona_icm.preflight import build_checked_config
@@ -188,6 +194,12 @@ def persona_icm(
 
     try:
         workers = (gpu_workers if gpu_workers is not None else online_gpu_workers()) if fan_out else None
+        if fan_out:
+            sizes = [SplitSize(s.country, len(s.train), len(s.test)) for s in splits]
+            seeds = [icm.seed for icm in config.icm.searches()]
+            starts = engine_starts(study_plans(sizes, seeds, workers, len(runs)))
+            log.info("%d base model(s) on %d gpu worker(s), model after model: %d base-model engine start(s), bound %d",
+                     len(runs), workers, starts, engine_start_bound(len(splits), len(seeds), workers, len(runs)))
         for r in runs:
             r.results = countries_of_model(r.config, splits, r.run_id, fan_out, timeout, workers)
         timings["countries"] = time.perf_counter() - clock - timings["data"]

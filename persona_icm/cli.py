@@ -160,18 +160,19 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if dataset.selection is not None:
         console.print(left_out_line(dataset.selection))
     searches = [(country, icm) for country in splits for icm in config.icm.searches()]
-    by_tokenizer: dict[str, list] = {}  # the searches' work depends on the model's tokenizer only
+    by_tokenizer: dict[tuple[str, str], list] = {}  # the searches' work depends on the model's tokens only
     models = []
     with console.status("") as status:
         for spec in config.base_models:
             encoder, counted_with = plan_encoder(spec)
-            if counted_with not in by_tokenizer:
+            tokens_of = (encoder.tokenizer.name_or_path, spec.prompts.style)  # two models sharing a tokenizer: simulated once
+            if tokens_of not in by_tokenizer:
                 costs = []
                 for i, (country, icm) in enumerate(searches, 1):
                     status.update(f"simulating search {i} of {len(searches)}: {country}, seed {icm.seed} ({counted_with})")
                     costs.append(cost.search_cost(splits[country].train, icm, encoder))
-                by_tokenizer[counted_with] = costs
-            models.append((spec, counted_with, by_tokenizer[counted_with]))
+                by_tokenizer[tokens_of] = costs
+            models.append((spec, counted_with, by_tokenizer[tokens_of]))
     if len(models) == 1:
         print_plan(config, models[0][2], models[0][1])
     else:
