@@ -132,11 +132,13 @@ class ModelRun:
     results: list[CountryResult] | None = None
 
 
-def chat_for_run(chat: dict[str, list[MethodResult]], run_id: str) -> dict[str, list[MethodResult]]:
-    """The chat baseline's results with the rows keyed by `run_id` (the baseline is model-independent: it is
-    computed once per study and stored in each model's run)."""
+def chat_for_run(chat: dict[str, list[MethodResult]], run_id: str, computed_here: bool) -> dict[str, list[MethodResult]]:
+    """The chat baseline's results with the rows keyed by `run_id`: the baseline is model-independent, so a study
+    computes it once and stores its predictions and demos in each model's run, and its model calls (the work done)
+    only in the run it was computed under (`computed_here`)."""
     def keyed(e: MethodResult) -> MethodResult:
-        return e.model_copy(update={name: getattr(e, name).with_columns(run_id=pl.lit(run_id)) for name in ("predictions", "demos")})
+        frames = {name: getattr(e, name).with_columns(run_id=pl.lit(run_id)) for name in ("predictions", "demos")}
+        return e.model_copy(update={**frames, **({} if computed_here else {"calls": e.calls.clear()})})
 
     return {country: [keyed(e) for e in results] for country, results in chat.items()}
 
@@ -206,7 +208,7 @@ def persona_icm(
         chat = chat_baseline(runs[-1].config, splits, runs[-1].run_id, fan_out, timeout) if chat_methods(config.eval.methods) else {}
         timings["chat"] = time.perf_counter() - clock - timings["data"] - timings["countries"]
         for r in runs:
-            chat_rows = chat_for_run(chat, r.run_id)
+            chat_rows = chat_for_run(chat, r.run_id, computed_here=r is runs[-1])
             for result in r.results:
                 evaluations = result.evaluations + chat_rows.get(result.country, [])
                 persist_country(
