@@ -523,8 +523,8 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         for name, (png, svg) in charts.items()
     )
     summary = summary_rows.select(
-        "country", "method", "n_demos", "n_test_claims", "accuracy", "ci_low", "ci_high",
-        "group_accuracy", "group_ci_low", "group_ci_high",
+        pl.lit(info.get("base_model")).alias("base_model"), "country", "method", "n_demos", "n_test_claims", "accuracy",
+        "ci_low", "ci_high", "group_accuracy", "group_ci_low", "group_ci_high",
     )
     versus = ""
     if comparison.height:

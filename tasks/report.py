@@ -36,6 +36,7 @@ def report(warehouse_path: Path, run_id: str) -> Path:
     with open_warehouse(warehouse_path) as wh:
         files = write_report(wh.sql, run_id, out_dir)
         headline = wh.sql(HEADLINE_SQL, {"run_id": run_id, "aggregate": AGGREGATE})
+        base_model = wh.scalar("SELECT base_model FROM runs WHERE run_id = ?", [run_id])
     countries = [c for c in headline["country"].unique(maintain_order=True).to_list() if c != AGGREGATE] + [AGGREGATE]
     table = []
     for method in headline["method"].unique(maintain_order=True).to_list():
@@ -48,7 +49,7 @@ def report(warehouse_path: Path, run_id: str) -> Path:
                 row[country] = f"{r['accuracy']:.3f}{ci}"
         table.append(row)
     key = artifact_key("results", run_id)
-    create_table_artifact(table, key=key, description=f"Test claim accuracy (95% CI), run {run_id}, headline setting")
+    create_table_artifact(table, key=key, description=f"Test claim accuracy (95% CI), run {run_id}, base model {base_model}, headline setting")
     links = "\n".join(f"- {name}: [{png.name}]({png.resolve().as_uri()}), [{svg.name}]({svg.resolve().as_uri()})" for name, (png, svg) in files.charts.items())
     create_markdown_artifact(
         f"# persona-icm run `{run_id}`\n\nReport: [{files.html.resolve()}]({files.html.resolve().as_uri()})\n\n"
