@@ -195,8 +195,9 @@ def persona_icm(
         record_run(warehouse, r.row)
 
     try:
-        workers = (gpu_workers if gpu_workers is not None else online_gpu_workers()) if fan_out else None
+        workers = None
         if fan_out:
+            workers = gpu_workers if gpu_workers is not None else online_gpu_workers()
             sizes = [SplitSize(s.country, len(s.train), len(s.test)) for s in splits]
             seeds = [icm.seed for icm in config.icm.searches()]
             starts = engine_starts(study_plans(sizes, seeds, workers, len(runs)))

@@ -583,7 +583,7 @@ def write_study_report(read: Read, study_id: str, out_dir: Path) -> ReportFiles:
     the model table, and a link to each model's run report (../<run_id>/report.html)."""
     runs = read(STUDY_RUNS_SQL, {"study_id": study_id})
     if runs.height == 0:
-        raise ValueError(f"study {study_id!r} is not in the warehouse (see `persona-icm runs`)")
+        raise ValueError(f"no run or study {study_id!r} in the warehouse (see `persona-icm runs`)")
     out_dir.mkdir(parents=True, exist_ok=True)
     comparison = read(MODEL_COMPARISON_SQL, {"study_id": study_id})
     charts: dict[str, tuple[Path, Path]] = {}

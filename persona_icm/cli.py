@@ -3,7 +3,7 @@
     persona-icm runs
     persona-icm sql "select * from results_by_country order by all"
     persona-icm sql warehouse/queries/latest_run_summary.sql
-    persona-icm report RUN_ID
+    persona-icm report RUN_ID              # or a STUDY_ID: the study's report
     persona-icm plan --preset seed         # the searches' model work and GPU-hours, no model loaded
     persona-icm plan --preset world --set 'base_models=[{"name": "meta-llama/Llama-3.1-8B"}, {"name": "meta-llama/Llama-3.1-70B"}]'
                                            # a study: the same per base model
@@ -26,7 +26,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from persona_icm.charts import write_report
+from persona_icm.charts import write_report, write_study_report
 from persona_icm.config import PRESET_NAMES
 from persona_icm.gpus import use_spawn
 from persona_icm.run_status import RunInProgress, runs_with_live_status
@@ -146,7 +146,8 @@ def cmd_sql(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.warehouse).resolve().parent / "reports" / args.run_id
     with open_warehouse(args.warehouse, read_only=True) as wh:
-        files = write_report(wh.sql, args.run_id, out)
+        is_run = wh.scalar("SELECT count(*) FROM runs WHERE run_id = ?", [args.run_id])
+        files = (write_report if is_run else write_study_report)(wh.sql, args.run_id, out)
     console.print(f"report: {files.html}")
 
 
@@ -275,8 +276,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sql.add_argument("query")
     sql.set_defaults(func=cmd_sql)
 
-    rep = sub.add_parser("report", help="rebuild the HTML report and charts of a run")
-    rep.add_argument("run_id")
+    rep = sub.add_parser("report", help="rebuild the HTML report and charts of a run (or of a study: its study_id)")
+    rep.add_argument("run_id", help="a run_id, or a study_id (the study's report: accuracy against model size)")
     rep.add_argument("--out", help="output folder (default warehouse/reports/RUN_ID)")
     rep.set_defaults(func=cmd_report)
 

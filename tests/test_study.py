@@ -130,7 +130,7 @@ def test_the_study_report_draws_accuracy_against_model_size_per_method(study_war
     page = files.html.read_text()
     assert 'href="../r-small/report.html"' in page and 'href="../r-big/report.html"' in page
     assert "hf:gemma-3-270m" in page and "r-alone" not in page
-    with pytest.raises(ValueError, match="study 'nope' is not in the warehouse"):
+    with pytest.raises(ValueError, match="no run or study 'nope' in the warehouse"):
         write_study_report(study_warehouse.sql, "nope", tmp_path / "nope")
 
 
