@@ -149,3 +149,23 @@ def test_the_study_report_renders_in_headless_chromium(study_warehouse, tmp_path
         errors = [e for e in page.console() if e.get("level") == "SEVERE"]
     assert drawn["width"] > 200 and drawn["height"] > 150 and drawn["marks"] > 20, drawn
     assert errors == []
+
+
+def test_a_run_of_a_study_run_again_alone_stays_in_its_study(tmp_path):
+    from datetime import UTC, datetime
+
+    from persona_icm.run_status import claim_run, finish_run
+
+    with open_warehouse(tmp_path / "w.duckdb") as wh:
+        def row(study_id, status):
+            return {"run_id": "r-a", "preset": "smoke", "config_json": "{}", "base_model": "hf:a", "countries": ["France"],
+                    "dataset_id": "d1", "code_version": "c", "started_at": datetime.now(UTC), "status": status, "study_id": study_id}
+
+        claim_run(wh, row("s1", "running"))
+        finish_run(wh, row("s1", "completed"))
+        claim_run(wh, row("r-a", "running"))  # the same run_id alone (a one-model run of that model)
+        assert wh.scalar("SELECT study_id FROM runs WHERE run_id = 'r-a'") == "s1"
+        finish_run(wh, row("r-a", "completed"))
+        assert wh.scalar("SELECT study_id FROM runs WHERE run_id = 'r-a'") == "s1"
+        claim_run(wh, row("s2", "running"))  # a later study of it takes it
+        assert wh.scalar("SELECT study_id FROM runs WHERE run_id = 'r-a'") == "s2"
