@@ -408,9 +408,10 @@ def model_size_chart(comparison: pl.DataFrame, title: str = "") -> alt.Chart:
                  "n_countries:Q", "n_test_claims:Q", alt.Tooltip("accuracy:Q", format=".3f"),
                  alt.Tooltip("ci_low:Q", format=".3f", title="95% low"), alt.Tooltip("ci_high:Q", format=".3f", title="95% high")],
     )
+    y_title = "test claim accuracy, countries pooled (95% CI)"
     lines = base.mark_line(point=alt.OverlayMarkDef(filled=True, size=60)).encode(
-        y=alt.Y("accuracy:Q", title="test claim accuracy, countries pooled (95% CI)", scale=alt.Scale(domain=[0, 1])))
-    bars = base.mark_errorbar(ticks=True).encode(y="ci_low:Q", y2="ci_high:Q")
+        y=alt.Y("accuracy:Q", title=y_title, scale=alt.Scale(domain=[0, 1])))
+    bars = base.mark_errorbar(ticks=True).encode(y=alt.Y("ci_low:Q", title=y_title), y2="ci_high:Q")
     chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
     return (alt.layer(chance, bars, lines, data=frame)
             .properties(width=420, height=260, title=title or "Accuracy against base model size (dashed: chance)"))
