@@ -63,14 +63,20 @@ CHAT_DEPLOYMENT = "persona-icm-chat/chat"
 
 
 def with_tensor_parallel_size(overrides: dict[str, Any] | None, size: int | None) -> dict[str, Any] | None:
-    """`overrides` with vllm.tensor_parallel_size set on every vLLM model (None: unchanged)."""
+    """`overrides` with vllm.tensor_parallel_size set on every vLLM model, each of base_models too (None: unchanged)."""
     if size is None:
         return overrides
+    def sized(spec: Any) -> Any:
+        if isinstance(spec, dict) and spec.get("backend") == "vllm":
+            return {**spec, "vllm": {**(spec.get("vllm") or {}), "tensor_parallel_size": size}}
+        return spec
+
     out = dict(overrides or {})
     for role in ("base_model", "chat_model"):
-        spec = out.get(role)
-        if isinstance(spec, dict) and spec.get("backend") == "vllm":
-            out[role] = {**spec, "vllm": {**(spec.get("vllm") or {}), "tensor_parallel_size": size}}
+        if role in out:
+            out[role] = sized(out[role])
+    if isinstance(out.get("base_models"), list):
+        out["base_models"] = [sized(spec) for spec in out["base_models"]]
     return out
 
 

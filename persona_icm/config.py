@@ -471,8 +471,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(preset: str = "seed", overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The preset's values, then `overrides` (nested dicts) on top; validated. The preset's base_model
-    settings (preset fork: its fp8 KV cache) are under each of the overrides' base_models."""
+    """The preset's values, then `overrides` (nested dicts) on top; validated. With base_models in `overrides`,
+    the preset's base_model settings (preset fork: its fp8 KV cache) and the overrides' base_model settings
+    other than its name are under each of them."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if "preset" in (overrides or {}):  # it would relabel this preset's values, not apply the other's
@@ -483,6 +484,13 @@ def build_config(preset: str = "seed", overrides: dict[str, Any] | None = None) 
     values = _merge({"preset": preset}, PRESETS[preset])
     overrides = dict(overrides or {})
     if isinstance(overrides.get("base_models"), list):
-        preset_model = values.pop("base_model", {})
-        overrides["base_models"] = [_merge(preset_model, m) if isinstance(m, dict) else m for m in overrides["base_models"]]
+        shared = values.pop("base_model", {})
+        given = overrides.get("base_model")
+        if isinstance(given, dict):  # e.g. a deployment's engine settings: under each model too; its name must be the first's
+            shared = _merge(shared, {k: v for k, v in given.items() if k != "name"})
+            if "name" in given:
+                overrides["base_model"] = shared | {"name": given["name"]}
+            else:
+                del overrides["base_model"]
+        overrides["base_models"] = [_merge(shared, m) if isinstance(m, dict) else m for m in overrides["base_models"]]
     return RunConfig.model_validate(_merge(values, overrides))

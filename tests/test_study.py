@@ -169,3 +169,18 @@ def test_a_run_of_a_study_run_again_alone_stays_in_its_study(tmp_path):
         assert wh.scalar("SELECT study_id FROM runs WHERE run_id = 'r-a'") == "s1"
         claim_run(wh, row("s2", "running"))  # a later study of it takes it
         assert wh.scalar("SELECT study_id FROM runs WHERE run_id = 'r-a'") == "s2"
+
+
+def test_a_deployments_engine_settings_apply_to_each_model_and_tensor_parallel_size_too():
+    """Deployment `full` sets base_model (vLLM, 70B, its engine args); a study given there lists its models by name,
+    70B first, and each gets the engine settings and the worker's tensor_parallel_size."""
+    from flows.experiment import with_tensor_parallel_size
+
+    full = {"base_model": {"backend": "vllm", "name": "meta-llama/Llama-3.1-70B", "vllm": {"max_model_len": 8192}}}
+    study = {**full, "base_models": [{"name": "meta-llama/Llama-3.1-70B"}, {"name": "meta-llama/Llama-3.1-8B"}]}
+    config = build_config("fork", with_tensor_parallel_size(study, 4))
+    assert [(m.backend, m.vllm.max_model_len, m.vllm.tensor_parallel_size, m.vllm.kv_cache_dtype) for m in config.base_models] == [
+        ("vllm", 8192, 4, "fp8"), ("vllm", 8192, 4, "fp8")]
+    assert config.base_model == config.base_models[0]
+    with pytest.raises(InputError, match="differs from the first of base_models"):
+        build_checked_config("fork", {**full, "base_models": [{"name": "meta-llama/Llama-3.1-8B"}]})
