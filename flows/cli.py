@@ -45,7 +45,8 @@ def raise_interrupted(signum: int, frame: object) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     overrides = cli.config_overrides(args)
     config = build_checked_config(args.preset, overrides)
-    check_run(config)
+    for model_config in config.model_configs():  # each base model of a study (the data is read once, cached)
+        check_run(model_config)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, raise_interrupted)
@@ -66,15 +67,15 @@ def cmd_run(args: argparse.Namespace) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         cli.errors.print(f"[red]error:[/red] run failed: {type(exc).__name__}: {first}")
         sys.exit(1)
-    cli.console.print(f"run [bold]{run_id}[/bold] completed")
-    print_diagnosis(config, run_id)
-
-
-def print_diagnosis(config: RunConfig, run_id: str) -> None:
-    """The ICM diagnosis of the run just completed: one verdict line per (country, seed)."""
     with open_warehouse(config.warehouse_path, read_only=True) as wh:
-        for line in cli.diagnosis_lines(wh, run_id):
-            cli.console.print(f"ICM diagnosis, {line}", highlight=False)
+        runs = cli.study_runs(wh, run_id)
+        for run in runs:
+            cli.console.print(cli.model_run_line(wh, run), highlight=False)
+            for line in cli.diagnosis_lines(wh, run["run_id"]):
+                cli.console.print(f"ICM diagnosis, {line}", highlight=False)
+    if len(runs) > 1:
+        report = cli.Path(config.warehouse_path).resolve().parent / "reports" / run_id / "report.html"
+        cli.console.print(f"study [bold]{run_id}[/bold] completed: {len(runs)} base models; report {report}")
 
 
 def interrupted_line(config: RunConfig, signum: int) -> str:

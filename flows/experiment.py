@@ -11,15 +11,21 @@ run as batches of their own, so the seeds search in parallel. Every wait is boun
 zero-shot chat baseline runs with the chat model alone (flows/chat.py): as the deployment
 `persona-icm-chat/chat` when fanned out and the chat model is local, else in this process after
 the base model is released. Only this flow's process writes the warehouse.
+
+Several base models (base_models) make a study: the per-country experiment runs once per model, one
+after another, each model its own run (the run_id a one-model run of it has) and all of them one
+study_id; the chat baseline, which no base model changes, runs once and is stored in each run.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import WorkerStatus
@@ -30,19 +36,26 @@ from pydantic import PositiveInt
 from flows.chat import chat_flow
 from flows.country import CountryResult, country_flow
 from persona_icm import backends
-from persona_icm.batches import SplitSize, plan_batches
+from persona_icm.batches import (
+    SplitSize,
+    engine_start_bound,
+    engine_starts,
+    plan_batches,
+    study_plans,
+)
 from persona_icm.claims import CountrySplit
 from persona_icm.config import Preset, RunConfig
 from persona_icm.preflight import build_checked_config
-from persona_icm.run_identity import run_id_for
+from persona_icm.run_identity import run_id_for, study_id_for
 from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
 from tasks.data import ingest_goqa, write_claims_and_splits
 from tasks.evaluation import MethodResult, chat_methods
 from tasks.fanout import ChildCrashed, ChildFailed, run_remotely
 from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
-from tasks.report import report
+from tasks.report import report, study_report
 from tasks.results import JSON
+from tasks.scorers import model_name
 
 BATCH_DEPLOYMENT = "persona-icm-batch/batch"
 GPU_POOL = "gpu"
@@ -50,14 +63,20 @@ CHAT_DEPLOYMENT = "persona-icm-chat/chat"
 
 
 def with_tensor_parallel_size(overrides: dict[str, Any] | None, size: int | None) -> dict[str, Any] | None:
-    """`overrides` with vllm.tensor_parallel_size set on every vLLM model (None: unchanged)."""
+    """`overrides` with vllm.tensor_parallel_size set on every vLLM model, each of base_models too (None: unchanged)."""
     if size is None:
         return overrides
+    def sized(spec: Any) -> Any:
+        if isinstance(spec, dict) and spec.get("backend") == "vllm":
+            return {**spec, "vllm": {**(spec.get("vllm") or {}), "tensor_parallel_size": size}}
+        return spec
+
     out = dict(overrides or {})
     for role in ("base_model", "chat_model"):
-        spec = out.get(role)
-        if isinstance(spec, dict) and spec.get("backend") == "vllm":
-            out[role] = {**spec, "vllm": {**(spec.get("vllm") or {}), "tensor_parallel_size": size}}
+        if role in out:
+            out[role] = sized(out[role])
+    if isinstance(out.get("base_models"), list):
+        out["base_models"] = [sized(spec) for spec in out["base_models"]]
     return out
 
 
@@ -116,6 +135,36 @@ def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fa
     return chat_flow(config, parts, run_id)
 
 
+@dataclass
+class ModelRun:
+    """One base model's run of a study: its config (a one-model run of that model), run_id and `runs` row."""
+
+    config: RunConfig
+    run_id: str
+    row: dict[str, Any]
+    results: list[CountryResult] | None = None
+
+
+def chat_for_run(chat: dict[str, list[MethodResult]], run_id: str, computed_here: bool) -> dict[str, list[MethodResult]]:
+    """The chat baseline's results with the rows keyed by `run_id`: the baseline is model-independent, so a study
+    computes it once and stores its predictions and demos in each model's run, and its model calls (the work done)
+    only in the run it was computed under (`computed_here`)."""
+    def keyed(e: MethodResult) -> MethodResult:
+        frames = {name: getattr(e, name).with_columns(run_id=pl.lit(run_id)) for name in ("predictions", "demos")}
+        return e.model_copy(update={**frames, **({} if computed_here else {"calls": e.calls.clear()})})
+
+    return {country: [keyed(e) for e in results] for country, results in chat.items()}
+
+
+def countries_of_model(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float,
+                       workers: int | None) -> list[CountryResult]:
+    """One base model's countries: fanned out over the gpu workers, or here on this process's engine."""
+    if fan_out:
+        return countries_remotely(config, splits, run_id, timeout, workers)
+    release_local_models()  # the previous model's engine, before this one loads (a no-op for the first)
+    return [country_flow(config, s.country, s.train, s.test, run_id) for s in splits]
+
+
 # Its result (the run_id) is not kept; a failure's exception is, in PREFECT_HOME/storage: as JSON.
 @flow(name="persona-icm", log_prints=True, persist_result=False, result_serializer=JSON)
 def persona_icm(
@@ -126,14 +175,17 @@ def persona_icm(
     country_timeout_hours: float = 48.0,
     gpu_workers: PositiveInt | None = None,
 ) -> str:
-    """The whole experiment for the configured countries; returns the run_id.
+    """The whole experiment for the configured countries, once per base model (base_models); returns
+    the run_id (several models: the study_id, each model's run_id is logged).
 
     tensor_parallel_size: sets vllm.tensor_parallel_size of every vLLM model (`make run` passes
     the GPUs each gpu worker owns). country_timeout_hours: how long a fanned-out country (or a
     search, or the chat step) may take before it is cancelled and fails (a batch: that many times
     its countries or searches). gpu_workers: how many gpu workers a
     fanned-out run shares its countries among, one batch (one engine) each; None: the workers of the
-    `gpu` pool that are online now."""
+    `gpu` pool that are online now. Several base models run one after another (model-major): a
+    model's batches all finish before the next model's start, so a gpu worker keeps one model's
+    engine for its whole batch of countries (persona_icm/batches.py, engine_start_bound)."""
     log = get_run_logger()
     config = build_checked_config(preset, with_tensor_parallel_size(overrides, tensor_parallel_size))
     checked = check_inputs(config, models_here=not fan_out)
@@ -144,35 +196,52 @@ def persona_icm(
 
     ingest_goqa(checked.goqa, warehouse)
     dataset_id = write_claims_and_splits(checked.dataset, warehouse)
-    run_id = run_id_for(config, dataset_id, code_version())
+    code = code_version()
+    runs = [ModelRun(c, run_id_for(c, dataset_id, code), {}) for c in config.model_configs()]
+    study_id = study_id_for([r.run_id for r in runs])
     splits = list(checked.splits.values())  # data.countries, or the countries 'all' selected
     timings["data"] = time.perf_counter() - clock
-    log.info("run %s: %s", run_id, {s.country: (len(s.train), len(s.test)) for s in splits})
-    row = run_row(run_id, config, dataset_id, flow_run.get_id(), "running", started_at=started_at,
-                  countries=[s.country for s in splits])
-    record_run(warehouse, row)
+    for r in runs:
+        log.info("run %s (%s): %s", r.run_id, model_name(r.config.base_model), {s.country: (len(s.train), len(s.test)) for s in splits})
+        r.row = run_row(r.run_id, r.config, dataset_id, flow_run.get_id(), "running", started_at=started_at,
+                        countries=[s.country for s in splits], study_id=study_id)
+        record_run(warehouse, r.row)
 
     try:
+        workers = None
         if fan_out:
             workers = gpu_workers if gpu_workers is not None else online_gpu_workers()
-            results = countries_remotely(config, splits, run_id, timeout, workers)
-        else:
-            results = [country_flow(config, s.country, s.train, s.test, run_id) for s in splits]
+            sizes = [SplitSize(s.country, len(s.train), len(s.test)) for s in splits]
+            seeds = [icm.seed for icm in config.icm.searches()]
+            starts = engine_starts(study_plans(sizes, seeds, workers, len(runs)))
+            log.info("%d base model(s) on %d gpu worker(s), model after model: %d base-model engine start(s), bound %d",
+                     len(runs), workers, starts, engine_start_bound(len(splits), len(seeds), workers, len(runs)))
+        for r in runs:
+            r.results = countries_of_model(r.config, splits, r.run_id, fan_out, timeout, workers)
         timings["countries"] = time.perf_counter() - clock - timings["data"]
-        chat = chat_baseline(config, splits, run_id, fan_out, timeout) if chat_methods(config.eval.methods) else {}
+        chat = chat_baseline(runs[-1].config, splits, runs[-1].run_id, fan_out, timeout) if chat_methods(config.eval.methods) else {}
         timings["chat"] = time.perf_counter() - clock - timings["data"] - timings["countries"]
-        for result in results:
-            evaluations = result.evaluations + chat.get(result.country, [])
-            persist_country(
-                warehouse, run_id, result.country, result.searches, evaluations,
-                config.eval.bootstrap_samples, config.eval.seed, diagnoses=result.diagnoses,
-            )
-        aggregate_countries(warehouse, run_id, config.eval.bootstrap_samples, config.eval.seed)
+        for r in runs:
+            chat_rows = chat_for_run(chat, r.run_id, computed_here=r is runs[-1])
+            for result in r.results:
+                evaluations = result.evaluations + chat_rows.get(result.country, [])
+                persist_country(
+                    warehouse, r.run_id, result.country, result.searches, evaluations,
+                    config.eval.bootstrap_samples, config.eval.seed, diagnoses=result.diagnoses,
+                )
+            aggregate_countries(warehouse, r.run_id, config.eval.bootstrap_samples, config.eval.seed)
     except BaseException:
-        record_run(warehouse, {**row, "status": "failed", "finished_at": datetime.now(UTC)})
+        for r in runs:
+            record_run(warehouse, {**r.row, "status": "failed", "finished_at": datetime.now(UTC)})
         raise
     timings["total"] = time.perf_counter() - clock
-    record_run(warehouse, {**row, "status": "completed", "finished_at": datetime.now(UTC), "timings": timings})
-    html = report(warehouse, run_id)  # after the run is recorded complete: its header shows that
-    log.info("run %s completed: report %s, warehouse %s", run_id, html, warehouse)
-    return run_id
+    for r in runs:  # after every run is recorded complete: the reports' headers show that
+        record_run(warehouse, {**r.row, "status": "completed", "finished_at": datetime.now(UTC), "timings": timings})
+    for r in runs:
+        html = report(warehouse, r.run_id)
+        log.info("run %s (%s) completed: report %s, warehouse %s", r.run_id, model_name(r.config.base_model), html, warehouse)
+    if len(runs) == 1:
+        return runs[0].run_id
+    html = study_report(warehouse, study_id)
+    log.info("study %s completed (%d base models): report %s", study_id, len(runs), html)
+    return study_id

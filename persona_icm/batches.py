@@ -77,3 +77,27 @@ def plan_batches(sizes: Sequence[SplitSize], seeds: Sequence[int], workers: int)
     here = 0 if search_wave else len(seeds)
     country_batches = [[s.country for s in batch] for batch in longest_first(sizes, lambda s: country_cost(s, here), workers)]
     return BatchPlan(search_batches=search_batches, country_batches=country_batches)
+
+
+def study_plans(sizes: Sequence[SplitSize], seeds: Sequence[int], workers: int, models: int) -> list[BatchPlan]:
+    """A study's batches, model-major: each base model's plan (one model per batch), in base_models order.
+    The parent starts a model's batches after the previous model's have finished, so a gpu worker holds
+    one model's engine for its whole share of that model's countries."""
+    if models < 1:
+        raise ValueError(f"a study needs at least 1 base model, got {models}")
+    return [plan_batches(sizes, seeds, workers) for _ in range(models)]
+
+
+def engine_starts(plans: Sequence[BatchPlan]) -> int:
+    """Base-model engine starts of these plans: every batch is a new process that loads its model once."""
+    return sum(len(p.search_batches) + len(p.country_batches) for p in plans)
+
+
+def engine_start_bound(countries: int, seeds: int, workers: int, models: int) -> int:
+    """At most how many base-model engines a study of `models` models starts over `workers` gpu workers
+    (the chat model's one start comes on top): W x M, as each model gets min(W, countries) batches, except
+    with the search wave (several seeds, fewer countries than workers), which adds min(W, searches) per
+    model to run the seeds in parallel on otherwise idle workers (below 2 W x M)."""
+    search_wave = seeds > 1 and countries < workers
+    per_model = min(workers, countries) + (min(workers, countries * seeds) if search_wave else 0)
+    return per_model * models

@@ -394,6 +394,29 @@ def country_ranking_chart(ranking: pl.DataFrame, title: str = "") -> alt.Chart:
             .properties(width=420, height=max(160, 26 * len(order)), title=title or "Countries ranked by ICM's test accuracy (dashed: chance)"))
 
 
+def model_size_chart(comparison: pl.DataFrame, title: str = "") -> alt.Chart:
+    """Headline test claim accuracy (countries pooled, 95% interval) against the base model's parameter
+    count (log x), a line per method: does a bigger model hold the countries' opinions better?"""
+    frame = _labelled(comparison.drop_nulls("base_model_parameters")).with_columns(
+        model=pl.col("base_model").str.split(":").list.last())
+    scale = _method_scale(frame["method"].unique().to_list())
+    base = alt.Chart(frame).encode(
+        x=alt.X("base_model_parameters:Q", title="base model parameters (log scale)", scale=alt.Scale(type="log"),
+                axis=alt.Axis(format="~s")),
+        color=alt.Color("method_label:N", title="method", scale=scale),
+        tooltip=["model:N", "method:N", alt.Tooltip("base_model_parameters:Q", format=",", title="parameters"),
+                 "n_countries:Q", "n_test_claims:Q", alt.Tooltip("accuracy:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f", title="95% low"), alt.Tooltip("ci_high:Q", format=".3f", title="95% high")],
+    )
+    y_title = "test claim accuracy, countries pooled (95% CI)"
+    lines = base.mark_line(point=alt.OverlayMarkDef(filled=True, size=60)).encode(
+        y=alt.Y("accuracy:Q", title=y_title, scale=alt.Scale(domain=[0, 1])))
+    bars = base.mark_errorbar(ticks=True).encode(y=alt.Y("ci_low:Q", title=y_title), y2="ci_high:Q")
+    chance = alt.Chart().mark_rule(strokeDash=[4, 4], color="#999").encode(y=alt.datum(0.5))
+    return (alt.layer(chance, bars, lines, data=frame)
+            .properties(width=420, height=260, title=title or "Accuracy against base model size (dashed: chance)"))
+
+
 def render(chart: alt.Chart, stem: Path) -> tuple[Path, Path]:
     """Write `stem`.png (2x) and `stem`.svg; returns both paths."""
     spec = chart.to_dict()
@@ -419,6 +442,16 @@ table { border-collapse: collapse; font-size: 13px; } td, th { padding: 3px 8px;
 td { text-align: right; } th { background: #f4f4f4; } figure { margin: 2em 0; }
 figcaption { font-size: 13px; color: #555; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 """
+
+
+def _parameters(info: dict) -> str:
+    """ " (8.03B parameters)" of a runs row, or "" when unknown; and the study it is part of."""
+    out = ""
+    if info.get("base_model_parameters"):
+        out += f" ({info['base_model_parameters'] / 1e9:.3g}B parameters)"
+    if info.get("study_id") and info["study_id"] != info.get("run_id"):
+        out += f' · study <a href="../{html.escape(info["study_id"])}/report.html"><code>{html.escape(info["study_id"])}</code></a>'
+    return out
 
 
 def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
@@ -491,8 +524,8 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
         for name, (png, svg) in charts.items()
     )
     summary = summary_rows.select(
-        "country", "method", "n_demos", "n_test_claims", "accuracy", "ci_low", "ci_high",
-        "group_accuracy", "group_ci_low", "group_ci_high",
+        pl.lit(info.get("base_model")).alias("base_model"), "country", "method", "n_demos", "n_test_claims", "accuracy",
+        "ci_low", "ci_high", "group_accuracy", "group_ci_low", "group_ci_high",
     )
     versus = ""
     if comparison.height:
@@ -518,7 +551,7 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
 <html lang="en"><head><meta charset="utf-8"><title>persona-icm run {html.escape(run_id)}</title>
 <style>{_CSS}</style></head><body>
 <h1>persona-icm run <code>{html.escape(run_id)}</code></h1>
-<p>preset <b>{html.escape(str(info.get("preset")))}</b> · base model <b>{html.escape(str(info.get("base_model")))}</b>
+<p>preset <b>{html.escape(str(info.get("preset")))}</b> · base model <b>{html.escape(str(info.get("base_model")))}</b>{_parameters(info)}
 · chat model <b>{html.escape(str(info.get("chat_model")))}</b> · status {html.escape(str(info.get("status")))}
 · data {html.escape(str(info.get("dataset_id")))} · code {html.escape(str(info.get("code_version")))}</p>
 {figures}
@@ -527,6 +560,59 @@ def write_report(read: Read, run_id: str, out_dir: Path) -> ReportFiles:
 {versus}
 {study}
 <h2>Run configuration</h2><pre>{html.escape(config)}</pre>
+</body></html>
+"""
+    report = out_dir / "report.html"
+    report.write_text(page)
+    return ReportFiles(out_dir, report, charts)
+
+
+# A study (base_models): its runs, one per base model, and each method's pooled accuracy per model.
+STUDY_RUNS_SQL = """
+SELECT run_id, base_model, base_model_parameters, base_model_parameters_source, status, preset, dataset_id, code_version
+FROM runs WHERE coalesce(study_id, run_id) = $study_id ORDER BY base_model_parameters NULLS LAST, base_model
+"""
+MODEL_COMPARISON_SQL = """
+SELECT base_model, base_model_parameters, method, n_countries, n_test_claims, accuracy, ci_low, ci_high,
+       group_accuracy, mean_country_accuracy, min_country_accuracy, max_country_accuracy, run_id
+FROM model_comparison WHERE study_id = $study_id ORDER BY method, base_model_parameters NULLS LAST, base_model
+"""
+
+
+def write_study_report(read: Read, study_id: str, out_dir: Path) -> ReportFiles:
+    """`out_dir`/report.html of a study: accuracy against model size per method (view model_comparison),
+    the model table, and a link to each model's run report (../<run_id>/report.html)."""
+    runs = read(STUDY_RUNS_SQL, {"study_id": study_id})
+    if runs.height == 0:
+        raise ValueError(f"no run or study {study_id!r} in the warehouse (see `persona-icm runs`)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    comparison = read(MODEL_COMPARISON_SQL, {"study_id": study_id})
+    charts: dict[str, tuple[Path, Path]] = {}
+    unsized = runs.filter(pl.col("base_model_parameters").is_null())
+    if comparison.drop_nulls("base_model_parameters").height:
+        charts["model_size"] = render(model_size_chart(comparison), out_dir / "model_size")
+    caption = ("Each method's headline test claim accuracy, countries pooled (weighted by test size), against the base "
+               "model's parameter count; bars: 95% interval over demo orders, ICM seeds and test questions. The zero-shot "
+               "chat baseline uses no base model: it is the same in every run." + (
+                   f" Left off (no parameter count): {', '.join(unsized['base_model'].to_list())}." if unsized.height else ""))
+    figures = "".join(
+        f'<figure id="{name}">{svg.read_text()}<figcaption>{html.escape(caption)} '
+        f'<a href="{png.name}">PNG</a> · <a href="{svg.name}">SVG</a></figcaption></figure>'
+        for name, (png, svg) in charts.items()
+    )
+    links = "".join(
+        f'<li><a href="../{html.escape(r["run_id"])}/report.html">{html.escape(r["base_model"])}</a> '
+        f'(run <code>{html.escape(r["run_id"])}</code>, {html.escape(str(r["status"]))})</li>'
+        for r in runs.iter_rows(named=True)
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>persona-icm study {html.escape(study_id)}</title>
+<style>{_CSS}</style></head><body>
+<h1>persona-icm study <code>{html.escape(study_id)}</code></h1>
+<p>{runs.height} base models, one run each:</p><ul>{links}</ul>
+{figures}
+<h2>Models compared (countries pooled)</h2>{_table_html(comparison.drop("run_id"))}
+<h2>Runs</h2>{_table_html(runs)}
 </body></html>
 """
     report = out_dir / "report.html"

@@ -3,8 +3,10 @@
     persona-icm runs
     persona-icm sql "select * from results_by_country order by all"
     persona-icm sql warehouse/queries/latest_run_summary.sql
-    persona-icm report RUN_ID
+    persona-icm report RUN_ID              # or a STUDY_ID: the study's report
     persona-icm plan --preset seed         # the searches' model work and GPU-hours, no model loaded
+    persona-icm plan --preset world --set 'base_models=[{"name": "meta-llama/Llama-3.1-8B"}, {"name": "meta-llama/Llama-3.1-70B"}]'
+                                           # a study: the same per base model
 
 The installed `persona-icm` command (flows/cli.py) adds `run`, which executes the Prefect flow;
 this module stays free of Prefect.
@@ -24,7 +26,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from persona_icm.charts import write_report
+from persona_icm.charts import write_report, write_study_report
 from persona_icm.config import PRESET_NAMES
 from persona_icm.gpus import use_spawn
 from persona_icm.run_status import RunInProgress, runs_with_live_status
@@ -97,12 +99,34 @@ def diagnosis_lines(wh, run_id: str) -> list[str]:
     return lines
 
 
+def study_runs(wh, study_or_run_id: str) -> list[dict[str, Any]]:
+    """The runs of a study (or the one run of that run_id), smallest model first."""
+    return wh.sql(
+        "SELECT run_id, base_model, base_model_parameters FROM runs WHERE coalesce(study_id, run_id) = ? OR run_id = ? "
+        "ORDER BY base_model_parameters NULLS LAST, base_model", [study_or_run_id, study_or_run_id],
+    ).to_dicts()
+
+
+def model_run_line(wh, run: dict[str, Any]) -> str:
+    """'run R completed: base model M (P parameters): icm 0.712 [0.65, 0.77], golden ...' (countries pooled)."""
+    rows = wh.sql("SELECT method, accuracy, ci_low, ci_high FROM headline WHERE run_id = ? AND country = 'ALL' ORDER BY method",
+                  [run["run_id"]])
+    if rows.height == 0:  # one country: its own row is the headline
+        rows = wh.sql("SELECT method, accuracy, ci_low, ci_high FROM headline WHERE run_id = ? ORDER BY method", [run["run_id"]])
+    size = "" if run["base_model_parameters"] is None else f" ({run['base_model_parameters'] / 1e9:.3g}B parameters)"
+    accuracies = ", ".join(
+        f"{r['method']} {r['accuracy']:.3f}" + ("" if r["ci_low"] is None else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+        for r in rows.iter_rows(named=True)
+    )
+    return f"run {run['run_id']} completed: base model {run['base_model']}{size}: {accuracies}"
+
+
 def cmd_runs(args: argparse.Namespace) -> None:
     with open_warehouse(args.warehouse, read_only=True) as wh:
         print_frame(
             runs_with_live_status(
                 wh,
-                "SELECT run_id, status, preset, base_model, chat_model, countries, started_at, finished_at,"
+                "SELECT run_id, study_id, status, preset, base_model, chat_model, countries, started_at, finished_at,"
                 " code_version, host, pid, pid_started FROM runs ORDER BY started_at DESC",
             ).drop("pid_started"),
             "runs",
@@ -122,7 +146,8 @@ def cmd_sql(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.warehouse).resolve().parent / "reports" / args.run_id
     with open_warehouse(args.warehouse, read_only=True) as wh:
-        files = write_report(wh.sql, args.run_id, out)
+        is_run = wh.scalar("SELECT count(*) FROM runs WHERE run_id = ?", [args.run_id])
+        files = (write_report if is_run else write_study_report)(wh.sql, args.run_id, out)
     console.print(f"report: {files.html}")
 
 
@@ -135,14 +160,24 @@ def cmd_plan(args: argparse.Namespace) -> None:
     _, dataset, splits = check_data(config)
     if dataset.selection is not None:
         console.print(left_out_line(dataset.selection))
-    encoder, counted_with = plan_encoder(config.base_model)
     searches = [(country, icm) for country in splits for icm in config.icm.searches()]
-    costs = []
+    by_tokenizer: dict[tuple[str, str], list] = {}  # the searches' work depends on the model's tokens only
+    models = []
     with console.status("") as status:
-        for i, (country, icm) in enumerate(searches, 1):
-            status.update(f"simulating search {i} of {len(searches)}: {country}, seed {icm.seed}")
-            costs.append(cost.search_cost(splits[country].train, icm, encoder))
-    print_plan(config, costs, counted_with)
+        for spec in config.base_models:
+            encoder, counted_with = plan_encoder(spec)
+            tokens_of = (encoder.tokenizer.name_or_path, spec.prompts.style)  # two models sharing a tokenizer: simulated once
+            if tokens_of not in by_tokenizer:
+                costs = []
+                for i, (country, icm) in enumerate(searches, 1):
+                    status.update(f"simulating search {i} of {len(searches)}: {country}, seed {icm.seed} ({counted_with})")
+                    costs.append(cost.search_cost(splits[country].train, icm, encoder))
+                by_tokenizer[tokens_of] = costs
+            models.append((spec, counted_with, by_tokenizer[tokens_of]))
+    if len(models) == 1:
+        print_plan(config, models[0][2], models[0][1])
+    else:
+        print_study_plan(config, models)
 
 
 def plan_encoder(spec):
@@ -195,6 +230,41 @@ def print_plan(config, costs, counted_with: str) -> None:
     )
 
 
+def print_study_plan(config, models) -> None:
+    """A study's size per base model: its searches' model work (as print_plan's total) and the H100-hours of
+    that model's parameter count (persona_icm/model_sizes.py) at each KV-cache capacity."""
+    from persona_icm import cost
+    from persona_icm.model_sizes import parameter_count
+
+    rows, notes = [], []
+    for spec, counted_with, costs in models:
+        parameters, source = parameter_count(spec.name)
+        row = {
+            "base model": f"{spec.backend}:{spec.name}",
+            "parameters": "unknown" if parameters is None else f"{parameters / 1e9:.3g}B ({source})",
+            "searches": len(costs),
+            "claims": sum(c.claims for c in costs),
+            "prompts": sum(c.prompts for c in costs),
+            "prompt tokens": sum(c.prompt_tokens for c in costs),
+        }
+        for capacity in cost.CAPACITIES:
+            label = "unbounded" if capacity is None else f"{capacity // 1024}k"
+            prefilled = sum(c.prefilled[capacity] for c in costs)
+            row[f"prefilled @{label}"] = prefilled
+            row[f"H100-hours @{label}"] = "" if parameters is None else f"{cost.gpu_hours(prefilled, parameters):.2f}"
+        rows.append(row)
+        notes.append(f"{spec.name}: tokens counted with {counted_with}" + ("" if parameters is not None else f"; no parameter count: {source}"))
+    print_frame(pl.DataFrame(rows), f"study of preset {config.preset}: ICM searches per base model "
+                                    "(synthetic scores, simulated vLLM prefix cache)")
+    for note in notes:
+        console.print(note, highlight=False)
+    console.print(
+        f"K={config.icm.iterations} iterations, {len(models[0][2])} searches per model. GPU-hours: 2 x parameters FLOPs per "
+        f"prefilled token at {cost.PREFILL_MFU:.0%} of an H100's {cost.H100_BF16_FLOPS / 1e12:.0f} TFLOP/s (bf16 dense); "
+        "the evaluations and engine starts come on top; a real model's trajectory differs (persona_icm/cost.py)."
+    )
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="persona-icm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warehouse", default=str(DEFAULT_PATH), help="DuckDB file (default %(default)s)")
@@ -206,8 +276,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     sql.add_argument("query")
     sql.set_defaults(func=cmd_sql)
 
-    rep = sub.add_parser("report", help="rebuild the HTML report and charts of a run")
-    rep.add_argument("run_id")
+    rep = sub.add_parser("report", help="rebuild the HTML report and charts of a run (or of a study: its study_id)")
+    rep.add_argument("run_id", help="a run_id, or a study_id (the study's report: accuracy against model size)")
     rep.add_argument("--out", help="output folder (default warehouse/reports/RUN_ID)")
     rep.set_defaults(func=cmd_report)
 

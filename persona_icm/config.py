@@ -353,7 +353,15 @@ PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 class RunConfig(_Section):
     preset: Preset = "seed"
     data: DataConfig = Field(default_factory=DataConfig)
-    base_model: ModelSpec = Field(default_factory=ModelSpec)
+    base_model: ModelSpec = Field(
+        default_factory=ModelSpec, description="The base model of a one-model run; with base_models, the first of them."
+    )
+    base_models: list[ModelSpec] = Field(
+        None,  # filled in by _one_or_several_models: [base_model]
+        min_length=1,
+        description="A study: the whole per-country experiment once per model, each its own run (run_id) of one "
+        "study (study_id). Default [base_model]. Distinct by what changes a score (persona_icm/scorer_identity.py).",
+    )
     chat_model: ModelSpec | None = None
     icm: IcmConfig = Field(default_factory=IcmConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -374,6 +382,31 @@ class RunConfig(_Section):
         if isinstance(icm, dict):
             return {**values, "icm": {**icm, "iterations": ITERATIONS_ALL_DATASET}}
         return {**values, "icm": IcmConfig(**icm.model_dump(exclude_unset=True), iterations=ITERATIONS_ALL_DATASET)}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_several_models(cls, values: Any) -> Any:
+        """base_models defaults to [base_model]; given, base_model is its first (set both only if they agree)."""
+        if not isinstance(values, dict):
+            return values
+        several = values.get("base_models")
+        if several is None:
+            return {**values, "base_models": [values.get("base_model") or {}]}
+        if not isinstance(several, list) or not several:
+            return values  # the field's own validation names the problem
+        if values.get("base_model") is not None:
+            first, given = (ModelSpec.model_validate(m) if not isinstance(m, ModelSpec) else m
+                            for m in (several[0], values["base_model"]))
+            if first != given:
+                raise ValueError(
+                    f"base_model ({given.backend}:{given.name}) differs from the first of base_models "
+                    f"({first.backend}:{first.name}); set base_models alone (base_model is then its first)"
+                )
+        return {**values, "base_model": several[0]}
+
+    def model_configs(self) -> list[RunConfig]:
+        """One config per base model, each as a one-model run of that model would have it (same run_id)."""
+        return [self.model_copy(update={"base_model": spec, "base_models": [spec]}) for spec in self.base_models]
 
 
 # Every GOQA country with enough question groups (docs/method.md "All countries"): seed's search,
@@ -438,7 +471,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(preset: str = "seed", overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The preset's values, then `overrides` (nested dicts) on top; validated."""
+    """The preset's values, then `overrides` (nested dicts) on top; validated. With base_models in `overrides`,
+    the preset's base_model settings (preset fork: its fp8 KV cache) and the overrides' base_model settings
+    other than its name are under each of them."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if "preset" in (overrides or {}):  # it would relabel this preset's values, not apply the other's
@@ -447,4 +482,15 @@ def build_config(preset: str = "seed", overrides: dict[str, Any] | None = None) 
             "(the flow's `preset` parameter)"
         )
     values = _merge({"preset": preset}, PRESETS[preset])
-    return RunConfig.model_validate(_merge(values, overrides or {}))
+    overrides = dict(overrides or {})
+    if isinstance(overrides.get("base_models"), list):
+        shared = values.pop("base_model", {})
+        given = overrides.get("base_model")
+        if isinstance(given, dict):  # e.g. a deployment's engine settings: under each model too; its name must be the first's
+            shared = _merge(shared, {k: v for k, v in given.items() if k != "name"})
+            if "name" in given:
+                overrides["base_model"] = shared | {"name": given["name"]}
+            else:
+                del overrides["base_model"]
+        overrides["base_models"] = [_merge(shared, m) if isinstance(m, dict) else m for m in overrides["base_models"]]
+    return RunConfig.model_validate(_merge(values, overrides))

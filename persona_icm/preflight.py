@@ -75,11 +75,29 @@ def config_error_line(error: ValidationError) -> str:
 def build_checked_config(preset: str, overrides: dict | None) -> RunConfig:
     """`build_config`, with a bad preset or value reported as one InputError line."""
     try:
-        return build_config(preset, overrides)
+        config = build_config(preset, overrides)
     except ValidationError as error:
         raise InputError(config_error_line(error)) from None
     except ValueError as error:  # unknown preset
         raise InputError(str(error)) from None
+    check_distinct_models(config.base_models)
+    return config
+
+
+def check_distinct_models(models: list[ModelSpec]) -> None:
+    """Each base model of a study once: two that agree on every setting that changes a score (backend, name,
+    precision, prompt layout...: persona_icm/scorer_identity.py) would be the same run twice."""
+    from persona_icm.scorer_identity import score_settings
+
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(models):
+        key = repr(sorted(score_settings(spec).items()))
+        if key in seen:
+            raise InputError(
+                f"invalid config: base_models[{i}] ({spec.backend}:{spec.name}) scores as base_models[{seen[key]}] does "
+                "(they differ only in settings that change no score); list each model once"
+            )
+        seen[key] = i
 
 
 def check_question_list(path: Path) -> None:

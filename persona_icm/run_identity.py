@@ -17,7 +17,8 @@ from persona_icm.config import RunConfig
 from persona_icm.scorer_identity import file_sha256
 
 # Paths whose file contents are counted elsewhere (dataset_id) or below, and the warehouse path.
-_NOT_RESULTS = {"warehouse_path": True, "data": {"goqa_path", "question_list"}}
+# base_models: a run has one base model (base_model); the study's list is not its result.
+_NOT_RESULTS = {"warehouse_path": True, "base_models": True, "data": {"goqa_path", "question_list"}}
 
 
 def results_config(config: RunConfig) -> dict[str, Any]:
@@ -34,3 +35,12 @@ def run_id_for(config: RunConfig, dataset_id: str, code: str) -> str:
     """Same config, data and code -> same run_id, so a re-run replaces its rows."""
     digest = hashlib.sha256(json.dumps([results_config(config), dataset_id, code], sort_keys=True).encode())
     return f"{config.preset}-{digest.hexdigest()[:12]}"
+
+
+def study_id_for(run_ids: list[str]) -> str:
+    """The study of these runs (one per base model, in base_models order): the run_id itself for one
+    model, else a hash of the run_ids, so the same study again has the same study_id."""
+    if len(run_ids) == 1:
+        return run_ids[0]
+    preset = run_ids[0].rsplit("-", 1)[0]
+    return f"{preset}-study-{hashlib.sha256(json.dumps(run_ids).encode()).hexdigest()[:12]}"

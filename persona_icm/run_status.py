@@ -72,15 +72,24 @@ def claim_run(wh: Warehouse, row: dict[str, Any]) -> dict[str, str | None]:
                 "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [INTERRUPTED, list(dead)],
             )
         before = wh.scalar("SELECT coalesce(interrupted_attempts, 0) FROM runs WHERE run_id = ?", [row["run_id"]])
-        write_run(wh, {**row, "interrupted_attempts": before or 0})
+        write_run(wh, {**row, "interrupted_attempts": before or 0, **kept_study(wh, row)})
     return dead
+
+
+def kept_study(wh: Warehouse, row: dict[str, Any]) -> dict[str, Any]:
+    """A one-model run (its study_id is its run_id) run again alone stays in the study it is part of: {study_id: that
+    study}, else {}. (A run is in one study at a time: a later study of it takes it.)"""
+    if row.get("study_id") != row["run_id"]:
+        return {}
+    study = wh.scalar("SELECT study_id FROM runs WHERE run_id = ?", [row["run_id"]])
+    return {"study_id": study} if study else {}
 
 
 def finish_run(wh: Warehouse, row: dict[str, Any]) -> None:
     """Write the run's final row (completed/failed), keeping the owner and interrupted_attempts."""
     with wh.transaction():
         kept = wh.sql("SELECT host, pid, pid_started, interrupted_attempts FROM runs WHERE run_id = ?", [row["run_id"]])
-        write_run(wh, {**(kept.row(0, named=True) if kept.height else this_process()), **row})
+        write_run(wh, {**(kept.row(0, named=True) if kept.height else this_process()), **row, **kept_study(wh, row)})
 
 
 def run_of_this_process(wh: Warehouse) -> dict[str, Any] | None:

@@ -88,6 +88,18 @@ def unclassified_fields(model: type[BaseModel] = ModelSpec) -> list[str]:
     return sorted({p for p in field_paths(model) if (p in SCORE_FIELDS) == (p in SPEED_ONLY_FIELDS)})
 
 
+def score_settings(spec: ModelSpec) -> dict[str, Any]:
+    """{field path: value} of the settings that can change a score, as configured (a chat template by its path)."""
+    values = spec.model_dump(mode="json")
+    settings: dict[str, Any] = {}
+    for path in sorted(SCORE_FIELDS):
+        value: Any = values
+        for part in path.split("."):
+            value = value[part]
+        settings[path] = value
+    return settings
+
+
 def scorer_identity(spec: ModelSpec) -> dict[str, Any]:
     """{field path: value} of the settings that can change a score (a chat template by its
     contents), with the identity's version. Two specs with equal identities score alike."""
@@ -97,13 +109,7 @@ def scorer_identity(spec: ModelSpec) -> dict[str, Any]:
             f"ModelSpec field(s) {missing} are classified neither as score-changing nor as speed-only "
             "(or as both); add each to one table of persona_icm/scorer_identity.py"
         )
-    values = spec.model_dump(mode="json")
-    identity: dict[str, Any] = {"identity_version": IDENTITY_VERSION}
-    for path in sorted(SCORE_FIELDS):
-        value: Any = values
-        for part in path.split("."):
-            value = value[part]
-        identity[path] = value
+    identity: dict[str, Any] = {"identity_version": IDENTITY_VERSION, **score_settings(spec)}
     template = spec.prompts.chat_template
     if template is not None:
         identity["prompts.chat_template"] = "sha256:" + file_sha256(template)

@@ -19,10 +19,12 @@ def check_inputs(config: RunConfig, models_here: bool = True) -> Preflight:
     """GOQA file, selection, config values, models, endpoints and prompt length, before anything
     is written (persona_icm.preflight). `models_here=False`: the models run on other workers,
     which check their own host (check_model_host)."""
-    keys = {role: api_key_from_secret(spec) for role, spec in (("base_model", config.base_model), ("chat_model", config.chat_model)) if spec}
-    checked = preflight.check_run(config, models_here=models_here, api_keys=keys)
-    get_run_logger().info("inputs ok: %s", checked.prompt_check())
-    return checked
+    checks = []
+    for model_config in config.model_configs():  # every base model of a study, each with the chat model
+        keys = {role: api_key_from_secret(spec) for role, spec in (("base_model", model_config.base_model), ("chat_model", model_config.chat_model)) if spec}
+        checks.append(preflight.check_run(model_config, models_here=models_here, api_keys=keys))
+        get_run_logger().info("inputs ok (%s): %s", model_config.base_model.name, checks[-1].prompt_check())
+    return checks[0]
 
 
 @task(name="check-model-host", cache_policy=NO_CACHE, retries=0)

@@ -23,6 +23,7 @@ from prefect.states import Crashed
 from persona_icm.config import RunConfig
 from persona_icm.icm.diagnosis import ENERGY_SCHEMA, GROUP_SCHEMA
 from persona_icm.metrics import write_aggregate, write_evaluation
+from persona_icm.model_sizes import parameter_count
 from persona_icm.run_status import RUNNING, claim_run, finish_run
 from persona_icm.scoring.base import number_calls
 from persona_icm.warehouse import open_warehouse, write_results
@@ -44,6 +45,8 @@ def code_version() -> str:
 
 
 def run_row(run_id: str, config: RunConfig, dataset_id: str, flow_run_id: str | None, status: str, **extra: Any) -> dict[str, Any]:
+    """The `runs` row of a run of config.base_model; study_id (extra): the study it is part of (default: itself)."""
+    parameters, source = parameter_count(config.base_model.name)
     return {
         "run_id": run_id,
         "flow_run_id": flow_run_id,
@@ -56,6 +59,9 @@ def run_row(run_id: str, config: RunConfig, dataset_id: str, flow_run_id: str | 
         "code_version": code_version(),
         "started_at": extra.pop("started_at", datetime.now(UTC)),
         "status": status,
+        "study_id": extra.pop("study_id", run_id),
+        "base_model_parameters": parameters,
+        "base_model_parameters_source": source,
         **extra,
     }
 

@@ -82,3 +82,27 @@ def test_bad_inputs_are_refused():
         plan_batches([SIZES[0], SIZES[0]], [0], 2)
     with pytest.raises(ValueError, match="bins must be at least 1"):
         longest_first([1], float, 0)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4, 9, 16])
+@pytest.mark.parametrize("models", [1, 2, 3])
+def test_a_study_starts_at_most_workers_times_models_engines(workers, models):
+    """Each model keeps its engine on a worker for its whole share of countries: with one seed, a study
+    never starts more than W x M base-model engines, and every (model, country) is in exactly one batch."""
+    from persona_icm.batches import engine_start_bound, engine_starts, study_plans
+
+    plans = study_plans(SIZES, [0], workers, models)
+    assert len(plans) == models
+    assert engine_starts(plans) == engine_start_bound(len(SIZES), 1, workers, models) <= workers * models
+    for plan in plans:
+        assert sorted(c for batch in plan.country_batches for c in batch) == sorted(s.country for s in SIZES)
+
+
+def test_the_seed_wave_of_a_study_stays_below_twice_workers_times_models():
+    from persona_icm.batches import engine_start_bound, engine_starts, study_plans
+
+    plans = study_plans(SIZES[:2], [0, 1, 2], 4, 2)  # per model: 4 search batches, 2 country batches
+    assert engine_starts(plans) == engine_start_bound(2, 3, 4, 2) == 12
+    assert engine_starts(plans) < 2 * 4 * 2
+    with pytest.raises(ValueError, match="at least 1 base model"):
+        study_plans(SIZES, [0], 2, 0)

@@ -17,8 +17,9 @@ def test_fork_preset_is_the_seed_preset_with_the_forks_search_and_kv_dtype():
     assert fork.icm.consistency is False and fork.icm.context_order == "claim" and fork.icm.seed_claims == "first"
     assert fork.base_model.vllm.kv_cache_dtype == "fp8"
     assert seed.icm.seed_claims == "random" and seed.icm.consistency and seed.base_model.vllm.kv_cache_dtype == "auto"
-    changed = {"preset", "icm", "base_model"}
+    changed = {"preset", "icm", "base_model", "base_models"}
     assert fork.model_dump(exclude=changed) == seed.model_dump(exclude=changed)
+    assert fork.base_models == [fork.base_model] and seed.base_models == [seed.base_model]
     forked = {"consistency", "context_order", "seed_claims"}
     assert fork.icm.model_dump(exclude=forked) == seed.icm.model_dump(exclude=forked)
     assert fork.base_model.model_dump(exclude={"vllm"}) == seed.base_model.model_dump(exclude={"vllm"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -57,3 +58,28 @@ def test_plan_prints_each_country_and_the_total_without_loading_model_weights(tm
     tokens, at_128k, at_512k, unbounded = total[2:]
     assert tokens >= at_128k >= at_512k >= unbounded > 0
     assert f"tokens counted with {model}" in out and "H100-hours, 70B" in out
+
+
+def test_plan_of_a_study_prints_each_models_size_in_its_own_gpu_hours(tmp_path, capsys):
+    from persona_icm.model_sizes import parameter_count
+    from persona_icm.tiny_model import write_tiny_model
+
+    models = [str(write_tiny_model(tmp_path / f"tiny-{d}", head_dim=d)) for d in (32, 64)]
+    goqa = write_goqa(tmp_path / "goqa.csv", make_rows(24, 4, COUNTRIES))
+    cli.main(["plan", "--preset", "smoke", "--goqa-path", str(goqa), "--set", "icm.iterations=6",
+              "--set", "base_models=" + json.dumps([{"name": m} for m in models])])
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃]", line) if c.strip()]
+        if cells and cells[0] in {f"hf:{m}" for m in models}:
+            rows[cells[0]] = cells
+    assert set(rows) == {f"hf:{m}" for m in models}
+    for model in models:
+        cells = rows[f"hf:{model}"]
+        parameters, _ = parameter_count(model)
+        assert cells[2] == str(len(COUNTRIES))  # searches: one per country (one seed)
+        unbounded, hours = int(cells[-2]), float(cells[-1])
+        assert hours == pytest.approx(cost.gpu_hours(unbounded, parameters), abs=0.005)
+    assert rows[f"hf:{models[0]}"][3:-6] == rows[f"hf:{models[1]}"][3:-6]  # same tokenizer, same searches' work
+    assert "study of preset smoke" in out

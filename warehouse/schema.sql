@@ -1,4 +1,4 @@
--- schema_version: 13
+-- schema_version: 14
 --
 -- The warehouse schema. `persona_icm.warehouse.open_warehouse` runs this whole file in one
 -- transaction whenever its text changed since the last time it was applied to a database, then
@@ -126,7 +126,11 @@ CREATE TABLE IF NOT EXISTS runs (
     host                  VARCHAR,
     pid                   INTEGER,
     pid_started           DOUBLE,            -- the owner's start time (epoch s): PIDs get reused
-    interrupted_attempts  INTEGER DEFAULT 0
+    interrupted_attempts  INTEGER DEFAULT 0,
+    -- a study (base_models): its runs, one per base model, share study_id; a one-model run's is its run_id
+    study_id                      VARCHAR,
+    base_model_parameters         BIGINT,    -- persona_icm/model_sizes.py; NULL: unknown
+    base_model_parameters_source  VARCHAR    -- registered | counted from its safetensors | why it is unknown
 );
 
 -- persona_icm/icm/search.py LABELS_SCHEMA: the final labelling of one search.
@@ -550,6 +554,10 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_started DOUBLE;  -- the owner's start time (epoch s): PIDs get reused
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS interrupted_attempts INTEGER DEFAULT 0;
+-- Before schema_version 14, a run was not part of a study (its study_id is then its run_id, in the views).
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS study_id VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS base_model_parameters BIGINT;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS base_model_parameters_source VARCHAR;
 
 -- Before schema_version 7, predictions and demos had no primary key and icm_seed could be NULL:
 -- persona_icm.warehouse adds the keys (PRIMARY_KEYS) after this file runs.
@@ -563,3 +571,28 @@ ALTER TABLE metrics DROP COLUMN IF EXISTS claim_acc_std;
 ALTER TABLE metrics DROP COLUMN IF EXISTS group_acc;
 ALTER TABLE metrics DROP COLUMN IF EXISTS group_acc_std;
 ALTER TABLE metrics DROP COLUMN IF EXISTS demo_label_acc;
+
+-- ---------------------------------------------------------------- a study of several base models (after the migrations: they read runs.study_id)
+
+-- Every run's headline per country and pooled (country 'ALL'), keyed by its study and base model:
+-- a study (config base_models) is one run per base model; a run before studies is a study of its own.
+CREATE OR REPLACE VIEW study_results AS
+SELECT coalesce(r.study_id, r.run_id) AS study_id, r.run_id, r.base_model, r.base_model_parameters,
+       h.country, h.method, h.n_demos, h.n_seeds, h.n_test_claims, h.accuracy, h.ci_low, h.ci_high,
+       h.group_accuracy, h.group_ci_low, h.group_ci_high
+FROM runs r JOIN headline h ON h.run_id = r.run_id;
+
+-- Per study, base model and method: the headline accuracy over the countries every model of the run
+-- has (test-size weighted, with its 95% interval), and the mean and range of the per-country accuracies.
+-- What the accuracy-against-model-size chart reads.
+CREATE OR REPLACE VIEW model_comparison AS
+WITH per_country AS (
+    SELECT run_id, method, count(*)::INTEGER AS n_countries, avg(accuracy) AS mean_country_accuracy,
+           min(accuracy) AS min_country_accuracy, max(accuracy) AS max_country_accuracy
+    FROM headline WHERE country <> 'ALL' GROUP BY run_id, method
+)
+SELECT s.study_id, s.run_id, s.base_model, s.base_model_parameters, s.method, p.n_countries, s.n_test_claims,
+       s.accuracy, s.ci_low, s.ci_high, s.group_accuracy,
+       p.mean_country_accuracy, p.min_country_accuracy, p.max_country_accuracy
+FROM study_results s JOIN per_country p ON p.run_id = s.run_id AND p.method = s.method
+WHERE s.country = 'ALL';
