@@ -1,6 +1,7 @@
 """Does a model separate the control's options in leave-one-out scoring? (docs/method.md "Positive control")
 
     python -m benchmarks.control_separation --model gemma-3-270m [--preset control] [--set data.train_cap=48]
+        [--more-capitals] [--without-sibling]
 
 For one country of the preset's data: label every training claim with its gold label, in the
 search's context order, and score each claim with every other claim's gold label as context
@@ -12,13 +13,16 @@ U of gold, and the wall time. No search; gold is read for this measurement only.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from persona_icm.claims import dataset_from_file
 from persona_icm.cli import parse_overrides
 from persona_icm.config import build_config
+from persona_icm.control import CAPITALS, MORE_CAPITALS, control_frame
 from persona_icm.icm.diagnosis import group_ranking, with_gold
 from persona_icm.icm.engine import make_engine
 from persona_icm.icm.state import Labelling, Pool
@@ -36,9 +40,18 @@ def main() -> None:
         "--without-sibling", action="store_true",
         help="also score each claim with its own question's other claim left out of the context too",
     )
+    parser.add_argument(
+        "--more-capitals", action="store_true",
+        help="the control's questions plus persona_icm.control.MORE_CAPITALS (108), from a temporary file",
+    )
     args = parser.parse_args()
 
-    config = build_config(args.preset, parse_overrides(args.set) | {"base_model": {"name": args.model}})
+    overrides = parse_overrides(args.set) | {"base_model": {"name": args.model}}
+    if args.more_capitals:
+        path = Path(tempfile.mkdtemp(prefix="control-")) / "control_more_goqa.csv"
+        control_frame(facts=CAPITALS + MORE_CAPITALS).write_csv(path)
+        overrides["data"] = overrides.get("data", {}) | {"corpus": "goqa", "goqa_path": str(path)}
+    config = build_config(args.preset, overrides)
     _, dataset = dataset_from_file(config.data)
     split = dataset.country_split(config.data.countries[0])
     scorer = make_scorer(config.base_model)
