@@ -1,7 +1,7 @@
 """Does a model separate the control's options in leave-one-out scoring? (docs/method.md "Positive control")
 
     python -m benchmarks.control_separation --model gemma-3-270m [--preset control] [--set data.train_cap=48]
-        [--more-capitals] [--without-sibling]
+        [--more-capitals] [--animal-options] [--without-sibling]
 
 For one country of the preset's data: label every training claim with its gold label, in the
 search's context order, and score each claim with every other claim's gold label as context
@@ -22,7 +22,7 @@ import numpy as np
 from persona_icm.claims import dataset_from_file
 from persona_icm.cli import parse_overrides
 from persona_icm.config import build_config
-from persona_icm.control import CAPITALS, MORE_CAPITALS, control_frame
+from persona_icm.control import ANIMALS, CAPITALS, MORE_CAPITALS, control_frame
 from persona_icm.icm.diagnosis import group_ranking, with_gold
 from persona_icm.icm.engine import make_engine
 from persona_icm.icm.state import Labelling, Pool
@@ -44,12 +44,14 @@ def main() -> None:
         "--more-capitals", action="store_true",
         help="the control's questions plus persona_icm.control.MORE_CAPITALS (108), from a temporary file",
     )
+    parser.add_argument("--animal-options", action="store_true", help="wrong options from control.ANIMALS, not capitals")
     args = parser.parse_args()
 
     overrides = parse_overrides(args.set) | {"base_model": {"name": args.model}}
-    if args.more_capitals:
-        path = Path(tempfile.mkdtemp(prefix="control-")) / "control_more_goqa.csv"
-        control_frame(facts=CAPITALS + MORE_CAPITALS).write_csv(path)
+    if args.more_capitals or args.animal_options:
+        path = Path(tempfile.mkdtemp(prefix="control-")) / "control_variant_goqa.csv"
+        facts = CAPITALS + MORE_CAPITALS if args.more_capitals else CAPITALS
+        control_frame(facts=facts, wrong_options=ANIMALS if args.animal_options else ()).write_csv(path)
         overrides["data"] = overrides.get("data", {}) | {"corpus": "goqa", "goqa_path": str(path)}
     config = build_config(args.preset, overrides)
     _, dataset = dataset_from_file(config.data)

@@ -61,26 +61,36 @@ MORE_CAPITALS = (
 )
 
 
+# Wrong options that are no city at all (benchmarks/control_separation.py --animal-options).
+ANIMALS = (
+    "Elephant", "Giraffe", "Penguin", "Dolphin", "Tiger", "Rabbit", "Horse", "Camel", "Turtle", "Parrot", "Lion",
+    "Zebra", "Monkey", "Sheep", "Goat", "Eagle",
+)
+
+
 def capital_questions(
-    rng: np.random.Generator, facts: tuple[tuple[str, str], ...] = CAPITALS
+    rng: np.random.Generator, facts: tuple[tuple[str, str], ...] = CAPITALS, wrong_options: tuple[str, ...] = ()
 ) -> list[tuple[str, str, str]]:
-    """(question, correct, wrong): the wrong option is another listed country's capital."""
+    """(question, correct, wrong): the wrong option is another listed country's capital, or one of
+    `wrong_options` when given."""
     capitals = [city for _, city in facts]
     out = []
     for country, city in facts:
-        wrong = str(rng.choice([c for c in capitals if c != city]))
+        wrong = str(rng.choice(list(wrong_options) or [c for c in capitals if c != city]))
         out.append((f"What is the capital of {country}?", city, wrong))
     return out
 
 
 def control_frame(
-    countries: list[str] = DEFAULT_COUNTRIES, facts: tuple[tuple[str, str], ...] = CAPITALS
+    countries: list[str] = DEFAULT_COUNTRIES,
+    facts: tuple[tuple[str, str], ...] = CAPITALS,
+    wrong_options: tuple[str, ...] = (),
 ) -> pl.DataFrame:
     """The control questions as GOQA rows (question, selections, options, source); the correct
     option's place among the two is drawn per question."""
     rng = np.random.default_rng(SEED)
     rows = []
-    for question, correct, wrong in capital_questions(rng, facts):
+    for question, correct, wrong in capital_questions(rng, facts, wrong_options):
         correct_first = bool(rng.integers(2))
         options = [correct, wrong] if correct_first else [wrong, correct]
         shares = [CORRECT_SHARE, round(1 - CORRECT_SHARE, 3)]
