@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 from pydantic import ValidationError
 
@@ -72,3 +74,16 @@ def test_more_capitals_extend_the_control_without_moving_the_preset_file(tmp_pat
     split = dataset.country_split("United States")
     assert len({c.group_id for c in split.train}) == 24
     assert len(split.test) == 96
+
+
+def test_animal_options_replace_only_the_wrong_option():
+    from persona_icm.control import ANIMALS, control_frame
+
+    capitals, animals = control_frame(), control_frame(wrong_options=ANIMALS)
+    assert capitals["question"].to_list() == animals["question"].to_list()
+    capital_of = dict(CAPITALS)
+    for row in animals.iter_rows(named=True):
+        options = ast.literal_eval(row["options"])
+        right = capital_of[row["question"].removeprefix("What is the capital of ").rstrip("?")]
+        assert right in options and len(options) == 2
+        assert next(o for o in options if o != right) in ANIMALS
