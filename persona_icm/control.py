@@ -43,24 +43,54 @@ CAPITALS = (
     ("Serbia", "Belgrade"), ("Croatia", "Zagreb"), ("Czech Republic", "Prague"), ("New Zealand", "Wellington"),
     ("Uruguay", "Montevideo"),
 )
+# 44 more, for measuring larger controls (benchmarks/control_separation.py --more-capitals); the
+# preset's file keeps the 64 above, so its questions and split do not move.
+MORE_CAPITALS = (
+    ("Afghanistan", "Kabul"), ("Albania", "Tirana"), ("Armenia", "Yerevan"),
+    ("Azerbaijan", "Baku"), ("Belarus", "Minsk"), ("Cambodia", "Phnom Penh"), ("Costa Rica", "San Jose"),
+    ("Cyprus", "Nicosia"), ("Ecuador", "Quito"), ("Estonia", "Tallinn"), ("Georgia", "Tbilisi"),
+    ("Iceland", "Reykjavik"), ("Jamaica", "Kingston"), ("Kuwait", "Kuwait City"), ("Laos", "Vientiane"),
+    ("Latvia", "Riga"), ("Libya", "Tripoli"), ("Lithuania", "Vilnius"), ("Madagascar", "Antananarivo"),
+    ("Mali", "Bamako"), ("Malta", "Valletta"), ("Mongolia", "Ulaanbaatar"), ("Mozambique", "Maputo"),
+    ("Nicaragua", "Managua"), ("North Korea", "Pyongyang"), ("Oman", "Muscat"), ("Panama", "Panama City"),
+    ("Paraguay", "Asuncion"), ("Qatar", "Doha"), ("Rwanda", "Kigali"), ("Slovakia", "Bratislava"),
+    ("Slovenia", "Ljubljana"), ("Somalia", "Mogadishu"), ("Sudan", "Khartoum"), ("Uganda", "Kampala"),
+    ("Venezuela", "Caracas"), ("Zambia", "Lusaka"), ("Zimbabwe", "Harare"), ("Uzbekistan", "Tashkent"),
+    ("United Arab Emirates", "Abu Dhabi"), ("Bahrain", "Manama"), ("Angola", "Luanda"), ("Namibia", "Windhoek"),
+    ("Botswana", "Gaborone"),
+)
 
 
-def capital_questions(rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """(question, correct, wrong): the wrong option is another listed country's capital."""
-    capitals = [city for _, city in CAPITALS]
+# Wrong options that are no city at all (benchmarks/control_separation.py --animal-options).
+ANIMALS = (
+    "Elephant", "Giraffe", "Penguin", "Dolphin", "Tiger", "Rabbit", "Horse", "Camel", "Turtle", "Parrot", "Lion",
+    "Zebra", "Monkey", "Sheep", "Goat", "Eagle",
+)
+
+
+def capital_questions(
+    rng: np.random.Generator, facts: tuple[tuple[str, str], ...] = CAPITALS, wrong_options: tuple[str, ...] = ()
+) -> list[tuple[str, str, str]]:
+    """(question, correct, wrong): the wrong option is another listed country's capital, or one of
+    `wrong_options` when given."""
+    capitals = [city for _, city in facts]
     out = []
-    for country, city in CAPITALS:
-        wrong = str(rng.choice([c for c in capitals if c != city]))
+    for country, city in facts:
+        wrong = str(rng.choice(list(wrong_options) or [c for c in capitals if c != city]))
         out.append((f"What is the capital of {country}?", city, wrong))
     return out
 
 
-def control_frame(countries: list[str] = DEFAULT_COUNTRIES) -> pl.DataFrame:
+def control_frame(
+    countries: list[str] = DEFAULT_COUNTRIES,
+    facts: tuple[tuple[str, str], ...] = CAPITALS,
+    wrong_options: tuple[str, ...] = (),
+) -> pl.DataFrame:
     """The control questions as GOQA rows (question, selections, options, source); the correct
     option's place among the two is drawn per question."""
     rng = np.random.default_rng(SEED)
     rows = []
-    for question, correct, wrong in capital_questions(rng):
+    for question, correct, wrong in capital_questions(rng, facts, wrong_options):
         correct_first = bool(rng.integers(2))
         options = [correct, wrong] if correct_first else [wrong, correct]
         shares = [CORRECT_SHARE, round(1 - CORRECT_SHARE, 3)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 from pydantic import ValidationError
 
@@ -54,3 +56,34 @@ def test_control_preset_builds_its_splits_from_the_generated_file(tmp_path, monk
 def test_control_corpus_refuses_a_goqa_path_by_name():
     with pytest.raises(ValidationError, match="goqa_path"):
         build_config("control", {"data": {"goqa_path": "some.csv"}})
+
+
+def test_more_capitals_extend_the_control_without_moving_the_preset_file(tmp_path):
+    from persona_icm.control import MORE_CAPITALS, control_frame
+
+    facts = CAPITALS + MORE_CAPITALS
+    assert len({country for country, _ in facts}) == len({city for _, city in facts}) == len(facts) == 108
+    assert control_frame().equals(control_frame(facts=CAPITALS))
+    path = tmp_path / "more.csv"
+    control_frame(facts=facts).write_csv(path)
+    table = goqa.read_goqa(path)
+    assert table.questions.height == 108
+    # a 24-group training side, as benchmarks/control_separation.py --more-capitals measures it
+    data = {"corpus": "goqa", "goqa_path": str(path), "train_fraction": 0.5, "train_cap": 48}
+    _, dataset = dataset_from_file(build_config("control", {"data": data}).data)
+    split = dataset.country_split("United States")
+    assert len({c.group_id for c in split.train}) == 24
+    assert len(split.test) == 96
+
+
+def test_animal_options_replace_only_the_wrong_option():
+    from persona_icm.control import ANIMALS, control_frame
+
+    capitals, animals = control_frame(), control_frame(wrong_options=ANIMALS)
+    assert capitals["question"].to_list() == animals["question"].to_list()
+    capital_of = dict(CAPITALS)
+    for row in animals.iter_rows(named=True):
+        options = ast.literal_eval(row["options"])
+        right = capital_of[row["question"].removeprefix("What is the capital of ").rstrip("?")]
+        assert right in options and len(options) == 2
+        assert next(o for o in options if o != right) in ANIMALS
