@@ -87,9 +87,10 @@ def online_gpu_workers(pool: str = GPU_POOL) -> int:
     return max(1, sum(w.status == WorkerStatus.ONLINE for w in workers))
 
 
-def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: str, timeout: float, workers: int) -> list[CountryResult]:
+def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: str, timeout: float, workers: int,
+                       model: str | None = None) -> list[CountryResult]:
     """The countries shared among `workers` gpu workers: one batch flow run each (flows/batch.py),
-    every wait bounded. With a first wave of search batches (persona_icm/batches.py), a country
+    every wait bounded; `model` (a study's) starts each batch's name. With a first wave of search batches (persona_icm/batches.py), a country
     batch starts once the batches holding its countries' searches are done and takes them from the
     task cache."""
     plan = plan_batches([SplitSize(s.country, len(s.train), len(s.test)) for s in splits],
@@ -97,15 +98,16 @@ def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: st
     get_run_logger().info("%d gpu worker(s): search batches %s, country batches %s", workers, plan.search_batches, plan.country_batches)
     split = {s.country: s for s in splits}
     common = {"config": config.model_dump(mode="json"), "run_id": run_id}
+    named = f"{model}: " if model else ""
     searches = []
     for batch in plan.search_batches:
-        label = "searches: " + ", ".join(f"{country} seed {seed}" for country, seed in batch)
+        label = named + "searches: " + ", ".join(f"{country} seed {seed}" for country, seed in batch)
         units = [{"country": country, "train": split[country].train, "seed": seed} for country, seed in batch]
         searches.append((batch, run_remotely.submit(BATCH_DEPLOYMENT, {**common, "label": label, "searches": units}, label,
                                                     timeout * len(batch))))
     futures: list[PrefectFuture] = []
     for batch in plan.country_batches:
-        label = ", ".join(batch)
+        label = named + ", ".join(batch)
         units = [{"country": c, "train": split[c].train, "test": split[c].test} for c in batch]
         before = [future for held, future in searches if {country for country, _ in held} & set(batch)]
         futures.append(run_remotely.submit(BATCH_DEPLOYMENT, {**common, "label": label, "countries": units}, label,
@@ -157,10 +159,11 @@ def chat_for_run(chat: dict[str, list[MethodResult]], run_id: str, computed_here
 
 
 def countries_of_model(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float,
-                       workers: int | None) -> list[CountryResult]:
-    """One base model's countries: fanned out over the gpu workers, or here on this process's engine."""
+                       workers: int | None, study: bool) -> list[CountryResult]:
+    """One base model's countries: fanned out over the gpu workers (in a `study`, the batches' names
+    start with the model's), or here on this process's engine."""
     if fan_out:
-        return countries_remotely(config, splits, run_id, timeout, workers)
+        return countries_remotely(config, splits, run_id, timeout, workers, model_name(config.base_model) if study else None)
     release_local_models()  # the previous model's engine, before this one loads (a no-op for the first)
     return [country_flow(config, s.country, s.train, s.test, run_id) for s in splits]
 
@@ -217,7 +220,7 @@ def persona_icm(
             log.info("%d base model(s) on %d gpu worker(s), model after model: %d base-model engine start(s), bound %d",
                      len(runs), workers, starts, engine_start_bound(len(splits), len(seeds), workers, len(runs)))
         for r in runs:
-            r.results = countries_of_model(r.config, splits, r.run_id, fan_out, timeout, workers)
+            r.results = countries_of_model(r.config, splits, r.run_id, fan_out, timeout, workers, study=len(runs) > 1)
         timings["countries"] = time.perf_counter() - clock - timings["data"]
         chat = chat_baseline(runs[-1].config, splits, runs[-1].run_id, fan_out, timeout) if chat_methods(config.eval.methods) else {}
         timings["chat"] = time.perf_counter() - clock - timings["data"] - timings["countries"]

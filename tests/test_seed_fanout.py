@@ -2,7 +2,8 @@
 batches (flows/batch.py, persona_icm/batches.py): with one gpu worker both countries run in one
 batch on one engine; with two ICM seeds and more workers than countries every (country, seed)
 search first runs in a batch of its own, and each country then takes its two searches from the
-task cache.
+task cache; a study of two base models runs model after model, each model's countries in batches of
+its own.
 
 The batches run in a separate process that serves the `batch` deployment with Prefect's Runner
 (`prefect.serve`, two runs at a time): real flow runs in their own processes, as a gpu-pool worker
@@ -62,7 +63,7 @@ def wait_for_deployments(names: list[str], log: Path, timeout: float = 120) -> N
                     time.sleep(1)
 
 
-def run_fanned_out(tmp_path, children, icm: dict, methods: list[str], gpu_workers: int):
+def run_fanned_out(tmp_path, children, icm: dict, methods: list[str], gpu_workers: int, base_models: list[dict] | None = None):
     from flows.experiment import persona_icm
     from persona_icm.tiny_model import write_tiny_model
     from tests.goqa_fixtures import make_rows, write_goqa
@@ -76,6 +77,8 @@ def run_fanned_out(tmp_path, children, icm: dict, methods: list[str], gpu_worker
         "eval": {"eval_repeats": 2, "demo_sizes": [4], "bootstrap_samples": 100, "methods": methods},
         "warehouse_path": str(warehouse),
     }
+    if base_models:
+        overrides = {**overrides, "base_model": base_models[0], "base_models": base_models}
     wait_for_deployments(["persona-icm-batch/batch"], children)
     since, start = datetime.now(UTC), time.monotonic()
     state = persona_icm(preset="smoke", overrides=overrides, fan_out=True, country_timeout_hours=0.25, gpu_workers=gpu_workers,
@@ -144,3 +147,27 @@ def test_each_seed_searches_in_a_batch_of_its_own_and_the_countries_take_them_fr
         icm = wh.sql("SELECT n_seeds FROM results_by_country WHERE run_id = ? AND method = 'icm' AND experiment = 'main'", [run_id])
         assert icm["n_seeds"].to_list() == [2, 2]
     print(f"\ntwo seeds fanned out: 4 search batches, 2 country batches in {took:.0f} s; searches at once: {overlapping}")
+
+
+def test_a_study_runs_model_after_model_each_in_batches_of_its_own(children, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from persona_icm.warehouse import open_warehouse
+    from tests.helpers import deployment_runs, flow_runs_named
+
+    models = [{"backend": "synthetic", "name": name} for name in ("synthetic-a", "synthetic-b")]
+    study_id, warehouse, took, since = run_fanned_out(tmp_path, children, {}, ["icm", "golden"], gpu_workers=2, base_models=models)
+    with get_client(sync_client=True) as client:
+        batches = created_since(deployment_runs(client, "persona-icm-batch/batch"), since)
+        countries = created_since(flow_runs_named(client, "persona-icm-country"), since)
+    assert sorted(r.name for r in batches) == sorted(f"synthetic:{m['name']}: {c}" for m in models for c in COUNTRIES)
+    assert {r.state_name for r in batches + countries} == {"Completed"} and len(countries) == 4
+    first, second = ([r for r in batches if r.name.startswith(f"synthetic:{m['name']}:")] for m in models)
+    assert min(r.start_time for r in second) >= max(r.end_time for r in first)  # model after model
+    with open_warehouse(warehouse, read_only=True) as wh:
+        runs = wh.sql("SELECT run_id, base_model FROM runs WHERE study_id = ? ORDER BY base_model", [study_id])
+        done = wh.sql("SELECT r.base_model, list(DISTINCT c.country ORDER BY c.country) AS countries FROM results_by_country c "
+                      "JOIN runs r USING (run_id) WHERE r.study_id = ? GROUP BY 1 ORDER BY 1", [study_id])
+    assert runs["base_model"].to_list() == [f"synthetic:{m['name']}" for m in models]
+    assert done["countries"].to_list() == [sorted(COUNTRIES)] * 2  # every (country, model) reached results_by_country
+    print(f"\ntwo base models fanned out over 2 workers: {len(batches)} batches in {took:.0f} s")
