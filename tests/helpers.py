@@ -273,3 +273,14 @@ def kill_worker_of(run) -> None:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
+
+
+def wait_until(what: str, condition, timeout: float, poll: float = 2.0):
+    """`condition()`'s first truthy value, polled every `poll` s; an AssertionError naming `what` past `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")

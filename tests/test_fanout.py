@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from prefect import flow
@@ -62,39 +63,50 @@ def test_a_child_that_never_finishes_is_cancelled_at_the_bound_and_its_country_f
     print(f"bounded wait: failed after {waited:.1f} s for a 4 s bound")
 
 
-def test_a_crashed_child_is_retried_once_then_fails_naming_its_country(harness):
+@contextmanager
+def each_child_set_to(deployment: str, state):
+    """A thread that puts every child of `deployment` into `state()` once, as the server's lost-run automation (or a
+    child's own failure) would; yields the ids of the children it has set."""
     from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
 
-    from tasks.fanout import ChildCrashed, run_remotely
-
-    deployment = idle_deployment("lost-workers")
-    crashed: set = set()
+    done: set = set()
     stop = threading.Event()
 
-    def lost_run_automation():
+    def set_each_child():
         while not stop.is_set():
             with get_client(sync_client=True) as client:
                 for run in children_of(deployment):
-                    if run.id not in crashed:
-                        client.set_flow_run_state(run.id, Crashed(message="no heartbeat for 120 s"), force=True)
-                        crashed.add(run.id)
+                    if run.id not in done:
+                        client.set_flow_run_state(run.id, state(), force=True)
+                        done.add(run.id)
             time.sleep(0.5)
 
-    thread = threading.Thread(target=lost_run_automation, daemon=True)
+    thread = threading.Thread(target=set_each_child, daemon=True)
     thread.start()
-
-    @flow
-    def parent() -> object:
-        return run_remotely(deployment, {}, "Atlantis", 600)
-
     try:
-        start = time.monotonic()
-        state = parent(return_state=True)
-        waited = time.monotonic() - start
+        yield done
     finally:
         stop.set()
         thread.join()
+
+
+@flow
+def parent_of(deployment: str) -> object:
+    from tasks.fanout import run_remotely
+
+    return run_remotely(deployment, {}, "Atlantis", 600)
+
+
+def test_a_crashed_child_is_retried_once_then_fails_naming_its_country(harness):
+    from prefect.states import Crashed
+
+    from tasks.fanout import ChildCrashed
+
+    deployment = idle_deployment("lost-workers")
+    with each_child_set_to(deployment, lambda: Crashed(message="no heartbeat for 120 s")) as crashed:
+        start = time.monotonic()
+        state = parent_of(deployment, return_state=True)
+        waited = time.monotonic() - start
     assert state.is_failed() and waited < 120
     with pytest.raises(ChildCrashed, match=r"Atlantis: flow run .* ended Crashed: no heartbeat for 120 s"):
         state.result()
@@ -107,36 +119,14 @@ def test_a_crashed_child_is_retried_once_then_fails_naming_its_country(harness):
     ("Flow run encountered an exception: ValueError: bad claim", 1),  # its own failure: not retried
 ])
 def test_a_child_that_lost_the_server_is_retried_once_and_one_that_failed_is_not(harness, message, children):
-    from prefect.client.orchestration import get_client
     from prefect.states import Failed
 
-    from tasks.fanout import ChildCrashed, ChildFailed, run_remotely
+    from tasks.fanout import ChildCrashed, ChildFailed
 
     deployment = idle_deployment(f"restarted-server-{children}")
-    failed: set = set()
-    stop = threading.Event()
-
-    def fail_each_child():  # as a batch does when a client it opens during a server restart cannot connect
-        while not stop.is_set():
-            with get_client(sync_client=True) as client:
-                for run in children_of(deployment):
-                    if run.id not in failed:
-                        client.set_flow_run_state(run.id, Failed(message=message), force=True)
-                        failed.add(run.id)
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=fail_each_child, daemon=True)
-    thread.start()
-
-    @flow
-    def parent() -> object:
-        return run_remotely(deployment, {}, "Atlantis", 600)
-
-    try:
-        state = parent(return_state=True)
-    finally:
-        stop.set()
-        thread.join()
+    # as a batch fails when a client it opens during a server restart cannot connect
+    with each_child_set_to(deployment, lambda: Failed(message=message)) as failed:
+        state = parent_of(deployment, return_state=True)
     assert state.is_failed()
     with pytest.raises(ChildCrashed if children == 2 else ChildFailed, match=r"Atlantis: flow run .* ended Failed"):
         state.result()

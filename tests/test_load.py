@@ -40,6 +40,7 @@ from tests.helpers import (
     free_port,
     kill_worker_of,
     local_script,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -185,13 +186,7 @@ def start_parent(stack, overrides: dict, out: Path) -> subprocess.Popen:
 
 
 def wait(what: str, condition, timeout: float, poll: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"load test: {what} did not happen within {timeout:.0f} s")
+    return wait_until(f"load test: {what}", condition, timeout, poll)
 
 
 def restart_server(stack) -> float:

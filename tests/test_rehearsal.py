@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import free_port, kill_worker_of, local_script
+from tests.helpers import free_port, kill_worker_of, local_script, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,13 +104,7 @@ def search_progress(client, run) -> float:
 
 
 def wait(what: str, condition, timeout: float, poll: float = 3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"rehearsal: {what} did not happen within {timeout:.0f} s")
+    return wait_until(f"rehearsal: {what}", condition, timeout, poll)
 
 
 def online_gpu_workers(client) -> int:
