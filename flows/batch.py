@@ -38,7 +38,7 @@ class SearchUnit(BaseModel):
 
 
 @flow(name="persona-icm-batch", flow_run_name="{label}", persist_result=True, result_storage=result_storage(),
-      result_serializer=JSON)
+      result_serializer=JSON, cache_result_in_memory=False)
 def batch_flow(
     config: RunConfig,
     run_id: str,

@@ -18,7 +18,8 @@ from tasks.results import JSON
 from tasks.storage import result_storage
 
 
-@flow(name="persona-icm-chat", persist_result=True, result_storage=result_storage(), result_serializer=JSON)
+@flow(name="persona-icm-chat", persist_result=True, result_storage=result_storage(), result_serializer=JSON,
+      cache_result_in_memory=False)
 def chat_flow(
     config: RunConfig, splits: dict[str, tuple[list[Claim], list[Claim]]], run_id: str, remote: bool = False
 ) -> dict[str, list[MethodResult]]:

@@ -30,7 +30,7 @@ class CountryResult(Result):
 
 
 @flow(name="persona-icm-country", flow_run_name="{country}", persist_result=True, result_storage=result_storage(),
-      result_serializer=JSON)
+      result_serializer=JSON, cache_result_in_memory=False)
 def country_flow(
     config: RunConfig, country: str, train: list[Claim], test: list[Claim], run_id: str, remote: bool = False
 ) -> CountryResult:

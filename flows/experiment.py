@@ -20,6 +20,7 @@ study_id; the chat baseline, which no base model changes, runs once and is store
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,8 +52,15 @@ from persona_icm.scoring import release_local_models
 from tasks.checks import check_inputs
 from tasks.data import ingest_goqa, write_claims_and_splits
 from tasks.evaluation import MethodResult, chat_methods
-from tasks.fanout import ChildCrashed, ChildFailed, run_remotely
-from tasks.persist import aggregate_countries, code_version, persist_country, record_run, run_row
+from tasks.fanout import ChildCrashed, ChildFailed, child_result, run_remotely
+from tasks.persist import (
+    aggregate_countries,
+    code_version,
+    persist_chat,
+    persist_country,
+    record_run,
+    run_row,
+)
 from tasks.report import report, study_report
 from tasks.results import JSON
 from tasks.scorers import model_name
@@ -88,11 +96,12 @@ def online_gpu_workers(pool: str = GPU_POOL) -> int:
 
 
 def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: str, timeout: float, workers: int,
-                       model: str | None = None) -> list[CountryResult]:
+                       model: str | None = None) -> Iterator[CountryResult]:
     """The countries shared among `workers` gpu workers: one batch flow run each (flows/batch.py),
     every wait bounded; `model` (a study's) starts each batch's name. With a first wave of search batches (persona_icm/batches.py), a country
     batch starts once the batches holding its countries' searches are done and takes them from the
-    task cache."""
+    task cache. Yields each batch's countries as the batch completes, its result read from the result
+    storage then, so the parent holds one batch's results at a time."""
     plan = plan_batches([SplitSize(s.country, len(s.train), len(s.test)) for s in splits],
                         [icm.seed for icm in config.icm.searches()], workers)
     get_run_logger().info("%d gpu worker(s): search batches %s, country batches %s", workers, plan.search_batches, plan.country_batches)
@@ -104,25 +113,27 @@ def countries_remotely(config: RunConfig, splits: list[CountrySplit], run_id: st
         label = named + "searches: " + ", ".join(f"{country} seed {seed}" for country, seed in batch)
         units = [{"country": country, "train": split[country].train, "seed": seed} for country, seed in batch]
         searches.append((batch, run_remotely.submit(BATCH_DEPLOYMENT, {**common, "label": label, "searches": units}, label,
-                                                    timeout * len(batch))))
+                                                    timeout * len(batch), keep_result=False)))
     futures: list[PrefectFuture] = []
     for batch in plan.country_batches:
         label = named + ", ".join(batch)
         units = [{"country": c, "train": split[c].train, "test": split[c].test} for c in batch]
         before = [future for held, future in searches if {country for country, _ in held} & set(batch)]
         futures.append(run_remotely.submit(BATCH_DEPLOYMENT, {**common, "label": label, "countries": units}, label,
-                                           timeout * len(batch), wait_for=before))
+                                           timeout * len(batch), keep_result=False, wait_for=before))
     for _, search in searches:
         search.result()  # a failed search batch fails the run by its name, before its countries are awaited
-    results, lost = {}, []
+    lost = []
     for future in as_completed(futures):  # every batch is awaited, so none runs on orphaned after a failure
         try:
-            results.update((r.country, r) for r in future.result())
+            batch_run = future.result()
         except (ChildCrashed, ChildFailed) as error:
             lost.append(str(error))
+            continue
+        yield from child_result(batch_run)
     if lost:
-        raise ChildFailed(f"{len(lost)} of {len(futures)} country batches lost (the others' searches are cached):\n" + "\n".join(lost))
-    return [results[s.country] for s in splits]
+        raise ChildFailed(f"{len(lost)} of {len(futures)} country batches lost (the others' searches are cached, "
+                          "their countries stored):\n" + "\n".join(lost))
 
 
 def chat_baseline(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float) -> dict[str, list[MethodResult]]:
@@ -144,7 +155,6 @@ class ModelRun:
     config: RunConfig
     run_id: str
     row: dict[str, Any]
-    results: list[CountryResult] | None = None
 
 
 def chat_for_run(chat: dict[str, list[MethodResult]], run_id: str, computed_here: bool) -> dict[str, list[MethodResult]]:
@@ -159,13 +169,15 @@ def chat_for_run(chat: dict[str, list[MethodResult]], run_id: str, computed_here
 
 
 def countries_of_model(config: RunConfig, splits: list[CountrySplit], run_id: str, fan_out: bool, timeout: float,
-                       workers: int | None, study: bool) -> list[CountryResult]:
-    """One base model's countries: fanned out over the gpu workers (in a `study`, the batches' names
-    start with the model's), or here on this process's engine."""
+                       workers: int | None, study: bool) -> Iterator[CountryResult]:
+    """One base model's countries, each yielded when done: fanned out over the gpu workers (in a
+    `study`, the batches' names start with the model's), or here on this process's engine."""
     if fan_out:
-        return countries_remotely(config, splits, run_id, timeout, workers, model_name(config.base_model) if study else None)
+        yield from countries_remotely(config, splits, run_id, timeout, workers, model_name(config.base_model) if study else None)
+        return
     release_local_models()  # the previous model's engine, before this one loads (a no-op for the first)
-    return [country_flow(config, s.country, s.train, s.test, run_id) for s in splits]
+    for s in splits:
+        yield country_flow(config, s.country, s.train, s.test, run_id)
 
 
 # Its result (the run_id) is not kept; a failure's exception is, in PREFECT_HOME/storage: as JSON.
@@ -219,19 +231,18 @@ def persona_icm(
             starts = engine_starts(study_plans(sizes, seeds, workers, len(runs)))
             log.info("%d base model(s) on %d gpu worker(s), model after model: %d base-model engine start(s), bound %d",
                      len(runs), workers, starts, engine_start_bound(len(splits), len(seeds), workers, len(runs)))
-        for r in runs:
-            r.results = countries_of_model(r.config, splits, r.run_id, fan_out, timeout, workers, study=len(runs) > 1)
+        with_chat = bool(chat_methods(config.eval.methods))
+        for r in runs:  # each country is stored as it comes back, so the parent holds at most one batch's results
+            for result in countries_of_model(r.config, splits, r.run_id, fan_out, timeout, workers, study=len(runs) > 1):
+                persist_country(warehouse, r.run_id, result.country, result.searches, result.evaluations,
+                                config.eval.bootstrap_samples, config.eval.seed, diagnoses=result.diagnoses,
+                                chat_follows=with_chat)
         timings["countries"] = time.perf_counter() - clock - timings["data"]
-        chat = chat_baseline(runs[-1].config, splits, runs[-1].run_id, fan_out, timeout) if chat_methods(config.eval.methods) else {}
+        chat = chat_baseline(runs[-1].config, splits, runs[-1].run_id, fan_out, timeout) if with_chat else {}
         timings["chat"] = time.perf_counter() - clock - timings["data"] - timings["countries"]
         for r in runs:
-            chat_rows = chat_for_run(chat, r.run_id, computed_here=r is runs[-1])
-            for result in r.results:
-                evaluations = result.evaluations + chat_rows.get(result.country, [])
-                persist_country(
-                    warehouse, r.run_id, result.country, result.searches, evaluations,
-                    config.eval.bootstrap_samples, config.eval.seed, diagnoses=result.diagnoses,
-                )
+            for country, evaluations in chat_for_run(chat, r.run_id, computed_here=r is runs[-1]).items():
+                persist_chat(warehouse, r.run_id, country, evaluations, config.eval.bootstrap_samples, config.eval.seed)
             aggregate_countries(warehouse, r.run_id, config.eval.bootstrap_samples, config.eval.seed)
     except BaseException:
         for r in runs:

@@ -18,6 +18,8 @@ n_icm_seeds, claim_acc_ci_low, claim_acc_ci_high, group_acc_ci_low, group_acc_ci
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 
@@ -157,15 +159,23 @@ def _interval_row(head: dict, outcomes: pl.DataFrame, n_boot: int, rng: np.rando
 # ---------------------------------------------------------------- rows written with their intervals
 
 def write_evaluation(
-    wh: Warehouse, run_id: str, country: str, frames: dict[str, pl.DataFrame], n_boot: int = 1000, seed: int = 0
+    wh: Warehouse, run_id: str, country: str, frames: dict[str, pl.DataFrame], n_boot: int = 1000, seed: int = 0,
+    step: str = "eval", methods: Sequence[str] | None = None, intervals: bool = True,
 ) -> dict[str, int]:
-    """One country's evaluation (predictions, demos, model_calls) and the bootstrap intervals
-    of its accuracies (metrics, from the views), in one transaction."""
+    """One country's evaluation (predictions, demos, model_calls of `step`; with `methods`, the rows of those
+    methods only) and, with `intervals`, the bootstrap intervals of all of the country's accuracies
+    (metrics, from the views), in one transaction."""
     with wh.transaction():
-        written = write_results(wh, run_id, country, "eval", frames)
-        intervals = summarize(question_outcomes(wh, run_id, country), n_boot=n_boot, seed=seed)
-        written |= write_results(wh, run_id, country, "eval", {"metrics": intervals})
+        written = write_results(wh, run_id, country, step, frames, methods)
+        if intervals:
+            written |= write_intervals(wh, run_id, country, n_boot, seed)
     return written
+
+
+def write_intervals(wh: Warehouse, run_id: str, country: str, n_boot: int = 1000, seed: int = 0) -> dict[str, int]:
+    """The bootstrap intervals of every accuracy of the country's rows in the warehouse (metrics)."""
+    intervals = summarize(question_outcomes(wh, run_id, country), n_boot=n_boot, seed=seed)
+    return write_results(wh, run_id, country, "eval", {"metrics": intervals})
 
 
 def write_aggregate(wh: Warehouse, run_id: str, n_boot: int = 1000, seed: int = 0) -> int:

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,8 @@ class Warehouse:
             self._depth = 0
 
     def replace(self, table: str, frame: pl.DataFrame, **key: Any) -> int:
-        """Delete the rows of `table` matching `key` (column=value), then insert `frame`.
+        """Delete the rows of `table` matching `key` (column=value, or column=(values, ...): any
+        of them), then insert `frame`.
 
         Every row of `frame` must carry the key's values, so running the same call twice leaves
         the table as after the first. Columns are matched by name; table columns missing from
@@ -145,14 +146,18 @@ class Warehouse:
         for name in (table, *key):
             if not _IDENTIFIER.match(name):
                 raise ValueError(f"not a plain SQL identifier: {name!r}")
-        for column, value in key.items():
+        allowed = {column: list(value) if isinstance(value, tuple | list) else [value] for column, value in key.items()}
+        for column, values in allowed.items():
             if column not in frame.columns:
                 raise ValueError(f"replace into {table}: frame has no key column {column!r}")
-            if frame.height and not (frame[column] == value).all():
-                raise ValueError(f"replace into {table}: some rows have {column} != {value!r}")
-        where = " AND ".join(f"{column} = ?" for column in key)
+            if not values:
+                raise ValueError(f"replace into {table}: key {column!r} has no values")
+            if frame.height and not frame[column].is_in(values).all():
+                shown = values[0] if len(values) == 1 else values
+                raise ValueError(f"replace into {table}: some rows have {column} != {shown!r}")
+        where = " AND ".join(f"{column} IN ({', '.join('?' * len(values))})" for column, values in allowed.items())
         with self.transaction():
-            self.con.execute(f"DELETE FROM {table} WHERE {where}", list(key.values()))
+            self.con.execute(f"DELETE FROM {table} WHERE {where}", [v for values in allowed.values() for v in values])
             if frame.height:
                 self.con.register("_replace_frame", frame)
                 try:
@@ -337,6 +342,7 @@ def open_warehouse(
 
 # The tables a (run, country, step) transaction replaces; model_calls is also keyed by step.
 RESULT_TABLES = ("icm_labels", "icm_trace", "icm_diagnosis", "icm_diagnosis_groups", "predictions", "demos", "metrics", "model_calls")
+PER_METHOD_TABLES = ("predictions", "demos")  # written per method set: the base model's, then the chat model's
 
 
 def write_run(wh: Warehouse, run: dict[str, Any]) -> None:
@@ -344,8 +350,11 @@ def write_run(wh: Warehouse, run: dict[str, Any]) -> None:
     wh.replace("runs", pl.DataFrame([run]), run_id=run["run_id"])
 
 
-def write_results(wh: Warehouse, run_id: str, country: str, step: str, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
-    """Replace the rows of (run_id, country) in each table of `frames`, in one transaction.
+def write_results(wh: Warehouse, run_id: str, country: str, step: str, frames: dict[str, pl.DataFrame],
+                  methods: Sequence[str] | None = None) -> dict[str, int]:
+    """Replace the rows of (run_id, country) in each table of `frames`, in one transaction; with
+    `methods`, only those methods' rows of the per-method tables (predictions, demos), so the base
+    model's methods and the chat model's are written at different times.
 
     Each frame must have exactly its table's columns once run_id and country (and step, for
     model_calls) are added: a missing or unknown column is an error naming it, nothing is
@@ -358,9 +367,11 @@ def write_results(wh: Warehouse, run_id: str, country: str, step: str, frames: d
     with wh.transaction():
         for table, frame in frames.items():
             frame = frame.with_columns(run_id=pl.lit(run_id), country=pl.lit(country))
-            key = {"run_id": run_id, "country": country}
+            key: dict[str, Any] = {"run_id": run_id, "country": country}
             if table == "model_calls":
                 frame, key = frame.with_columns(step=pl.lit(step)), {**key, "step": step}
+            if methods is not None and table in PER_METHOD_TABLES:
+                key["method"] = tuple(methods)
             columns = table_columns(wh, table)
             missing, extra = [c for c in columns if c not in frame.columns], [c for c in frame.columns if c not in columns]
             if missing or extra:

@@ -21,7 +21,8 @@ class DiagnosisResult(Result):
     calls: Frame  # model_calls rows, phase "diagnosis"
 
 
-@task(name="icm-diagnosis", tags=[GPU], cache_policy=NO_CACHE, result_serializer=JSON)
+@task(name="icm-diagnosis", tags=[GPU], cache_policy=NO_CACHE, result_serializer=JSON,
+      cache_result_in_memory=False)
 def diagnose_search(train: list[Claim], search: SearchResult, icm: IcmConfig, model: ModelSpec) -> DiagnosisResult:
     """U, P and I of gold, ICM's final labels and gold flipped, and gold's per-group ranking, with
     the search's scorer and config (three energy evaluations, one backend call with the fast engine)."""

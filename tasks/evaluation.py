@@ -33,7 +33,8 @@ class MethodResult(Result):
     skipped: str | None = None  # why the method was not run (e.g. no chat model)
 
 
-@task(name="evaluate", tags=[GPU], task_run_name="evaluate-{method}-{country}", result_serializer=JSON)
+@task(name="evaluate", tags=[GPU], task_run_name="evaluate-{method}-{country}", result_serializer=JSON,
+      cache_result_in_memory=False)
 def evaluate_method(
     method: str,
     country: str,

@@ -72,13 +72,22 @@ def wait_for_child(flow_run_id, label: str, timeout_seconds: float, poll_seconds
     retry_delay_seconds=5,
     retry_condition_fn=retry_if_crashed,
 )
-def run_remotely(deployment: str, parameters: dict[str, Any], label: str, timeout_seconds: float) -> Any:
-    """Start `deployment` with `parameters`, wait (bounded) and return the child's result."""
+def run_remotely(deployment: str, parameters: dict[str, Any], label: str, timeout_seconds: float,
+                 keep_result: bool = True) -> Any:
+    """Start `deployment` with `parameters`, wait (bounded) and return the child's result; with
+    `keep_result=False` only the child's flow run id, its result staying in the result storage
+    until `child_result` reads it (a task's return value stays in the parent's memory)."""
     child = run_deployment(deployment, parameters=parameters, timeout=0)
     run = wait_for_child(child.id, label, timeout_seconds)
     if run.state.is_completed():
-        return run.state.result()
+        return run.state.result() if keep_result else str(run.id)
     detail = f"{label}: flow run {run.name} ended {run.state_name}" + (f": {run.state.message}" if run.state.message else "")
     if run.state.is_crashed() or any(lost in (run.state.message or "") for lost in SERVER_LOST):
         raise ChildCrashed(detail)
     raise ChildFailed(detail)
+
+
+def child_result(flow_run_id: str) -> Any:
+    """The result of a completed child flow run, read from the result storage."""
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state.result()

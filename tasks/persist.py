@@ -22,11 +22,12 @@ from prefect.states import Crashed
 
 from persona_icm.config import RunConfig
 from persona_icm.icm.diagnosis import ENERGY_SCHEMA, GROUP_SCHEMA
-from persona_icm.metrics import write_aggregate, write_evaluation
+from persona_icm.methods import stored_methods
+from persona_icm.metrics import write_aggregate, write_evaluation, write_intervals
 from persona_icm.model_sizes import parameter_count
 from persona_icm.run_status import RUNNING, claim_run, finish_run
 from persona_icm.scoring.base import number_calls
-from persona_icm.warehouse import open_warehouse, write_results
+from persona_icm.warehouse import Warehouse, open_warehouse, write_results
 from tasks.diagnosis import DiagnosisResult
 from tasks.evaluation import MethodResult
 from tasks.scorers import model_name
@@ -106,10 +107,11 @@ def mark_crashed(flow_run_ids: list[str], message: str) -> None:
 def persist_country(
     warehouse_path: Path, run_id: str, country: str, searches: dict[int, SearchResult],
     evaluations: list[MethodResult], bootstrap_samples: int, seed: int,
-    diagnoses: dict[int, DiagnosisResult] | None = None,
+    diagnoses: dict[int, DiagnosisResult] | None = None, chat_follows: bool = False,
 ) -> dict[str, dict[str, int]]:
-    """Write one country: its searches and their diagnoses (step icm, one icm_seed each), then the
-    evaluation and its intervals (step eval)."""
+    """Write one country as soon as its base model is done with it: its searches and their diagnoses
+    (step icm, one icm_seed each), then its base-model methods' evaluation (step eval) and, unless the
+    chat baseline follows (`chat_follows`: persist_chat then writes the intervals), their intervals."""
     def per_seed(frame_of, results) -> pl.DataFrame:
         return pl.concat([frame_of(r).with_columns(icm_seed=pl.lit(seed, pl.Int32)) for seed, r in sorted(results.items())],
                          how="vertical_relaxed")
@@ -128,13 +130,34 @@ def persist_country(
     written = {}
     with open_warehouse(warehouse_path) as wh:
         written["icm"] = write_results(wh, run_id, country, "icm", frames)
-        written["eval"] = write_evaluation(wh, run_id, country, {
-            "predictions": pl.concat([e.predictions for e in evaluations], how="vertical_relaxed"),
-            "demos": pl.concat([e.demos for e in evaluations], how="vertical_relaxed"),
-            "model_calls": number_calls(pl.concat([e.calls for e in evaluations], how="vertical_relaxed")),
-        }, n_boot=bootstrap_samples, seed=seed)
+        written["eval"] = write_methods(wh, run_id, country, "eval", evaluations, bootstrap_samples, seed, intervals=not chat_follows)
     get_run_logger().info("%s persisted: %s", country, written)
     return written
+
+
+@task(name="persist-chat", cache_policy=NO_CACHE)
+def persist_chat(warehouse_path: Path, run_id: str, country: str, evaluations: list[MethodResult],
+                 bootstrap_samples: int, seed: int) -> dict[str, int]:
+    """Write one country's chat-model methods (step chat) beside its base-model methods, and the
+    intervals of all of them."""
+    with open_warehouse(warehouse_path) as wh:
+        written = write_methods(wh, run_id, country, "chat", evaluations, bootstrap_samples, seed, intervals=True)
+    get_run_logger().info("%s chat baseline persisted: %s", country, written)
+    return written
+
+
+def write_methods(wh: Warehouse, run_id: str, country: str, step: str, evaluations: list[MethodResult],
+                  bootstrap_samples: int, seed: int, intervals: bool) -> dict[str, int]:
+    """The rows of the evaluated methods (replacing those methods' rows only) and their model calls (of `step`)."""
+    if not evaluations:
+        return write_intervals(wh, run_id, country, bootstrap_samples, seed) if intervals else {}
+    frames = {
+        "predictions": pl.concat([e.predictions for e in evaluations], how="vertical_relaxed"),
+        "demos": pl.concat([e.demos for e in evaluations], how="vertical_relaxed"),
+        "model_calls": number_calls(pl.concat([e.calls for e in evaluations], how="vertical_relaxed")),
+    }
+    return write_evaluation(wh, run_id, country, frames, n_boot=bootstrap_samples, seed=seed, step=step,
+                            methods=[m.name for e in evaluations for m in stored_methods(e.method)], intervals=intervals)
 
 
 @task(name="aggregate-countries", cache_policy=NO_CACHE)

@@ -56,6 +56,7 @@ def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     persist_result=True,
     result_storage=result_storage(),
     result_serializer=JSON,
+    cache_result_in_memory=False,
     cache_expiration=timedelta(days=365),
     retries=1,
     retry_delay_seconds=10,

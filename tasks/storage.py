@@ -9,6 +9,11 @@ PERSONA_ICM_STORAGE (the same value in every worker's environment) is either
   written locally and mirrored to `<url>/checkpoints` after each save, fetched before a search.
 Unset: results in `warehouse/results` of this checkout (PERSONA_ICM_RESULTS moves them) and
 checkpoints in `checkpoints/` next to the warehouse file: one machine.
+
+The flows and tasks whose results are large (searches, evaluations, countries, batches, the chat
+baseline) set `cache_result_in_memory=False`: Prefect would otherwise keep every result it wrote or
+read in its process's memory for the whole run (up to 1,000 of them), so a parent that stores each
+country as it comes back would still hold all of them.
 """
 
 from __future__ import annotations

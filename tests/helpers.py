@@ -12,6 +12,8 @@
   the model loads logged by tasks/scorers.py).
 - `free_port`, `local_script`, `kill_worker_of`: scripts/prefect_local.sh on a port and state folder of
   a test's own, and a lost machine (a worker SIGKILLed with the flow run it started).
+- `results_alive_at_each_store`: how many countries' results the experiment flow's process holds each
+  time it stores one (the parent stays light).
 - `serverless_env`, `start_cli_run`: `persona-icm run` in a new process with no Prefect server
   configured, as on a user's machine (it starts Prefect's temporary server).
 """
@@ -218,6 +220,33 @@ def icm_task_states(client, flow_run_ids: list) -> list[str]:
     runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="icm-search")),
                                  flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
     return sorted(r.state.name for r in runs)
+
+
+def results_alive_at_each_store(monkeypatch) -> list[int]:
+    """Make the experiment flow count the CountryResult objects alive in this process (after a garbage
+    collection) each time it stores a country, leaving out those alive before this call (an earlier
+    test's); returns the list the counts go into."""
+    import gc
+    import weakref
+
+    import flows.experiment as experiment
+    from flows.country import CountryResult
+
+    def results() -> list:
+        gc.collect()
+        return [o for o in gc.get_objects() if isinstance(o, CountryResult)]
+
+    earlier = [weakref.ref(o) for o in results()]
+    counts: list[int] = []
+    store = experiment.persist_country
+
+    def counting_store(*args, **kwargs):
+        still_alive = {id(ref()) for ref in earlier if ref() is not None}
+        counts.append(sum(id(o) not in still_alive for o in results()))
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "persist_country", counting_store)
+    return counts
 
 
 def serverless_env(tmp_path: Path) -> dict[str, str]:

@@ -209,6 +209,41 @@ def test_rewriting_a_country_replaces_its_rows(warehouse):
         write_results(wh, "r1", "Atlantis", "eval", {"claims": atlantis})
 
 
+def test_base_methods_stored_first_and_the_chat_baseline_later_give_the_tables_of_one_write(tmp_path):
+    """The flow stores a country's base-model methods when its batch returns and the chat baseline's at the end
+    (tasks/persist.py): the same rows and intervals as writing all methods at once, and each write replaces its
+    own methods only."""
+    from persona_icm.methods import uses_chat_model
+
+    cfg = build_config("smoke", {"icm": {"iterations": 12}, "eval": {"eval_repeats": 2, "demo_sizes": [4]}})
+    _, result, _ = _country("Atlantis", 14, cfg, chat=True)
+    is_chat = pl.col("method").map_elements(uses_chat_model, return_dtype=pl.Boolean)
+    chat_methods = sorted(set(result.predictions.filter(is_chat)["method"]))
+    base_methods = sorted(set(result.predictions.filter(~is_chat)["method"]))
+    assert chat_methods and base_methods
+
+    def split(frame, methods):
+        return frame.filter(pl.col("method").is_in(methods))
+
+    def tables(wh):
+        return {t: wh.sql(f"SELECT * FROM {t} ORDER BY ALL") for t in ("predictions", "demos", "metrics")}
+
+    with open_warehouse(tmp_path / "once.duckdb") as once, open_warehouse(tmp_path / "twice.duckdb") as twice:
+        write_evaluation(once, "r1", "Atlantis", {"predictions": result.predictions, "demos": result.demos}, n_boot=200)
+        write_evaluation(twice, "r1", "Atlantis", {"predictions": split(result.predictions, base_methods),
+                         "demos": split(result.demos, base_methods)}, n_boot=200, methods=base_methods, intervals=False)
+        assert twice.scalar("SELECT count(*) FROM metrics") == 0
+        chat = {"predictions": split(result.predictions, chat_methods), "demos": split(result.demos, chat_methods)}
+        write_evaluation(twice, "r1", "Atlantis", chat, n_boot=200, step="chat", methods=chat_methods)
+        expected = tables(once)
+        assert all(tables(twice)[t].equals(frame) for t, frame in expected.items())
+        write_evaluation(twice, "r1", "Atlantis", chat, n_boot=200, step="chat", methods=chat_methods)  # a rerun's
+        assert all(tables(twice)[t].equals(frame) for t, frame in expected.items())
+        with pytest.raises(ValueError, match="some rows have method"):  # a method outside the set it replaces
+            write_evaluation(twice, "r1", "Atlantis", {"predictions": result.predictions}, methods=chat_methods)
+        assert all(tables(twice)[t].equals(frame) for t, frame in expected.items())
+
+
 # compare_with_published.sql reads only runs of the fork's protocol: its own test below.
 @pytest.mark.parametrize("query", sorted(p.name for p in QUERIES.glob("*.sql") if p.name != "compare_with_published.sql"))
 def test_saved_queries_run_and_return_rows(warehouse, query):

@@ -149,14 +149,16 @@ def test_each_seed_searches_in_a_batch_of_its_own_and_the_countries_take_them_fr
     print(f"\ntwo seeds fanned out: 4 search batches, 2 country batches in {took:.0f} s; searches at once: {overlapping}")
 
 
-def test_a_study_runs_model_after_model_each_in_batches_of_its_own(children, tmp_path):
+def test_a_study_runs_model_after_model_each_in_batches_of_its_own(children, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
 
     from persona_icm.warehouse import open_warehouse
-    from tests.helpers import deployment_runs, flow_runs_named
+    from tests.helpers import deployment_runs, flow_runs_named, results_alive_at_each_store
 
     models = [{"backend": "synthetic", "name": name} for name in ("synthetic-a", "synthetic-b")]
+    alive = results_alive_at_each_store(monkeypatch)
     study_id, warehouse, took, since = run_fanned_out(tmp_path, children, {}, ["icm", "golden"], gpu_workers=2, base_models=models)
+    assert alive == [1, 1, 1, 1]  # one batch's countries at a time (one each here), not every model's until the end
     with get_client(sync_client=True) as client:
         batches = created_since(deployment_runs(client, "persona-icm-batch/batch"), since)
         countries = created_since(flow_runs_named(client, "persona-icm-country"), since)

@@ -303,7 +303,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE TABLE IF NOT EXISTS model_calls (
     run_id         VARCHAR NOT NULL,
     country        VARCHAR NOT NULL,
-    step           VARCHAR NOT NULL,         -- the flow phase that made the call: icm | eval
+    step           VARCHAR NOT NULL,         -- the flow phase that made the call: icm | eval | chat
     phase          VARCHAR NOT NULL,         -- the scorer's phase label (e.g. eval:golden)
     model          VARCHAR NOT NULL,
     call_index     INTEGER NOT NULL,
