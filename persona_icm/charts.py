@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,10 +307,17 @@ def icm_diagnosis_chart(diagnosis: pl.DataFrame, title: str = "") -> alt.Chart:
 
 
 IN_RUN, LEFT_OUT, NOT_IN_RUN = "in this run", "left out: too few question groups", "not in this run"
-MAP_PANELS = {
-    "icm_accuracy": ("ICM test claim accuracy", alt.Scale(scheme="viridis", domain=[0, 1])),
-    "icm_minus_golden": ("ICM minus golden (claim accuracy)", alt.Scale(scheme="redblue", domain=[-0.5, 0.5], clamp=True)),
-}
+MAP_PANELS = {"icm_accuracy": "ICM test claim accuracy", "icm_minus_golden": "ICM minus golden (claim accuracy)"}
+
+
+def map_scale(field: str, shapes: pl.DataFrame) -> alt.Scale:
+    """Accuracy on [0, 1]; the difference on a diverging scale centred on 0 that reaches the largest
+    |difference| drawn (rounded up to a tenth), so no country's colour is cut off at the scale's end."""
+    if field == "icm_accuracy":
+        return alt.Scale(scheme="viridis", domain=[0, 1])
+    largest = shapes[field].abs().max() if shapes.height else None
+    reach = max(0.1, math.ceil(round((largest or 0) * 10, 9)) / 10)
+    return alt.Scale(scheme="redblue", domain=[-reach, reach], domainMid=0)
 
 
 def map_countries(ranking: pl.DataFrame, left_out: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
@@ -350,7 +358,8 @@ def world_map_chart(ranking: pl.DataFrame, left_out: pl.DataFrame, title: str = 
     lookup = alt.LookupData(alt.Data(values=shapes.to_dicts()), key="id",
                             fields=["country", "status", "n_test_claims", "reason", *MAP_PANELS])
     panels = []
-    for field, (label, scale) in MAP_PANELS.items():
+    for field, label in MAP_PANELS.items():
+        scale = map_scale(field, shapes.filter(pl.col("status") == IN_RUN))
         base = (alt.Chart(atlas).transform_filter("datum.id != '010'")  # Antarctica: no survey, a third of the map
                 .transform_lookup(lookup="id", from_=lookup)
                 .transform_calculate(status=f"datum.status ? datum.status : '{NOT_IN_RUN}'"))

@@ -341,6 +341,12 @@ def test_report_of_a_study_has_the_world_map_with_the_left_out_countries_and_the
                       "Japan": ("392", "left out: too few question groups"), "Kenya": ("404", "left out: too few question groups")}
     svg_text = svg.read_text()
     assert "left out: too few question groups" in svg_text and "not in this run" in svg_text  # the legend
+    drawn = [r for r in json.loads(lookup) if r["status"] == "in this run"]
+    (difference,) = [layer["encoding"]["color"]["scale"] for layer in spec["vconcat"][1]["layer"]
+                     if layer["encoding"]["color"]["field"] == "icm_minus_golden"]
+    reach = difference["domain"][1]  # symmetric about 0, reaching every country's difference: no colour is cut off
+    assert difference["domain"] == [-reach, reach] and not difference.get("clamp")
+    assert max(abs(r["icm_minus_golden"]) for r in drawn) <= reach < max(abs(r["icm_minus_golden"]) for r in drawn) + 0.1 + 1e-9
     page = files.html.read_text()
     assert "Not on the map (no shape at 1:110m): Singapore." in page
     assert "Countries left out (2)" in page and LEFT_OUT["Japan"] in page
