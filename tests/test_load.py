@@ -72,19 +72,20 @@ def counted(send):
 httpx.Client.send = counted(httpx.Client.send)
 httpx.AsyncClient.send = counted(httpx.AsyncClient.send)
 
-import resource
 import flows.experiment
 from flows.experiment import persona_icm
+
+def peak_rss_kib():  # VmHWM: this process's own peak (ru_maxrss also counts the forked test process it was exec'ed from)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 peak = {}
 countries_remotely = flows.experiment.countries_remotely
 
-def measured(*args, **kwargs):  # the parent's peak RSS while it waits for the batches and holds their results
-    peak["before_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        return countries_remotely(*args, **kwargs)
-    finally:
-        peak["countries_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def measured(*args, **kwargs):  # the parent's peak RSS while it waits for the batches and stores their countries
+    peak["before_kib"] = peak_rss_kib()
+    yield from countries_remotely(*args, **kwargs)
+    peak["countries_kib"] = peak_rss_kib()
 
 flows.experiment.countries_remotely = measured
 start = time.monotonic()
@@ -93,7 +94,7 @@ state = persona_icm(preset="world-smoke", overrides=json.loads(sys.argv[1]), fan
 seconds = time.monotonic() - start
 with open(sys.argv[3], "w") as out:
     json.dump({"state": state.type.value, "message": state.message, "seconds": seconds, **peak,
-               "end_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               "end_kib": peak_rss_kib(),
                "calls": [(t - start, m, p) for t, m, p in calls]}, out)
 """
 
@@ -301,7 +302,7 @@ def test_a_study_of_104_countries_over_4_gpu_workers_survives_a_lost_worker_and_
           f"p90 {percentile(overhead, 0.9):.2f} s, max {max(overhead):.2f} s; batch scheduled to running: {batch_latency}")
     print(f"  parent: {len(first['calls'])} requests in {first['seconds']:.0f} s ({len(first['calls']) / first['seconds']:.2f}/s), "
           f"of them {len(polls)} child polls ({len(polls) / first['seconds']:.2f}/s); peak RSS {second.get('before_kib', 0) / 1024:.0f} MiB before "
-          f"the countries, {second.get('countries_kib', 0) / 1024:.0f} MiB after them (rerun, all {len(COUNTRIES)} results held), to the end {second['end_kib'] / 1024:.0f} MiB "
+          f"the countries, {second.get('countries_kib', 0) / 1024:.0f} MiB after them (rerun, {len(COUNTRIES)} countries stored batch by batch), to the end {second['end_kib'] / 1024:.0f} MiB "
           f"(sampled {sampler.parent_rss / 2**20:.0f} MiB)")
     print(f"  server: {sum(sampler.cpu.values()):.0f} CPU s over both runs, peak RSS {sampler.server_rss / 2**20:.0f} MiB; "
           f"database errors in its log: {len(db_errors)} {db_errors[:3]}")
