@@ -151,12 +151,8 @@ class _Unbounded:
         self.known: set[int] = set()
 
     def admit(self, hashes: list[int], n_tokens: int) -> int:
-        hits = 0
-        for h in hashes[: hit_cap(n_tokens, self.block)]:
-            if h not in self.known:
-                break
-            hits += 1
-        self.known.update(hashes)
+        hits = len(list(takewhile(self.known.__contains__, hashes[: hit_cap(n_tokens, self.block)])))
+        self.known.update(hashes[hits:])
         return hits * self.block
 
     def cached_blocks(self) -> int:
