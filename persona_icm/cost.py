@@ -15,6 +15,8 @@ start-up and the evaluation after the search.
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from persona_icm.config import IcmConfig
@@ -34,6 +36,20 @@ def gpu_hours(prefilled_tokens: int, parameters: float) -> float:
     return prefilled_tokens * 2 * parameters / (PREFILL_MFU * H100_BF16_FLOPS) / 3600
 
 
+@contextmanager
+def cyclic_gc_paused():
+    """No cyclic garbage collection inside: the simulation keeps millions of acyclic objects (hash
+    memo, cache state) that each full collection would walk again, for nothing to free (it took
+    about a third of a search's time). Cycles made meanwhile are collected after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 @dataclass
 class SearchCost:
     country: str
@@ -46,16 +62,23 @@ class SearchCost:
 
 
 def search_cost(
-    claims: list[Claim], icm: IcmConfig, encoder, capacities: tuple[int | None, ...] = CAPACITIES, block: int = 16
+    claims: list[Claim], icm: IcmConfig, encoder, capacities: tuple[int | None, ...] = CAPACITIES, block: int = 16,
+    reference: bool = False,
 ) -> SearchCost:
-    """Model work of one search over `claims` (one country, one seed) at each cache capacity."""
+    """Model work of one search over `claims` (one country, one seed) at each cache capacity.
+
+    `reference=True` takes the straightforward path, the same numbers slower (tests/test_plan.py
+    compares them): each prompt's whole token list hashed block by block, vLLM's block pool moved
+    block by block through its ordered free queue, the cyclic garbage collector on."""
     from persona_icm.icm import run_icm
     from persona_icm.scoring.synthetic import SyntheticScorer
 
     truth = {c.claim_id: c.gold for c in claims}
     scores = SyntheticScorer(truth, signal=1.0, prior=0.5, seed=icm.seed, order_invariant=True)
-    backend = SimulatedBackend(scores, encoder, block, {ENGINE_ORDER: {c: PrefixCache(block, c) for c in capacities}})
-    run_icm(claims, backend, icm.model_copy(update={"engine": "fast"}), show_progress=False)
+    caches = {c: PrefixCache(block, c, reference=reference) for c in capacities}
+    backend = SimulatedBackend(scores, encoder, block, {ENGINE_ORDER: caches}, reference=reference)
+    with nullcontext() if reference else cyclic_gc_paused():
+        run_icm(claims, backend, icm.model_copy(update={"engine": "fast"}), show_progress=False)
     totals = call_totals(backend.calls)
     return SearchCost(
         country=claims[0].country,

@@ -216,7 +216,10 @@ class PromptEncoder:
             self.bos_ids = [tokenizer.bos_token_id]
         else:
             self.bos_ids = []
+        self._bos = tuple(self.bos_ids)  # one object: pieces are compared and memoised by identity downstream
         self._pieces: dict[str, tuple[int, ...]] = {}
+        self._rows: dict[tuple[Claim, int], tuple[int, ...]] = {}  # a context row -> its piece
+        self._headers: dict[tuple[str, bool], tuple[int, ...]] = {}  # (country, anchors) -> the header's piece
         self._checked_countries: set[str] = {"France"}
         probe = Claim("probe", "probe", "France", ANCHOR_QUESTION, "Yes", 1)
         if kind == "base":
@@ -242,6 +245,19 @@ class PromptEncoder:
         if ids is None:
             ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
             self._pieces[text] = ids
+        return ids
+
+    def _header(self, country: str, anchors: bool) -> tuple[int, ...]:
+        ids = self._headers.get((country, anchors))
+        if ids is None:
+            ids = self._headers[(country, anchors)] = self._piece(header_text(country, self.style, anchors))
+        return ids
+
+    def _row(self, row: tuple[Claim, int]) -> tuple[int, ...]:
+        ids = self._rows.get(row)
+        if ids is None:
+            claim, label = row
+            ids = self._rows[row] = self._piece(row_text(claim.question, claim.option, claim.country, label))
         return ids
 
     def _check_round_trip(self, request: ScoreRequest) -> None:
@@ -277,9 +293,9 @@ class PromptEncoder:
         self._check_country(query.country)
         query_row = self._piece(query_text(query.question, query.option, query.country))
         if not request.context and zero_shot_is_bare(self.style):
-            return [tuple(self.bos_ids), self._piece(header_text(query.country, self.style, anchors=False)), query_row]
-        out = [tuple(self.bos_ids), self._piece(header_text(query.country, self.style))]
-        out += [self._piece(row_text(c.question, c.option, c.country, y)) for c, y in request.context]
+            return [self._bos, self._header(query.country, anchors=False), query_row]
+        out = [self._bos, self._header(query.country, anchors=True)]
+        out += map(self._row, request.context)
         return [*out, self._piece(SEPARATOR + "\n"), query_row]
 
     def encode(self, request: ScoreRequest) -> list[int]:

@@ -79,3 +79,50 @@ def test_a_prompt_larger_than_the_cache_is_refused():
         admit(PrefixCache(block=4, capacity_tokens=12, eviction="vllm"), list(range(13)))
     with pytest.raises(ValueError, match="eviction"):
         PrefixCache(eviction="fifo")
+
+
+def test_block_chains_give_block_hashes_of_the_concatenated_pieces():
+    import random
+
+    from persona_icm.kv_cache import BlockChains
+
+    rng = random.Random(0)
+    pieces = [tuple(rng.randrange(50) for _ in range(rng.choice([0, 1, 3, 4, 5, 9]))) for _ in range(12)]
+    chains = BlockChains(4)
+    for _ in range(300):
+        prompt = [rng.choice(pieces) for _ in range(rng.randrange(8))]
+        if rng.random() < 0.2:
+            prompt = [tuple(piece) for piece in prompt] + [tuple(rng.choice(pieces))]  # equal pieces, other objects
+        ids = [t for piece in prompt for t in piece]
+        hashes = block_hashes(ids, 4)
+        assert chains.hashes(prompt) == (hashes, len(ids), tuple(ids[len(hashes) * 4 :]))
+
+
+def random_prompts(count: int, block: int, seed: int = 0) -> list[list[int]]:
+    """Prompts that share prefixes of varied length with earlier ones (branching anywhere, some
+    lengths a multiple of the block, some the same prompt again): every path of the block pool."""
+    import random
+
+    rng = random.Random(seed)
+    prompts: list[list[int]] = []
+    for _ in range(count):
+        base = rng.choice(prompts) if prompts and rng.random() < 0.8 else []
+        if rng.random() < 0.15:
+            prompts.append(list(base))
+            continue
+        keep = rng.randrange(len(base) + 1)
+        length = keep + rng.randrange(1, 6 * block)
+        prompts.append(base[:keep] + [rng.randrange(6) for _ in range(length - keep)])
+    return prompts
+
+
+@pytest.mark.parametrize("capacity", [40, 64, 160, 1024])
+def test_the_block_pool_by_age_matches_the_reference_pool_prompt_by_prompt(capacity):
+    fast, reference = (PrefixCache(block=4, capacity_tokens=capacity, eviction="vllm", reference=r) for r in (False, True))
+    for ids in random_prompts(3000, 4):
+        ids = ids[:capacity]  # no prompt larger than the cache
+        hashes = block_hashes(ids, 4)
+        assert fast.admit(hashes, len(ids)) == reference.admit(hashes, len(ids))
+        assert (fast.evictions, fast.cached_blocks()) == (reference.evictions, reference.cached_blocks())
+        assert fast._policy.holders == reference._policy.holders
+    assert reference.evictions > 100

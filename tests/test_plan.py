@@ -10,6 +10,7 @@ import pytest
 from persona_icm import cli, cost
 from persona_icm.config import IcmConfig
 from persona_icm.prompts import PromptEncoder
+from persona_icm.scoring.base import ScoreRequest
 from persona_icm.tiny_model import build_tokenizer, make_claims
 from tests.goqa_fixtures import make_rows, write_goqa
 
@@ -83,3 +84,21 @@ def test_plan_of_a_study_prints_each_models_size_in_its_own_gpu_hours(tmp_path, 
         assert hours == pytest.approx(cost.gpu_hours(unbounded, parameters), abs=0.005)
     assert rows[f"hf:{models[0]}"][3:-6] == rows[f"hf:{models[1]}"][3:-6]  # same tokenizer, same searches' work
     assert "study of preset smoke" in out
+
+
+def test_the_fast_path_gives_the_reference_paths_search_cost_for_every_field_and_capacity():
+    """Block hashes from memoised pieces and the block pool kept by age against each prompt's whole
+    token list hashed block by block and vLLM's pool one block at a time: the same SearchCost.
+    Block 4 and the tiny tokenizer (with BOS): prompts of up to ~220 blocks, many with a partial last
+    block, through caches small enough to evict."""
+    encoder = PromptEncoder(build_tokenizer(add_bos=True), "base")
+    icm = IcmConfig(num_seed=4, iterations=25, initial_fix_rounds=3, loop_fix_rounds=2)
+    capacities = (1024, 2048, None)
+    for country in ("France", "Japan", "Brazil"):
+        claims = make_claims(24, country)
+        fast, reference = (cost.search_cost(claims, icm, encoder, capacities, block=4, reference=r) for r in (False, True))
+        assert fast == reference
+        assert reference.prefilled[1024] > reference.prefilled[2048] > reference.prefilled[None]  # evictions mattered
+    longest = ScoreRequest(tuple((c, c.gold) for c in claims[1:]), claims[0])
+    assert len(encoder.encode(longest)) > 200 * 4
+    assert any(len(encoder.encode(ScoreRequest(((c, 1),), c))) % 4 for c in claims)  # partial last blocks

@@ -49,6 +49,7 @@ class SyntheticScorer:
         self.prior = prior
         self.order_invariant = order_invariant
         self.log = CallLog()  # no `phase` attribute on the scorer: its records stay untagged, as they always were
+        self._claim_noise: dict[str, float] = {}
 
     @property
     def calls(self) -> list[CallRecord]:
@@ -58,8 +59,8 @@ class SyntheticScorer:
         query = request.query
         sign = 1.0 if self.truth[query.claim_id] == 1 else -1.0
         if request.context:
-            agree = np.mean([label == self.truth[c.claim_id] for c, label in request.context])
-            strength = 2.0 * agree - 1.0
+            agree = sum(label == self.truth[c.claim_id] for c, label in request.context) / len(request.context)
+            strength = 2.0 * agree - 1.0  # a count over n, as np.mean gave it (both round the quotient once)
         else:
             strength = self.zero_shot_strength
         context_key = tuple((c.claim_id, label) for c, label in request.context)
@@ -68,9 +69,15 @@ class SyntheticScorer:
         return float(
             self.prior * sign
             + self.signal * sign * strength
-            + self.noise * _unit_normal(self.seed, "claim", query.claim_id)
+            + self.noise * self._noise_of(query.claim_id)
             + self.context_noise * _unit_normal(self.seed, "ctx", query.claim_id, request.kind, context_key)
         )
+
+    def _noise_of(self, claim_id: str) -> float:
+        noise = self._claim_noise.get(claim_id)
+        if noise is None:
+            noise = self._claim_noise[claim_id] = _unit_normal(self.seed, "claim", claim_id)
+        return noise
 
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         start = time.perf_counter()
@@ -102,6 +109,12 @@ class GoldSyntheticScorer(SyntheticScorer):
 
     def __init__(self, name: str):
         super().__init__(truth={}, seed=int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little"))
+
+    def _noise_of(self, claim_id: str) -> float:
+        noise = self._claim_noise.get(claim_id)
+        if noise is None:
+            noise = self._claim_noise[claim_id] = _unit_normal(self.seed, "claim", claim_id)
+        return noise
 
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         for request in requests:
