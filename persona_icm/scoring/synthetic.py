@@ -110,12 +110,6 @@ class GoldSyntheticScorer(SyntheticScorer):
     def __init__(self, name: str):
         super().__init__(truth={}, seed=int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little"))
 
-    def _noise_of(self, claim_id: str) -> float:
-        noise = self._claim_noise.get(claim_id)
-        if noise is None:
-            noise = self._claim_noise[claim_id] = _unit_normal(self.seed, "claim", claim_id)
-        return noise
-
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         for request in requests:
             for claim in (request.query, *(c for c, _ in request.context)):
