@@ -22,6 +22,7 @@ from persona_icm.warehouse import (
     write_results,
     write_run,
 )
+from tests.helpers import wait_until
 
 QUERIES = Path(__file__).resolve().parent.parent / "warehouse" / "queries"
 COUNTRIES = {"Atlantis": 14, "Lemuria": 10}  # test groups differ: the aggregate must weight them
@@ -293,6 +294,9 @@ def test_report_renders_every_chart_in_headless_chromium(request, which, run_id,
     assert ("published_comparison" in files.charts) == (run_id == "r-fork")
     with browser.chromium() as page:
         page.open(browser.file_url(files.html))
+        # the charts render asynchronously: slower on a loaded machine
+        wait_until("every figure drawn", lambda: page.run(
+            "return [...document.querySelectorAll('figure')].every(f => f.querySelector('svg'))"), timeout=60, poll=0.5)
         drawn = page.run(
             """return [...document.querySelectorAll('figure')].map(f => {
                  const svg = f.querySelector('svg'); const box = svg ? svg.getBoundingClientRect() : null;
